@@ -1,0 +1,45 @@
+"""Where things live on the provider VM and on the Ray nodes.
+
+One module shared by ``infra/`` (the provider VM's boot script) and ``cluster/``
+(the autoscaler config), so the two can never disagree about a path, a
+metadata key or a version.
+"""
+
+# The exact Ray and Python minor every machine runs. tests/ check these
+# against uv.lock and the dev venv, so a lock bump cannot leave them stale.
+RAY_VERSION = "2.60.0"
+PYTHON_MINOR = "3.11"
+# uv installs the nodes' packages; pinned like everything else we run remotely.
+UV_VERSION = "0.13.8"
+
+# ---- provider VM (runs `ray up`) -------------------------------------------
+PROVIDER_ROOT = "/opt/ray-gcp"
+PROVIDER_VENV = "/opt/ray-gcp/venv"
+# The unpacked bundle: cluster/, workloads/, requirements-node.txt.
+PROVIDER_SRC = "/opt/ray-gcp/src"
+PROVIDER_CONFIG_DIR = "/etc/ray-gcp"
+PROVIDER_CLUSTER_YAML = "/etc/ray-gcp/cluster.yaml"
+PROVIDER_SECRETS_DIR = "/etc/ray-gcp/secrets"
+OPERATOR_GROUP = "ray-operators"
+# Per-operator copies (mode 0600, owned by the operator) that cluster.yaml
+# names; ssh refuses a private key that others can read.
+OPERATOR_DIR = "~/.ray-gcp"
+OPERATOR_SSH_KEY = "~/.ray-gcp/ray-launcher-key"
+OPERATOR_AUTH_TOKEN = "~/.ray-gcp/ray-auth-token"
+
+# Instance metadata keys on the provider VM (none of them secret).
+META_CLUSTER_CONFIG = "ray-cluster-config"
+META_BUNDLE = "ray-gcp-bundle"  # base64 of a deterministic tar.gz
+META_SECRETS = "ray-gcp-secrets"  # JSON: {logical name: Secret Manager version path}
+META_CREDENTIAL_MODE = "ray-gcp-credential-mode"  # "metadata" | "key"
+
+# Logical secret names (keys of the META_SECRETS JSON).
+SECRET_SSH_PRIVATE_KEY = "ssh-private-key"
+SECRET_RAY_AUTH_TOKEN = "ray-auth-token"
+SECRET_SA_KEY = "service-account-key"  # only in credentialMode=key
+
+# ---- Ray nodes (head and workers) ------------------------------------------
+NODE_SSH_USER = "ray"
+NODE_SRC = "~/ray-gcp"  # file_mounts target for the bundle
+NODE_VENV = "~/ray-venv"
+NODE_AUTH_TOKEN = "~/.ray/auth_token"  # Ray's default token path
