@@ -10,7 +10,7 @@ $(UV):
 	python3 -m venv .tools && .tools/bin/pip install -q uv==$(UV_VERSION)
 
 .venv/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra dev --python 3.11
+	$(UV) sync --frozen --extra infra --extra dev --python 3.11
 	touch $@
 
 setup: .venv/.synced
