@@ -1,0 +1,43 @@
+"""The Google APIs the cluster uses, enabled before anything that calls them."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_gcp as gcp
+
+from infra.components.base import Component
+
+# compute: VMs, network, firewall, NAT. iam: service accounts and their keys.
+# iap: SSH to the provider VM without a public IP. secretmanager: launcher
+# secrets. cloudresourcemanager: project IAM and Ray's projects.get.
+# storage: workload bucket. logging/monitoring: node logs and metrics.
+SERVICES = (
+    "compute.googleapis.com",
+    "iam.googleapis.com",
+    "iap.googleapis.com",
+    "secretmanager.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
+    "storage.googleapis.com",
+    "logging.googleapis.com",
+    "monitoring.googleapis.com",
+)
+
+
+class ProjectServices(Component):
+    """Enables SERVICES. Destroying the stack leaves them on: other things in the
+    project may use them, and turning an API off can break those."""
+
+    def __init__(self, name: str, *, project: str, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("ProjectServices", name, opts=opts)
+        self.services = [
+            gcp.projects.Service(
+                f"{name}-{service.split('.')[0]}",
+                project=project,
+                service=service,
+                disable_on_destroy=False,
+                disable_dependent_services=False,
+                opts=self.child(),
+            )
+            for service in SERVICES
+        ]
+        self.register_outputs({"services": [s.service for s in self.services]})

@@ -1,0 +1,142 @@
+"""Service accounts of the provider VM, the Ray head and the Ray workers, and every grant.
+
+Every grant is an `*IAMMember` (adds one member, never overwrites a policy)
+and as narrow as a predefined role allows:
+
+| who      | role                            | on                | why |
+|----------|---------------------------------|-------------------|-----|
+| provider | compute.instanceAdmin.v1        | project           | `ray up`/`ray down` create and delete the head VM |
+| provider | compute.networkViewer           | project           | read-only bootstrap: subnetworks.get (and projects.get) |
+| provider | logging.logWriter               | project           | the guest agent ships the boot script's log to Cloud Logging |
+| provider | iam.serviceAccountUser          | head account      | attach the head account to the head VM (actAs); also serviceAccounts.get |
+| provider | iam.serviceAccountViewer        | worker account    | read-only bootstrap: serviceAccounts.get of the worker account |
+| head     | compute.instanceAdmin.v1        | project           | the autoscaler creates and deletes worker VMs |
+| head     | iam.serviceAccountUser          | worker account    | attach the worker account to worker VMs (actAs) |
+| head     | logging.logWriter, monitoring.metricWriter | project | node logs and metrics |
+| head     | storage.objectUser              | workload bucket   | drivers read inputs and write results |
+| worker   | logging.logWriter, monitoring.metricWriter | project | node logs and metrics |
+| worker   | storage.objectUser              | workload bucket   | tasks read inputs and write results |
+
+Secret Manager access (provider only, per secret) is granted in secrets.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import pulumi
+import pulumi_gcp as gcp
+
+from infra import names
+from infra.components.base import Component
+from infra.settings import Settings
+
+ROLES = ("provider", "head", "worker")
+
+
+class Grant(NamedTuple):
+    """One role for one of our accounts on one scope: 'project', 'bucket' or an account role."""
+
+    who: str
+    role: str
+    scope: str
+
+
+PROJECT = "project"
+BUCKET = "bucket"
+
+GRANTS: tuple[Grant, ...] = (
+    # Provider VM: runs `ray up` / `ray down`, which create and delete the head VM.
+    Grant("provider", "roles/compute.instanceAdmin.v1", PROJECT),
+    # The read-only bootstrap that replaces Ray's mutating one reads the subnet
+    # (compute.subnetworks.get) and the project (resourcemanager.projects.get);
+    # networkViewer has both and nothing that changes anything.
+    Grant("provider", "roles/compute.networkViewer", PROJECT),
+    # google-guest-agent sends the startup script's output to Cloud Logging, so
+    # `gcloud logging read` shows the boot progress.
+    Grant("provider", "roles/logging.logWriter", PROJECT),
+    # Creating the head VM with the head account attached needs actAs on that
+    # account only; the role also allows iam.serviceAccounts.get (bootstrap check).
+    Grant("provider", "roles/iam.serviceAccountUser", "head"),
+    # The bootstrap also checks that the worker account exists (serviceAccounts.get),
+    # but the provider never attaches it: viewer, not user.
+    Grant("provider", "roles/iam.serviceAccountViewer", "worker"),
+    # Ray head: its autoscaler creates and deletes worker VMs...
+    Grant("head", "roles/compute.instanceAdmin.v1", PROJECT),
+    # ...with the worker account attached (actAs on that account only).
+    Grant("head", "roles/iam.serviceAccountUser", "worker"),
+    Grant("head", "roles/logging.logWriter", PROJECT),
+    Grant("head", "roles/monitoring.metricWriter", PROJECT),
+    Grant("head", "roles/storage.objectUser", BUCKET),
+    # Ray workers: logs, metrics and the workload bucket, nothing else.
+    Grant("worker", "roles/logging.logWriter", PROJECT),
+    Grant("worker", "roles/monitoring.metricWriter", PROJECT),
+    Grant("worker", "roles/storage.objectUser", BUCKET),
+)
+
+
+class Identity(Component):
+    """The three service accounts and GRANTS."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        settings: Settings,
+        bucket: pulumi.Input[str],
+        depends_on: Sequence[pulumi.Resource] = (),
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("Identity", name, depends_on=depends_on, opts=opts)
+        descriptions = {
+            "provider": "runs `ray up` on the provider VM",
+            "head": "Ray head: the autoscaler creates worker VMs",
+            "worker": "Ray workers: logs, metrics, workload bucket",
+        }
+        self.accounts: dict[str, gcp.serviceaccount.Account] = {
+            who: gcp.serviceaccount.Account(
+                f"{name}-{who}",
+                project=settings.project,
+                account_id=names.account_id(settings.cluster_name, who),
+                display_name=f"ray-gcp {settings.cluster_name} {who}",
+                description=f"ray-gcp cluster {settings.cluster_name}: {descriptions[who]}",
+                opts=self.child(),
+            )
+            for who in ROLES
+        }
+        self.emails: dict[str, pulumi.Output[str]] = {
+            who: account.email for who, account in self.accounts.items()
+        }
+        self.members: dict[str, pulumi.Output[str]] = {
+            who: email.apply(lambda e: f"serviceAccount:{e}") for who, email in self.emails.items()
+        }
+
+        self.grants: list[pulumi.CustomResource] = []
+        for grant in GRANTS:
+            member = self.members[grant.who]
+            short_role = grant.role.removeprefix("roles/").replace(".", "-")
+            resource_name = f"{name}-{grant.who}-{short_role}-on-{grant.scope}"
+            if grant.scope == PROJECT:
+                res = gcp.projects.IAMMember(
+                    resource_name,
+                    project=settings.project,
+                    role=grant.role,
+                    member=member,
+                    opts=self.child(),
+                )
+            elif grant.scope == BUCKET:
+                res = gcp.storage.BucketIAMMember(
+                    resource_name, bucket=bucket, role=grant.role, member=member, opts=self.child()
+                )
+            else:  # granted on one of our own service accounts
+                res = gcp.serviceaccount.IAMMember(
+                    resource_name,
+                    service_account_id=self.accounts[grant.scope].name,
+                    role=grant.role,
+                    member=member,
+                    opts=self.child(),
+                )
+            self.grants.append(res)
+
+        self.register_outputs({f"{who}Email": email for who, email in self.emails.items()})
