@@ -1,0 +1,527 @@
+"""A real Ray cluster on this machine whose autoscaler launches fake worker nodes.
+
+``LocalCluster`` runs the spec's node types with Ray's ``fake_multinode``
+provider: the head is a normal ``ray start --head`` (token auth on, dashboard
+on 127.0.0.1, every port chosen free at ``up()``) and the autoscaler starts
+each "node" as another raylet process on this machine. Workloads scale,
+fail and retry as on GCP, without a cloud.
+
+Everything ``up()`` starts is tracked so that ``down()`` stops exactly that:
+
+* ``ray start`` runs in a new session, so the head's daemons share its
+  process group (recorded in ``state.json``);
+* every process also inherits ``RAY_GCP_LOCAL_STATE=<state dir>``, which
+  survives even a process that changes its group (fake nodes are spawned by
+  the autoscaler and inherit it too). ``down()`` signals the union of both,
+  and nothing else: never ``ray stop``, which would kill every Ray of the user.
+
+State under ``state_dir``: ``state.json`` (ports, pgid, temp dir),
+``auth_token`` (mode 0600), ``local-cluster.yaml`` (the rendered autoscaler
+config), ``ray-start.log``. Ray's session files go to a short temp dir
+``/tmp/rg-XXXX`` (unix socket paths must stay under 107 bytes), removed by
+``down()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from cluster.render import render_local, to_yaml
+from cluster.spec import ClusterSpec, local_default_spec
+
+MARKER_ENV = "RAY_GCP_LOCAL_STATE"
+STATE_FILE = "state.json"
+TOKEN_FILE = "auth_token"
+CONFIG_FILE = "local-cluster.yaml"
+LOG_FILE = "ray-start.log"
+HOST = "127.0.0.1"
+# The head keeps a small object store; fake workers get theirs from render_local.
+HEAD_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+_PORT_NAMES = (
+    "gcs",
+    "dashboard",
+    "client_server",
+    "metrics_export",
+    "dashboard_agent_listen",
+    "dashboard_agent_grpc",
+    "runtime_env_agent",
+    "node_manager",
+    "object_manager",
+)
+
+
+class LocalClusterError(RuntimeError):
+    """The local cluster failed to start or answer; the message says where to look."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeInfo:
+    node_id: str
+    is_head: bool
+    node_type: str | None
+    resources: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterStatus:
+    """Alive nodes from GCS plus what the autoscaler is still launching."""
+
+    nodes: tuple[NodeInfo, ...]
+    # Node type -> count the autoscaler has asked for but which has not joined.
+    pending: dict[str, int]
+    failed: tuple[str, ...]
+
+    @property
+    def workers(self) -> tuple[NodeInfo, ...]:
+        return tuple(n for n in self.nodes if not n.is_head)
+
+    @property
+    def worker_count(self) -> int:
+        return len(self.workers)
+
+    @property
+    def pending_count(self) -> int:
+        return sum(self.pending.values())
+
+    def summary(self) -> str:
+        by_type: dict[str, int] = {}
+        for n in self.workers:
+            by_type[n.node_type or "?"] = by_type.get(n.node_type or "?", 0) + 1
+        types = ", ".join(f"{t}: {c}" for t, c in sorted(by_type.items())) or "none"
+        pending = ", ".join(f"{t}: {c}" for t, c in sorted(self.pending.items())) or "none"
+        lines = [
+            f"alive nodes: {len(self.nodes)} (head + {self.worker_count} workers)",
+            f"workers by type: {types}",
+            f"pending/launching: {pending}",
+        ]
+        if self.failed:
+            lines.append(f"failed: {', '.join(self.failed)}")
+        return "\n".join(lines)
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports (held open together so they differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.closing(socket.socket()) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((HOST, port)) == 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); treat it as gone.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def _proc_env(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    out = {}
+    for item in raw.split(b"\0"):
+        k, sep, v = item.partition(b"=")
+        if sep:
+            out[k.decode(errors="replace")] = v.decode(errors="replace")
+    return out
+
+
+def _proc_pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _proc_ppid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _descendants(roots: set[int], among: set[int]) -> set[int]:
+    """roots plus every process in `among` whose parent chain reaches a root."""
+    parent = {pid: _proc_ppid(pid) for pid in among}
+    out = set(roots)
+    changed = True
+    while changed:
+        changed = False
+        for pid, ppid in parent.items():
+            if pid not in out and ppid in out:
+                out.add(pid)
+                changed = True
+    return out
+
+
+def _all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+class LocalCluster:
+    """One local autoscaling Ray cluster, owned by ``state_dir``."""
+
+    def __init__(self, state_dir: Path | str, spec: ClusterSpec | None = None):
+        self.state_dir = Path(state_dir).resolve()
+        self.spec = spec or local_default_spec()
+        self._state: dict[str, Any] = {}
+        self._load_state()
+
+    # ---- public API --------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self._require_state()['ports']['gcs']}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{HOST}:{self._require_state()['ports']['dashboard']}"
+
+    @property
+    def token_path(self) -> Path:
+        return self.state_dir / TOKEN_FILE
+
+    @property
+    def config_path(self) -> Path:
+        return self.state_dir / CONFIG_FILE
+
+    @property
+    def temp_dir(self) -> Path:
+        return Path(self._require_state()["temp_dir"])
+
+    def token(self) -> str:
+        return self.token_path.read_text().strip()
+
+    def driver_env(self) -> dict[str, str]:
+        """Env vars a driver subprocess needs (merge into os.environ)."""
+        return {
+            "RAY_ADDRESS": self.address,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.token_path),
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+
+    def is_up(self) -> bool:
+        """True when state is recorded, the head's processes live and GCS answers."""
+        if not self._state:
+            return False
+        return bool(self._owned_pids()) and _port_open(self._state["ports"]["gcs"])
+
+    def up(self, timeout: float = 90.0) -> LocalCluster:
+        """Start the head (idempotent); wait until GCS and the dashboard answer."""
+        self._load_state()
+        if self.is_up():
+            self._wait_ready(timeout)
+            return self
+        if self._state or self._owned_pids():
+            # Leftovers of a crashed or half-stopped run: clear them first.
+            self.down()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._ensure_token()
+        ports = dict(zip(_PORT_NAMES, _free_ports(len(_PORT_NAMES)), strict=True))
+        temp_dir = tempfile.mkdtemp(prefix="rg-", dir="/tmp")
+        config = render_local(self.spec, gcs_port=ports["gcs"], host=HOST)
+        self.config_path.write_text(to_yaml(config))
+        # Record before starting anything, so a crash in between is cleanable.
+        self._state = {"ports": ports, "temp_dir": temp_dir, "pgid": None, "started": time.time()}
+        self._save_state()
+
+        cmd = [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            "--head",
+            f"--node-ip-address={HOST}",
+            f"--port={ports['gcs']}",
+            f"--dashboard-host={HOST}",
+            f"--dashboard-port={ports['dashboard']}",
+            f"--ray-client-server-port={ports['client_server']}",
+            f"--metrics-export-port={ports['metrics_export']}",
+            f"--dashboard-agent-listen-port={ports['dashboard_agent_listen']}",
+            f"--dashboard-agent-grpc-port={ports['dashboard_agent_grpc']}",
+            f"--runtime-env-agent-port={ports['runtime_env_agent']}",
+            f"--node-manager-port={ports['node_manager']}",
+            f"--object-manager-port={ports['object_manager']}",
+            # 0 = let the OS pick worker ports, so parallel clusters cannot collide.
+            "--min-worker-port=0",
+            "--max-worker-port=0",
+            f"--num-cpus={int(self.spec.head.ray_resources().get('CPU', 0))}",
+            f"--object-store-memory={HEAD_OBJECT_STORE_BYTES}",
+            f"--temp-dir={temp_dir}",
+            f"--autoscaling-config={self.config_path}",
+            "--disable-usage-stats",
+        ]
+        with open(self.state_dir / LOG_FILE, "ab") as log:
+            proc = subprocess.Popen(
+                cmd,
+                env=self._head_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.state_dir,
+            )
+            self._state["pgid"] = proc.pid
+            self._save_state()
+            try:
+                rc = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.down()
+                raise LocalClusterError(
+                    f"`ray start --head` did not return in {timeout:.0f}s; "
+                    f"see {self.state_dir / LOG_FILE}"
+                ) from None
+        if rc != 0:
+            self.down()
+            raise LocalClusterError(
+                f"`ray start --head` failed (exit {rc}); see {self.state_dir / LOG_FILE}"
+            )
+        self._wait_ready(timeout)
+        return self
+
+    def down(self, grace: float = 5.0) -> list[int]:
+        """Stop only what up() started; remove our temp dir. Returns the pids signalled.
+
+        SIGTERM first; whatever is still alive after ``grace`` seconds gets
+        SIGKILL (gcs_server takes >10 s to exit on SIGTERM, nothing of a
+        throwaway cluster needs a graceful shutdown).
+        """
+        self._load_state()
+        pids = self._owned_pids()
+        self._signal(pids, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            # Ray's daemons may fork late children; re-scan, not just re-check.
+            remaining = self._owned_pids()
+            if not remaining:
+                break
+            time.sleep(0.2)
+        leftovers = self._owned_pids()
+        self._signal(leftovers, signal.SIGKILL)
+        kill_deadline = time.monotonic() + 5
+        while self._owned_pids() and time.monotonic() < kill_deadline:
+            time.sleep(0.1)
+        if self._state.get("temp_dir"):
+            shutil.rmtree(self._state["temp_dir"], ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / STATE_FILE).unlink()
+        self._state = {}
+        return sorted(set(pids) | set(leftovers))
+
+    def owned_pids(self) -> list[int]:
+        """Live processes this cluster started (for leak checks)."""
+        return sorted(self._owned_pids())
+
+    def status(self) -> ClusterStatus:
+        """Alive nodes (from GCS via the dashboard) and pending launches (autoscaler)."""
+        nodes_raw = self._api("/api/v0/nodes?detail=1&limit=1000")["data"]["result"]["result"]
+        nodes = []
+        for n in nodes_raw:
+            if n.get("state") != "ALIVE":
+                continue
+            nodes.append(
+                NodeInfo(
+                    node_id=n["node_id"],
+                    is_head=bool(n.get("is_head_node")),
+                    node_type=None,
+                    resources=dict(n.get("resources_total") or {}),
+                )
+            )
+        pending: dict[str, int] = {}
+        failed: list[str] = []
+        cs = (self._api("/api/cluster_status").get("data") or {}).get("clusterStatus") or {}
+        report = cs.get("autoscalerReport") or {}
+        type_of = report.get("nodeTypeMapping") or {}
+        nodes = [dataclasses.replace(n, node_type=type_of.get(n.node_id)) for n in nodes]
+        for node_type, count in (report.get("pendingLaunches") or {}).items():
+            pending[node_type] = pending.get(node_type, 0) + int(count)
+        for entry in report.get("pendingNodes") or []:
+            # (ip, node_type, status)
+            node_type = entry[1] if len(entry) > 1 else "?"
+            pending[node_type] = pending.get(node_type, 0) + 1
+        for entry in report.get("failedNodes") or []:
+            failed.append(" ".join(str(x) for x in entry))
+        return ClusterStatus(
+            nodes=tuple(sorted(nodes, key=lambda n: (not n.is_head, n.node_id))),
+            pending=pending,
+            failed=tuple(failed),
+        )
+
+    def wait_for_workers(
+        self, n: int, timeout: float = 120.0, exact: bool = False
+    ) -> ClusterStatus:
+        """Block until at least n (exactly n with exact=True) workers are alive."""
+        deadline = time.monotonic() + timeout
+        st = None
+        while time.monotonic() < deadline:
+            st = self.status()
+            if st.worker_count == n or (not exact and st.worker_count >= n):
+                return st
+            time.sleep(1.0)
+        raise TimeoutError(
+            f"waited {timeout:.0f}s for {'exactly ' if exact else ''}{n} alive workers; "
+            f"last status:\n{st.summary() if st else 'no answer'}"
+        )
+
+    def kill_worker_node(self, node_id: str | None = None) -> str:
+        """SIGKILL one fake worker's raylet and its children (like a lost VM).
+
+        The fake provider gives each node's raylet its id in
+        RAY_OVERRIDE_NODE_ID_FOR_TESTING; the node's processes are that raylet
+        and its descendants (workers, agents). Tasks running there fail with
+        NODE_DIED and are retried; the autoscaler sees the node gone.
+        """
+        workers = self.status().workers
+        if not workers:
+            raise LocalClusterError("no alive worker node to kill")
+        ids = {w.node_id for w in workers}
+        if node_id is None:
+            node_id = min(ids)
+        elif node_id not in ids:
+            raise LocalClusterError(
+                f"node {node_id!r} is not an alive worker; alive: {sorted(ids)}"
+            )
+        owned = self._owned_pids()
+        roots = {
+            pid
+            for pid in owned
+            if _proc_env(pid).get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id
+        }
+        victims = _descendants(roots, owned)
+        if not roots:
+            raise LocalClusterError(f"found no process of node {node_id}")
+        self._signal(victims, signal.SIGKILL)
+        return node_id
+
+    # ---- internals ---------------------------------------------------------
+
+    def _head_env(self) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("RAY_") or k in ("RAY_enable_autoscaler_v2",)
+        }
+        env.update(
+            {
+                MARKER_ENV: str(self.state_dir),
+                "RAY_FAKE_CLUSTER": "1",
+                "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+                # Token auth for the head and, by inheritance through the
+                # autoscaler that spawns them, every fake worker node.
+                "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN_PATH": str(self.token_path),
+                "RAY_USAGE_STATS_ENABLED": "0",
+            }
+        )
+        env.pop("AUTOSCALER_MAX_NUM_FAILURES", None)
+        return env
+
+    def _ensure_token(self) -> None:
+        from ray._private.authentication.authentication_token_generator import (
+            generate_new_authentication_token,
+        )
+
+        if self.token_path.exists() and self.token_path.read_text().strip():
+            os.chmod(self.token_path, 0o600)
+            return
+        fd = os.open(self.token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(generate_new_authentication_token())
+        os.chmod(self.token_path, 0o600)
+
+    def _require_state(self) -> dict[str, Any]:
+        if not self._state:
+            raise LocalClusterError(f"no local cluster recorded in {self.state_dir}; run up()")
+        return self._state
+
+    def _load_state(self) -> None:
+        try:
+            self._state = json.loads((self.state_dir / STATE_FILE).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            self._state = {}
+
+    def _save_state(self) -> None:
+        tmp = self.state_dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(self._state, indent=2, sort_keys=True))
+        tmp.replace(self.state_dir / STATE_FILE)
+
+    def _owned_pids(self) -> set[int]:
+        me = os.getpid()
+        pgid = self._state.get("pgid")
+        owned = set()
+        for pid in _all_pids():
+            if pid == me:
+                continue
+            ours = (pgid and _proc_pgid(pid) == pgid) or (
+                _proc_env(pid).get(MARKER_ENV) == str(self.state_dir)
+            )
+            if ours and _pid_alive(pid):
+                owned.add(pid)
+        return owned
+
+    @staticmethod
+    def _signal(pids: set[int] | list[int], sig: signal.Signals) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+    def _api(self, path: str, timeout: float = 10.0) -> dict[str, Any]:
+        req = urllib.request.Request(
+            self.dashboard_url + path, headers={"Authorization": f"Bearer {self.token()}"}
+        )
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last_err: Exception | None = None
+        while time.monotonic() < deadline:
+            if _port_open(self._state["ports"]["gcs"]):
+                try:
+                    self.status()
+                    return
+                except (urllib.error.URLError, OSError, KeyError, ValueError) as e:
+                    last_err = e
+            time.sleep(0.5)
+        raise LocalClusterError(
+            f"cluster did not answer within {timeout:.0f}s (GCS {self.address}, dashboard "
+            f"{self.dashboard_url}): {last_err}; see {self.state_dir / LOG_FILE} and "
+            f"{self._state['temp_dir']}/session_latest/logs"
+        )

@@ -1,0 +1,137 @@
+"""LocalCluster against a real Ray head whose autoscaler launches fake nodes."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from cluster.local import LocalCluster
+from cluster.spec import ClusterSpec, NodeTypeSpec
+
+pytestmark = pytest.mark.cluster
+
+SCALE_DRIVER = textwrap.dedent(
+    """
+    import os, time, ray
+    ray.init()
+
+    @ray.remote(num_cpus=1)
+    def where(i):
+        time.sleep(3)
+        return ray.get_runtime_context().get_node_id(), os.environ.get("RAY_AUTH_MODE")
+
+    out = ray.get([where.remote(i) for i in range(4)])
+    print("NODES", len({n for n, _ in out}), "AUTH", sorted({m for _, m in out}))
+    """
+)
+
+
+def _run_driver(code: str, env: dict[str, str], timeout: float = 180) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_driver_demand_launches_workers_and_idle_ones_go_away(local_cluster, driver_env):
+    # The head has CPU 0: 4 one-CPU tasks can only run on autoscaled workers.
+    assert local_cluster.status().worker_count == 0
+    out = _run_driver(SCALE_DRIVER, driver_env)
+    nodes_line = next(line for line in out.splitlines() if line.startswith("NODES"))
+    n_nodes = int(nodes_line.split()[1])
+    assert n_nodes >= 1
+    # Workers run with token auth on (inherited from the head's environment).
+    assert "AUTH ['token']" in nodes_line
+    st = local_cluster.status()
+    assert st.worker_count >= 1
+    assert {n.node_type for n in st.workers} == {"cpu-worker"}
+    assert all(n.resources.get("CPU") == 2 for n in st.workers)
+    # idle_timeout_minutes=0.25 in the test spec: all workers are removed.
+    local_cluster.wait_for_workers(0, timeout=120, exact=True)
+
+
+def test_killed_worker_node_disappears(local_cluster, driver_env):
+    code = textwrap.dedent(
+        """
+        import ray
+        ray.init()
+        ray.autoscaler.sdk.request_resources(num_cpus=2)
+        """
+    )
+    _run_driver(code, driver_env)
+    local_cluster.wait_for_workers(1, timeout=120)
+    before = {n.node_id for n in local_cluster.status().workers}
+    killed = local_cluster.kill_worker_node()
+    assert killed in before
+
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        alive = {n.node_id for n in local_cluster.status().workers}
+        if killed not in alive:
+            break
+        time.sleep(1)
+    assert killed not in alive
+    _run_driver(
+        "import ray; ray.init(); ray.autoscaler.sdk.request_resources(num_cpus=0)", driver_env
+    )
+
+
+def test_jobs_api_requires_the_token(local_cluster):
+    url = local_cluster.dashboard_url + "/api/jobs/"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(url, timeout=10)
+    assert err.value.code == 401
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {local_cluster.token()}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+
+
+def test_state_is_private_and_recorded(local_cluster):
+    mode = stat.S_IMODE(os.stat(local_cluster.token_path).st_mode)
+    assert mode == 0o600
+    assert local_cluster.config_path.exists()
+    assert len(str(local_cluster.temp_dir)) < 30
+    env = local_cluster.driver_env()
+    assert env["RAY_ADDRESS"] == local_cluster.address
+    assert env["RAY_AUTH_MODE"] == "token"
+    # up() on a running cluster is a no-op (same ports, same processes).
+    state_before = (local_cluster.state_dir / "state.json").read_text()
+    same = LocalCluster(local_cluster.state_dir, spec=local_cluster.spec).up()
+    assert same.address == local_cluster.address
+    assert (local_cluster.state_dir / "state.json").read_text() == state_before
+
+
+def test_down_leaves_no_process_and_is_idempotent(tmp_path):
+    spec = ClusterSpec(
+        cluster_name="ray-down",
+        node_types={
+            "head": NodeTypeSpec(machine_type="n2-standard-2", resources={"CPU": 0}),
+            "w": NodeTypeSpec(machine_type="n2-standard-2", min_workers=1, max_workers=1),
+        },
+        max_workers=1,
+    )
+    lc = LocalCluster(tmp_path / "state", spec=spec).up()
+    try:
+        lc.wait_for_workers(1, timeout=120)  # a fake node too, not just the head
+        temp_dir = lc.temp_dir
+        assert lc.owned_pids()
+    finally:
+        lc.down()
+    assert lc.owned_pids() == []
+    assert not temp_dir.exists()
+    assert lc.token_path.exists()  # the state dir's content stays
+    assert lc.down() == []
