@@ -1,0 +1,297 @@
+"""Shared helpers for the ray-gcp driver scripts.
+
+- :func:`connect` joins the Ray cluster the environment names (``RAY_ADDRESS``
+  plus Ray's own token settings ``RAY_AUTH_MODE`` / ``RAY_AUTH_TOKEN`` /
+  ``RAY_AUTH_TOKEN_PATH``), or starts a throwaway local instance when there is
+  none.
+- :class:`Storage` reads and writes a local folder or a ``gs://bucket/prefix``
+  with the same five calls, writing atomically in both cases.
+- :func:`cluster_shape` / :func:`format_summary` describe the cluster and a
+  run in one line.
+
+Everything here is importable on every Ray node (the cluster config puts the
+repo bundle on the node venv's ``sys.path``), so Storage objects can be
+shipped to tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+GS_SCHEME = "gs://"
+EXIT_NO_CLUSTER = 3  # exit status of every script that cannot reach its Ray cluster
+
+
+class UsageError(Exception):
+    """Bad command-line input; scripts exit 2 with this message."""
+
+
+# ---------------------------------------------------------------- Ray --------
+
+
+def connect(address: str | None = None, **init_kwargs):
+    """``ray.init`` against ``address`` or ``$RAY_ADDRESS``; a local instance if neither.
+
+    Token auth needs nothing here: ``ray.init`` itself reads ``RAY_AUTH_MODE``
+    and the token (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
+    ``~/.ray/auth_token``) from the environment, and a job started by
+    ``ray job submit`` inherits both from the head.
+    """
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    init_kwargs.setdefault("log_to_driver", True)
+    init_kwargs.setdefault("ignore_reinit_error", True)
+    try:
+        return ray.init(address=address, **init_kwargs)
+    except ConnectionError as e:
+        print(
+            f"error: cannot connect to the Ray cluster at {address}: {e}. If the cluster uses "
+            "token auth, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN).",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_NO_CLUSTER) from None
+
+
+@dataclass(frozen=True)
+class ClusterShape:
+    nodes: int
+    cpus: float
+    gpus: float
+
+    def describe(self) -> str:
+        gpus = f", {_plural(self.gpus, 'GPU')}" if self.gpus else ""
+        return f"{_plural(self.nodes, 'node')}, {_plural(self.cpus, 'CPU')}{gpus}"
+
+
+def cluster_shape() -> ClusterShape:
+    """Alive nodes and their total CPUs/GPUs right now (autoscaling changes it)."""
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = sum(n.get("Resources", {}).get("CPU", 0.0) for n in alive)
+    gpus = sum(n.get("Resources", {}).get("GPU", 0.0) for n in alive)
+    return ClusterShape(nodes=len(alive), cpus=cpus, gpus=gpus)
+
+
+def bigger(a: ClusterShape | None, b: ClusterShape) -> ClusterShape:
+    """The larger of two samples, for "peak cluster size during the run"."""
+    if a is None:
+        return b
+    return max(a, b, key=lambda s: (s.cpus, s.nodes, s.gpus))
+
+
+def format_summary(
+    shape: ClusterShape, *, processed: int, skipped: int, failed: int, seconds: float
+) -> str:
+    return (
+        f"This cluster consists of {shape.describe()}; "
+        f"processed {processed}, skipped {skipped}, failed {failed} in {seconds:.1f} s"
+    )
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _plural(x: float, noun: str) -> str:
+    return f"{_num(x)} {noun}" + ("" if x == 1 else "s")
+
+
+# ------------------------------------------------------------- Storage -------
+
+
+class Storage:
+    """A folder or ``gs://bucket/prefix``: list, read, write, exists, url.
+
+    Keys are POSIX relative paths ("a/b.jpg"). Writes are atomic: locally a
+    temp file in the same folder renamed over the target; on GCS an object
+    upload, which is atomic by itself. So a reader never sees half a file.
+    """
+
+    url: str
+
+    def list(self, under: str = "") -> Iterator[str]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def read_bytes(self, key: str) -> bytes:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def write_bytes(self, key: str, data: bytes) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def join(self, key: str) -> str:
+        return self.url.rstrip("/") + "/" + key
+
+    def read_text(self, key: str) -> str:
+        return self.read_bytes(key).decode("utf-8")
+
+    def write_text(self, key: str, text: str) -> None:
+        self.write_bytes(key, text.encode("utf-8"))
+
+    def write_json(self, key: str, obj) -> None:
+        self.write_text(key, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def open_storage(url: str) -> Storage:
+    """``gs://bucket[/prefix]`` -> GCS, anything else -> a local folder."""
+    if not url:
+        raise UsageError("empty storage location")
+    if url.startswith(GS_SCHEME):
+        return GCSStorage.from_url(url)
+    if "://" in url:
+        raise UsageError(f"unsupported storage location {url!r}: use a local path or gs://bucket/prefix")
+    return LocalStorage(url)
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid storage key {key!r}")
+    return key
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().resolve()
+        self.url = str(self.root)
+
+    def __repr__(self):
+        return f"LocalStorage({self.url!r})"
+
+    def __reduce__(self):
+        return (LocalStorage, (self.url,))
+
+    def list(self, under: str = "") -> Iterator[str]:
+        base = self.root / under if under else self.root
+        if not base.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
+            for name in sorted(filenames):
+                if name.startswith(".tmp-"):
+                    continue  # our own in-flight writes
+                yield name if rel_dir == "." else f"{rel_dir}/{name}"
+
+    def path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.path(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+
+class GCSStorage(Storage):
+    """``gs://bucket/prefix`` through google-cloud-storage.
+
+    The client honours ``STORAGE_EMULATOR_HOST`` (tests point it at
+    gcp-storage-emulator); on GCP it uses the node's service account. The
+    emulator address is captured at construction so a Storage shipped to a
+    task on another node talks to the same endpoint.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", emulator_host: str | None = None):
+        if not bucket:
+            raise UsageError("gs:// location has no bucket name")
+        self.bucket_name = bucket
+        self.prefix = prefix.strip("/")
+        self.emulator_host = emulator_host if emulator_host is not None else os.environ.get(
+            "STORAGE_EMULATOR_HOST"
+        )
+        self.url = f"{GS_SCHEME}{bucket}" + (f"/{self.prefix}" if self.prefix else "")
+        self._bucket = None
+
+    @classmethod
+    def from_url(cls, url: str) -> "GCSStorage":
+        rest = url[len(GS_SCHEME):]
+        bucket, _, prefix = rest.partition("/")
+        return cls(bucket, prefix)
+
+    def __repr__(self):
+        return f"GCSStorage({self.url!r})"
+
+    def __reduce__(self):
+        return (GCSStorage, (self.bucket_name, self.prefix, self.emulator_host or ""))
+
+    @property
+    def bucket(self):
+        if self._bucket is None:
+            from google.cloud import storage
+
+            if self.emulator_host:
+                os.environ.setdefault("STORAGE_EMULATOR_HOST", self.emulator_host)
+                client = storage.Client(project="ray-gcp-emulated")
+            else:
+                client = storage.Client()
+            self._bucket = client.bucket(self.bucket_name)
+        return self._bucket
+
+    def _name(self, key: str) -> str:
+        _check_key(key)
+        return posixpath.join(self.prefix, key) if self.prefix else key
+
+    def list(self, under: str = "") -> Iterator[str]:
+        base = self.prefix + "/" if self.prefix else ""
+        search = base + (under.strip("/") + "/" if under else "")
+        for blob in self.bucket.client.list_blobs(self.bucket_name, prefix=search):
+            if blob.name.endswith("/"):
+                continue  # "folder" placeholder objects
+            yield blob.name[len(base):]
+
+    def read_bytes(self, key: str) -> bytes:
+        from google.api_core.exceptions import NotFound
+
+        try:
+            return self.bucket.blob(self._name(key)).download_as_bytes()
+        except NotFound:
+            raise FileNotFoundError(self.join(key)) from None
+
+    def exists(self, key: str) -> bool:
+        return self.bucket.blob(self._name(key)).exists()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.bucket.blob(self._name(key)).upload_from_string(data)
+
+
+def overlapping(a: Storage, b: Storage) -> bool:
+    """True if one location is inside the other (or they are the same)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, GCSStorage):
+        if a.bucket_name != b.bucket_name:
+            return False
+        pa, pb = a.prefix + "/", b.prefix + "/"
+        return pa.startswith(pb) or pb.startswith(pa) or not a.prefix or not b.prefix
+    ra, rb = a.root, b.root
+    return ra == rb or ra in rb.parents or rb in ra.parents
