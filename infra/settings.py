@@ -108,7 +108,7 @@ class Settings(BaseModel):
         default=(),
         description=(
             "Extra IPv4 CIDRs allowed to SSH (port 22 only) to the provider VM directly. "
-            "Empty: IAP only. A public range also gives the provider VM an external IP."
+            "Empty: IAP only. A range outside RFC 1918 also gives the provider VM an external IP."
         ),
         **_allowed("a list of IPv4 CIDRs such as 203.0.113.0/24, never 0.0.0.0/0"),
     )
@@ -213,7 +213,7 @@ class Settings(BaseModel):
     @classmethod
     def _subnet_cidr(cls, v: str) -> str:
         net = _ipv4_network(v)
-        if not any(net.subnet_of(private) for private in _RFC1918):
+        if not _is_rfc1918(net):
             raise ValueError("not inside an RFC 1918 private range")
         if not 8 <= net.prefixlen <= 29:
             raise ValueError("GCE subnets are /8 to /29")
@@ -223,8 +223,8 @@ class Settings(BaseModel):
 
     @property
     def ssh_needs_public_ip(self) -> bool:
-        """Direct SSH from a public range can only reach a VM that has an external IP."""
-        return any(ipaddress.IPv4Network(r).is_global for r in self.ssh_source_ranges)
+        """Direct SSH from outside RFC 1918 (not VPN/peering) needs an external IP on the VM."""
+        return any(not _is_rfc1918(ipaddress.IPv4Network(r)) for r in self.ssh_source_ranges)
 
     def cluster_spec(self) -> ClusterSpec:
         """The Ray cluster spec these settings describe (validated by cluster.spec)."""
@@ -333,6 +333,10 @@ def _as_list(v: Any) -> Any:
     return v
 
 
+def _is_rfc1918(net: ipaddress.IPv4Network) -> bool:
+    return any(net.subnet_of(private) for private in _RFC1918)
+
+
 def _ipv4_network(text: str) -> ipaddress.IPv4Network:
     if "/" not in text:
         raise ValueError(f"{text!r} is not a CIDR (write e.g. {text}/32)")
@@ -341,7 +345,7 @@ def _ipv4_network(text: str) -> ipaddress.IPv4Network:
     except ValueError:
         raise ValueError(f"{text!r} is not a valid CIDR") from None
     if not isinstance(net, ipaddress.IPv4Network):
-        raise ValueError(f"{text!r} is IPv6; the cluster network is IPv4 only")
+        raise ValueError(f"{text!r} is IPv6; the cluster network is IPv4 only")  # noqa: TRY004 (pydantic wants ValueError)
     if str(net) != text:
         raise ValueError(f"{text!r} has host bits set; did you mean {str(net)!r}?")
     return net

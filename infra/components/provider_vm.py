@@ -43,7 +43,7 @@ def provider_metadata(
         "startup-script": startup_script,
         layout.META_CLUSTER_CONFIG: cluster_yaml,
         layout.META_BUNDLE: bundle_b64,
-        layout.META_SECRETS: json.dumps(dict(sorted(secret_versions.items())), indent=1),
+        layout.META_SECRETS: json.dumps(dict(secret_versions), sort_keys=True),
         layout.META_CREDENTIAL_MODE: credential_mode,
     }
     for key, value in items.items():

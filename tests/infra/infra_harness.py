@@ -178,8 +178,9 @@ def _make_classes():
         def __init__(self, mocks: RecordingMocks) -> None:
             super().__init__(mocks)
             self.registrations: list[dict[str, Any]] = []
+            self.outputs_registered: list[str] = []
 
-        def RegisterResource(self, request):  # noqa: N802 (gRPC method name)
+        def RegisterResource(self, request):
             response = super().RegisterResource(request)
             if request.type != "pulumi:pulumi:Stack":
                 self.registrations.append(
@@ -196,6 +197,10 @@ def _make_classes():
                     }
                 )
             return response
+
+        def RegisterResourceOutputs(self, request):
+            self.outputs_registered.append(request.urn)
+            return super().RegisterResourceOutputs(request)
 
     return RecordingMocks, RecordingMonitor
 
@@ -278,6 +283,7 @@ def run_program(config: dict[str, str], *, stack: str = TEST_STACK) -> dict[str,
     return _plain(
         {
             "resources": monitor.registrations,
+            "outputs_registered": monitor.outputs_registered,
             "new_resource_calls": mocks.new_resource_calls,
             "invokes": mocks.calls,
             "outputs": outputs,
@@ -289,6 +295,15 @@ def run_program(config: dict[str, str], *, stack: str = TEST_STACK) -> dict[str,
 
 def warm_up() -> None:
     """Import, in the parent, what every forked run would otherwise import again."""
+    import warnings
+
+    with warnings.catch_warnings():
+        # pulumi_gcp warns about its own deprecated aliases while loading a module.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _import_program_modules()
+
+
+def _import_program_modules() -> None:
     import pulumi_gcp as gcp
 
     import infra.program  # noqa: F401

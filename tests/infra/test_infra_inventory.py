@@ -1,0 +1,79 @@
+"""Reviewed inventory snapshots: every resource of each scenario, compared exactly.
+
+tests/infra/inventory/<scenario>.yaml lists each resource's type, name,
+parent and inputs (secrets masked; the three large metadata values replaced by
+what produces them, each of which has its own tests). Any change to what
+`pulumi up` would create shows up as a diff of these files. After reviewing a
+change, regenerate with:
+
+    UPDATE_INVENTORY=1 .venv/bin/python -m pytest tests/infra -q
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import infra_harness as harness
+import yaml
+
+from cluster import layout
+
+INVENTORY_DIR = Path(__file__).parent / "inventory"
+PLACEHOLDERS = {
+    "startup-script": "<infra.boot.render_boot_script()>",
+    layout.META_BUNDLE: "<base64 of cluster.bundle.build_bundle(project root)>",
+    layout.META_CLUSTER_CONFIG: "<stack output clusterConfig>",
+}
+
+
+def _mask(value: Any) -> Any:
+    if harness.is_secret(value):
+        return "[secret]"
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    return value
+
+
+def inventory(rec) -> dict[str, Any]:
+    entries = []
+    for r in rec.resources:
+        props = _mask(r["inputs"])
+        if r["type"] == "gcp:compute/instance:Instance":
+            props["metadata"] = {
+                k: PLACEHOLDERS.get(k, v) for k, v in props["metadata"].items()
+            }
+        entries.append(
+            {"type": r["type"], "name": r["name"], "parent": rec.parent_name(r), "inputs": props}
+        )
+    entries.sort(key=lambda e: (e["parent"] != "<stack>", e["parent"], e["type"], e["name"]))
+    return {
+        "scenario": rec.scenario,
+        "settings": {k: v for k, v in harness.engine_config(
+            __import__("conftest").SCENARIOS[rec.scenario]).items()},
+        "invokes": rec.data["invokes"],
+        "outputs": {k: v for k, v in rec.outputs.items() if k != "clusterConfig"},
+        "resource_count": len(entries),
+        "resources": entries,
+    }
+
+
+def _dump(doc: dict[str, Any]) -> str:
+    # Sorted keys: the engine hands inputs over as protobuf maps, whose order is arbitrary.
+    return yaml.safe_dump(doc, sort_keys=True, width=100, default_flow_style=False)
+
+
+def test_inventory_matches_the_reviewed_snapshot(each_scenario):
+    path = INVENTORY_DIR / f"{each_scenario.scenario}.yaml"
+    text = _dump(inventory(each_scenario))
+    if os.environ.get("UPDATE_INVENTORY") == "1":
+        INVENTORY_DIR.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"no snapshot {path}: run with UPDATE_INVENTORY=1 and review it"
+    assert path.read_text() == text, (
+        f"{path.name} differs from what the program declares now; review the change, then "
+        "regenerate with UPDATE_INVENTORY=1 .venv/bin/python -m pytest tests/infra"
+    )

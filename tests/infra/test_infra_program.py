@@ -1,0 +1,125 @@
+"""infra/__main__.py + infra/program.py: the whole program, as Pulumi's language host runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import infra_harness as harness
+from conftest import SCENARIOS
+
+from infra.program import render_cluster_yaml
+from infra.settings import parse_settings
+
+STACK_OUTPUTS = {
+    "providerInstance", "providerZone", "sshCommand", "clusterConfig", "serviceAccounts",
+    "network", "subnetwork", "bucket", "image",
+}
+COMPONENT_TYPES = {
+    "ray-gcp:infra:ProjectServices", "ray-gcp:infra:WorkloadBucket", "ray-gcp:infra:Identity",
+    "ray-gcp:infra:ClusterNetwork", "ray-gcp:infra:LauncherSecrets", "ray-gcp:infra:ProviderVm",
+}
+# The only places the generated secrets may appear in inputs: the secret versions.
+SECRET_HOLDERS = {("gcp:secretmanager/secretVersion:SecretVersion", "secretData")}
+
+
+def _settings_of(scenario: str):
+    raw = {k.removeprefix("ray-gcp:"): v for k, v in harness.engine_config(SCENARIOS[scenario]).items()
+           if k.startswith("ray-gcp:")}
+    return parse_settings(raw, harness.TEST_PROJECT)
+
+
+def test_outputs(each_scenario):
+    rec = each_scenario
+    out = rec.outputs
+    assert set(out) == STACK_OUTPUTS
+    settings = _settings_of(rec.scenario)
+    assert out["providerInstance"] == f"{settings.cluster_name}-provider"
+    assert out["providerZone"] == settings.zone
+    assert out["sshCommand"] == (
+        f"gcloud compute ssh {settings.cluster_name}-provider --zone {settings.zone} "
+        f"--project {harness.TEST_PROJECT} --tunnel-through-iap")
+    assert set(out["serviceAccounts"]) == {"provider", "head", "worker"}
+    assert all(e.endswith(f"@{harness.TEST_PROJECT}.iam.gserviceaccount.com")
+               for e in out["serviceAccounts"].values())
+    # Nothing exported is secret: the outputs are safe to print.
+    assert not any(v["secret"] for v in rec.data["outputs"].values())
+
+
+def test_cluster_config_is_cluster_render_of_the_deployed_facts(each_scenario):
+    rec = each_scenario
+    out = rec.outputs
+    settings = _settings_of(rec.scenario)
+    subnet = rec.one("gcp:compute/subnetwork:Subnetwork")["inputs"]
+    facts = {
+        "project": harness.TEST_PROJECT, "region": settings.region, "zone": settings.zone,
+        "subnetwork": f"{harness.GCE}/projects/{harness.TEST_PROJECT}/regions/{subnet['region']}"
+                      f"/subnetworks/{subnet['name']}",
+        "head_service_account": out["serviceAccounts"]["head"],
+        "worker_service_account": out["serviceAccounts"]["worker"],
+        "ssh_public_key": harness.MOCK_SSH_PUBLIC_KEY.strip(),
+        "image": harness.MOCK_IMAGE,
+        "bucket": out["bucket"],
+    }
+    assert out["clusterConfig"] == render_cluster_yaml(settings, facts)
+    # The public key is in the config (not secret); the private key is not.
+    assert harness.MOCK_SSH_PUBLIC_KEY.strip() in out["clusterConfig"]
+
+
+def test_components_own_every_resource_and_register_outputs(each_scenario):
+    rec = each_scenario
+    components = [r for r in rec.resources if not r["custom"]]
+    assert {r["type"] for r in components} == COMPONENT_TYPES
+    for comp in components:
+        assert rec.parent_of(comp) is None, f"{comp['name']} should be a child of the stack"
+        assert comp["urn"] in rec.data["outputs_registered"], f"{comp['name']}: register_outputs"
+    for r in rec.resources:
+        if r["custom"]:
+            parent = rec.parent_of(r)
+            assert parent is not None and parent["type"] in COMPONENT_TYPES, r["name"]
+            assert r["name"].startswith(parent["name"] + "-"), r["name"]
+
+
+def test_generated_secrets_appear_nowhere_but_in_secret_versions(each_scenario):
+    rec = each_scenario
+    for r in rec.resources:
+        for key, value in r["inputs"].items():
+            if (r["type"], key) in SECRET_HOLDERS:
+                assert harness.is_secret(value)
+                continue
+            text = json.dumps(harness.unsecret(value))
+            for secret, needles in harness.SECRET_NEEDLES.items():
+                for needle in needles:
+                    assert needle not in text, f"{secret} in {r['type']} {r['name']}.{key}"
+    outputs_text = json.dumps(rec.outputs)
+    for secret, needles in harness.SECRET_NEEDLES.items():
+        assert not any(n in outputs_text for n in needles), f"{secret} in stack outputs"
+
+
+def test_runs_like_the_language_host_without_the_project_root_on_sys_path(tmp_path, default):
+    """A separate interpreter whose sys.path lacks the project root (as under
+    pulumi-language-python-exec): infra.* and cluster.* import from the editable
+    install, and the program declares the same resources as in the forked runs."""
+    script = tmp_path / "language_host.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, sys
+        root = {str(harness.PROJECT_ROOT)!r}
+        assert root not in sys.path and "" not in sys.path, sys.path
+        import infra.program, cluster.spec
+        assert infra.program.__file__.startswith(root + "/infra/")
+        sys.path.append({str(harness.PROJECT_ROOT / "tests" / "infra")!r})  # the harness only
+        import infra_harness
+        rec = infra_harness.run_program(infra_harness.engine_config({{}}))
+        print(json.dumps({{"error": rec["error"],
+                           "resources": sorted((r["type"], r["name"]) for r in rec["resources"])}}))
+    """))
+    proc = subprocess.run([sys.executable, str(script)], check=False, cwd=tmp_path,
+                          capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["error"] is None, result["error"]["traceback"]
+    assert [tuple(r) for r in result["resources"]] == sorted(
+        (r["type"], r["name"]) for r in default.resources)

@@ -1,0 +1,186 @@
+"""infra/settings.py: every setting parsed and validated before any resource exists."""
+
+from __future__ import annotations
+
+import infra_harness as harness
+import pytest
+
+from infra.regions import REGION_ZONES, zones_of
+from infra.settings import NAMESPACE, Settings, SettingsError, parse_settings
+
+PROJECT = harness.TEST_PROJECT
+
+PULUMI_TYPES = {str: "string", int: "integer", bool: "boolean", tuple[str, ...]: "array"}
+
+
+def test_pulumi_yaml_declares_exactly_the_settings_with_the_same_defaults():
+    declared = harness.pulumi_yaml()["config"]
+    keys = Settings.config_keys()
+    assert set(declared) == set(keys.values())
+    for field, key in keys.items():
+        info = Settings.model_fields[field]
+        decl = declared[key]
+        default = info.default
+        assert decl["default"] == (list(default) if isinstance(default, tuple) else default), key
+        assert decl["description"], key
+        expected_type = PULUMI_TYPES.get(info.annotation, "string")  # Literal[...] -> string
+        assert decl["type"] == expected_type, key
+
+
+def test_pulumi_yaml_project_and_runtime():
+    doc = harness.pulumi_yaml()
+    assert doc["name"] == "ray-gcp"
+    assert doc["main"] == "infra/"
+    assert doc["runtime"]["name"] == "python"
+    assert doc["runtime"]["options"]["virtualenv"] == ".venv"
+    assert doc["description"]
+
+
+def test_defaults():
+    s = parse_settings({}, PROJECT)
+    assert (s.region, s.zone, s.cluster_name) == ("asia-northeast3", "asia-northeast3-a", "ray-gcp")
+    assert (s.min_workers, s.max_workers, s.spot_workers) == (0, 6, False)
+    assert s.ssh_source_ranges == () and not s.ssh_needs_public_ip
+    assert s.credential_mode == "metadata"
+    assert s.subnet_cidr == "10.10.0.0/20"
+
+
+def test_values_arrive_as_engine_strings():
+    s = parse_settings(
+        {
+            "minWorkers": "2",
+            "maxWorkers": "9",
+            "spotWorkers": "true",
+            "sshSourceRanges": '["203.0.113.0/24", "10.1.0.0/16"]',
+            "credentialMode": "key",
+        },
+        PROJECT,
+    )
+    assert (s.min_workers, s.max_workers, s.spot_workers, s.credential_mode) == (2, 9, True, "key")
+    assert s.ssh_source_ranges == ("203.0.113.0/24", "10.1.0.0/16")
+    assert s.ssh_needs_public_ip
+
+
+def test_ssh_ranges_also_accept_a_comma_list_and_private_ranges_need_no_public_ip():
+    s = parse_settings({"sshSourceRanges": "10.1.0.0/16, 192.168.5.0/24"}, PROJECT)
+    assert s.ssh_source_ranges == ("10.1.0.0/16", "192.168.5.0/24")
+    assert not s.ssh_needs_public_ip
+
+
+def test_every_region_has_zones_and_every_zone_is_accepted():
+    for region in REGION_ZONES:
+        for zone in zones_of(region):
+            assert parse_settings({"region": region, "zone": zone}, PROJECT).zone == zone
+
+
+def test_cluster_spec_follows_the_settings():
+    s = parse_settings(
+        {"clusterName": "research", "workerMachineType": "c3-standard-8", "minWorkers": "1",
+         "maxWorkers": "10", "spotWorkers": "true"},
+        PROJECT,
+    )
+    spec = s.cluster_spec()
+    assert spec.cluster_name == "research"
+    (worker,) = spec.worker_types.values()
+    assert (worker.machine_type, worker.min_workers, worker.max_workers, worker.spot) == (
+        "c3-standard-8", 1, 10, True)
+    assert spec.head.machine_type == s.head_machine_type
+
+
+# (raw settings, the key the error must name, a fragment saying what is allowed)
+BAD_SETTINGS = [
+    ({"region": "asia-northeast9"}, "ray-gcp:region", "asia-northeast3"),
+    ({"region": "US-CENTRAL1"}, "ray-gcp:region", "us-central1"),
+    ({"zone": "us-central1-a"}, "ray-gcp:zone", "asia-northeast3-a, asia-northeast3-b"),
+    ({"region": "us-east1", "zone": "us-east1-a"}, "ray-gcp:zone", "us-east1-b, us-east1-c"),
+    ({"minWorkers": "-1"}, "ray-gcp:minWorkers", ">= 0"),
+    ({"maxWorkers": "-3"}, "ray-gcp:maxWorkers", ">= minWorkers"),
+    ({"minWorkers": "5", "maxWorkers": "2"}, "ray-gcp:maxWorkers", ">= minWorkers"),
+    ({"maxWorkers": "many"}, "ray-gcp:maxWorkers", "integer"),
+    ({"spotWorkers": "sometimes"}, "ray-gcp:spotWorkers", "true or false"),
+    ({"sshSourceRanges": '["0.0.0.0/0"]'}, "ray-gcp:sshSourceRanges", "never 0.0.0.0/0"),
+    ({"sshSourceRanges": "0.0.0.0/1"}, "ray-gcp:sshSourceRanges", "/8 or longer"),
+    ({"sshSourceRanges": '["203.0.113.7"]'}, "ray-gcp:sshSourceRanges", "203.0.113.7/32"),
+    ({"sshSourceRanges": '["203.0.113.300/32"]'}, "ray-gcp:sshSourceRanges", "IPv4 CIDRs"),
+    ({"sshSourceRanges": '["203.0.113.7/24"]'}, "ray-gcp:sshSourceRanges", "203.0.113.0/24"),
+    ({"sshSourceRanges": '["2001:db8::/32"]'}, "ray-gcp:sshSourceRanges", "IPv4"),
+    ({"sshSourceRanges": '["10.0.0.0/8", "10.0.0.0/8"]'}, "ray-gcp:sshSourceRanges", "twice"),
+    ({"subnetCidr": "34.64.0.0/20"}, "ray-gcp:subnetCidr", "RFC 1918"),
+    ({"subnetCidr": "10.0.0.0/30"}, "ray-gcp:subnetCidr", "/29"),
+    ({"subnetCidr": "10.0.0.0"}, "ray-gcp:subnetCidr", "10.0.0.0/32"),
+    ({"subnetCidr": "not-a-cidr/20"}, "ray-gcp:subnetCidr", "RFC 1918"),
+    ({"clusterName": "Ray_GCP"}, "ray-gcp:clusterName", "lowercase"),
+    ({"clusterName": "9lives"}, "ray-gcp:clusterName", "start with a letter"),
+    ({"clusterName": "a" * 36}, "ray-gcp:clusterName", "at most 35"),
+    ({"credentialMode": "keyfile"}, "ray-gcp:credentialMode", "metadata or key"),
+    ({"providerMachineType": "e2 small"}, "ray-gcp:providerMachineType", "machine type"),
+    ({"headMachineType": "N2-STANDARD-4"}, "ray-gcp:headMachineType", "machine type"),
+    ({"workerMachineType": "n2-standard"}, "ray-gcp:workerMachineType", "vCPU"),
+    ({"maxWorker": "3"}, "ray-gcp:maxWorker", "ray-gcp:maxWorkers"),
+]
+
+
+@pytest.mark.parametrize(("raw", "key", "allowed"), BAD_SETTINGS, ids=lambda v: str(v)[:40])
+def test_bad_setting_names_key_value_and_what_is_allowed(raw, key, allowed):
+    with pytest.raises(SettingsError) as info:
+        parse_settings(raw, PROJECT)
+    message = str(info.value)
+    assert key in message
+    bad_value = raw.get(key.removeprefix(f"{NAMESPACE}:"))
+    if bad_value is not None and key != "ray-gcp:maxWorker":
+        assert repr(bad_value) in message
+    assert allowed in message
+    assert "nothing was created" in message
+
+
+def test_missing_project_is_an_error():
+    with pytest.raises(SettingsError, match=r"gcp:project is required"):
+        parse_settings({}, None)
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(SettingsError) as info:
+        parse_settings({"region": "nowhere-1", "credentialMode": "x", "minWorkers": "-2"}, PROJECT)
+    for key in ("ray-gcp:region", "ray-gcp:credentialMode", "ray-gcp:minWorkers"):
+        assert key in str(info.value)
+
+
+# One representative per kind of bad setting, run through the whole program.
+PROGRAM_BAD = {
+    "unknown region": ({"ray-gcp:region": "mars-north1"}, "ray-gcp:region"),
+    "zone outside region": ({"ray-gcp:zone": "us-central1-a"}, "ray-gcp:zone"),
+    "negative workers": ({"ray-gcp:minWorkers": -1}, "ray-gcp:minWorkers"),
+    "inverted workers": ({"ray-gcp:minWorkers": 4, "ray-gcp:maxWorkers": 2}, "ray-gcp:maxWorkers"),
+    "open ssh": ({"ray-gcp:sshSourceRanges": ["0.0.0.0/0"]}, "ray-gcp:sshSourceRanges"),
+    "bad cidr": ({"ray-gcp:sshSourceRanges": ["1.2.3/33"]}, "ray-gcp:sshSourceRanges"),
+    "public subnet": ({"ray-gcp:subnetCidr": "8.8.0.0/16"}, "ray-gcp:subnetCidr"),
+    "bad cluster name": ({"ray-gcp:clusterName": "My Cluster"}, "ray-gcp:clusterName"),
+    "unknown credential mode": ({"ray-gcp:credentialMode": "json"}, "ray-gcp:credentialMode"),
+    "malformed machine type": ({"ray-gcp:workerMachineType": "big"}, "ray-gcp:workerMachineType"),
+    "misspelt key": ({"ray-gcp:spotWorker": True}, "ray-gcp:spotWorker"),
+}
+
+
+@pytest.fixture(scope="module")
+def warm():
+    harness.warm_up()
+
+
+@pytest.mark.parametrize("case", sorted(PROGRAM_BAD))
+def test_bad_setting_stops_the_program_before_any_resource(warm, case):
+    overrides, key = PROGRAM_BAD[case]
+    result = harness.run_isolated(harness.engine_config(overrides))
+    error = result["error"]
+    assert error is not None, f"{case}: the program accepted {overrides}"
+    # RunError: Pulumi shows the message alone, without a Python traceback.
+    assert error["is_run_error"], error["traceback"]
+    assert key in error["message"]
+    assert result["new_resource_calls"] == 0
+    assert result["resources"] == []
+    assert result["invokes"] == []
+
+
+def test_missing_project_stops_the_program_before_any_resource(warm):
+    result = harness.run_isolated(harness.engine_config({}, project=None))
+    assert "gcp:project" in result["error"]["message"]
+    assert result["new_resource_calls"] == 0 and result["invokes"] == []
