@@ -421,7 +421,7 @@ class ResultsFile:
                     self.keys.add(json.loads(line)["key"])
                 except (ValueError, KeyError, TypeError):
                     continue
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open until close()
 
     def _cut_torn_tail(self):
         if not os.path.exists(self.path):
@@ -555,6 +555,8 @@ def run(args) -> int:
     finally:
         bar.close()
         results.close()
+    if isinstance(dst, common.LocalStorage):
+        dst.remove_stale_temps()  # left by tasks killed mid-write; never visible as outputs
     shape = common.bigger(shape, common.cluster_shape())
     seconds = time.monotonic() - t0
 
@@ -602,7 +604,7 @@ def _sample_shapes(rng, w, h):
     mw, mh = int(rng.integers(8, 20)), int(rng.integers(8, 20))
     bitmap = np.zeros((mh, mw), np.uint8)
     cv2.ellipse(bitmap, (mw // 2, mh // 2), (mw // 2, mh // 2), 0, 0, 360, 1, -1)
-    ok, png = cv2.imencode(".png", bitmap)
+    _, png = cv2.imencode(".png", bitmap)
 
     def shape(label, kind, points, **extra):
         return {"label": label, "points": points, "group_id": None, "description": "",
@@ -774,6 +776,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     # Run under the package name, so Ray pickles process_batch by reference
     # (workers import workloads.annotate) rather than by value from __main__.
-    from workloads import annotate as _annotate
+    from workloads import annotate as _annotate  # noqa: PLW0406 - see above
 
     sys.exit(_annotate.main())

@@ -60,18 +60,19 @@ def describe(nodes: list[dict], available: dict) -> dict:
 def render_text(report: dict) -> str:
     t = report["totals"]
     shape = common.ClusterShape(t["nodes"], t["cpus"], t["gpus"])
-    lines = [f"This cluster consists of {shape.describe()} "
-             f"(Ray {report['ray_version']}, Python {report['python']})"]
+    title = (f"This cluster consists of {shape.describe()} "
+             f"(Ray {report['ray_version']}, Python {report['python']})")
+    lines = [title]
     for x in report["nodes"]:
         role = "head  " if x["head"] else "worker"
         extra = {k: v for k, v in x["resources"].items()
                  if k not in ("CPU", "GPU", "memory", "object_store_memory")}
-        lines.append(
+        line = (
             f"  {role} {x['address']:<15} {x['node_id'][:12]}  CPU {common._num(x['cpus'])}"
             f"  GPU {common._num(x['gpus'])}  memory {x['memory_gib']} GiB"
             f"  object store {x['object_store_gib']} GiB"
-            + (f"  {json.dumps(extra)}" if extra else "")
         )
+        lines.append(line + (f"  {json.dumps(extra)}" if extra else ""))
     a = report["available"]
     lines.append(f"available now: CPU {common._num(a.get('CPU', 0))}, GPU {common._num(a.get('GPU', 0))}")
     return "\n".join(lines)

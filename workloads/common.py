@@ -16,14 +16,15 @@ shipped to tasks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 GS_SCHEME = "gs://"
 EXIT_NO_CLUSTER = 3  # exit status of every script that cannot reach its Ray cluster
@@ -193,6 +194,19 @@ class LocalStorage(Storage):
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
+    def remove_stale_temps(self) -> int:
+        """Delete temp files of writes that never finished (a task killed mid-write).
+
+        Call only when no writer is active (the driver, after its last task).
+        """
+        removed = 0
+        if self.root.is_dir():
+            for p in self.root.rglob(".tmp-*"):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed += 1
+        return removed
+
     def write_bytes(self, key: str, data: bytes) -> None:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +247,7 @@ class GCSStorage(Storage):
         self._bucket = None
 
     @classmethod
-    def from_url(cls, url: str) -> "GCSStorage":
+    def from_url(cls, url: str) -> GCSStorage:
         rest = url[len(GS_SCHEME):]
         bucket, _, prefix = rest.partition("/")
         return cls(bucket, prefix)

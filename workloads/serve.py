@@ -293,6 +293,6 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     # Run under the package name, so Ray pickles AnomalyModel by reference.
-    from workloads import serve as _serve
+    from workloads import serve as _serve  # noqa: PLW0406 - see above
 
     sys.exit(_serve.main())

@@ -25,7 +25,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 try:
     from workloads import common
@@ -194,6 +194,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from workloads import tree_reduce as _tree_reduce
+    from workloads import tree_reduce as _tree_reduce  # noqa: PLW0406 - see above
 
     sys.exit(_tree_reduce.main())
