@@ -31,7 +31,9 @@ OPERATOR_HELPER = f"{layout.PROVIDER_ROOT}/sbin/ray-gcp-operator-credentials"
 OPERATOR_SUDOERS = "/etc/sudoers.d/ray-gcp-operators"  # no dot: sudo skips such names
 LOGIN_PROFILE = "/etc/profile.d/ray-gcp.sh"
 # The per-operator copy of the service-account key (credential mode "key").
-OPERATOR_SA_KEY = getattr(layout, "OPERATOR_SA_KEY", f"{layout.OPERATOR_DIR}/service-account-key.json")
+OPERATOR_SA_KEY = getattr(
+    layout, "OPERATOR_SA_KEY", f"{layout.OPERATOR_DIR}/service-account-key.json"
+)
 # Inside the bundle (metadata key layout.META_BUNDLE): the nodes' exact pins.
 BUNDLE_REQUIREMENTS = "cluster/requirements-node.txt"
 # Ray's file sync needs rsync; python3-venv bootstraps uv; curl for operators.
@@ -129,9 +131,7 @@ def render_boot_script(
         "PROVIDER_CLUSTER_YAML": _check(
             "provider_cluster_yaml", provider_cluster_yaml, _ABS_PATH, p
         ),
-        "PROVIDER_SECRETS_DIR": _check(
-            "provider_secrets_dir", provider_secrets_dir, _ABS_PATH, p
-        ),
+        "PROVIDER_SECRETS_DIR": _check("provider_secrets_dir", provider_secrets_dir, _ABS_PATH, p),
         "PROVIDER_READY": _check("provider_ready", provider_ready, _ABS_PATH, p),
         "OPERATOR_GROUP": _check(
             "operator_group", operator_group, _GROUP, "a group name of [a-z0-9_-]"

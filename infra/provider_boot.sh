@@ -464,12 +464,11 @@ fetch() {
 # ---- 3. system packages ----------------------------------------------------------
 install_system_packages() {
   step 3 "system packages (${SYSTEM_PACKAGES[*]})"
-  local missing=() pkg
+  local missing=() pkg status
+  # shellcheck disable=SC2016  # dpkg-query's own ${...} format syntax
+  status=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${SYSTEM_PACKAGES[@]}" 2>/dev/null) || true
   for pkg in "${SYSTEM_PACKAGES[@]}"; do
-    # shellcheck disable=SC2016  # dpkg-query's own ${...} format syntax
-    if [ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" != installed ]; then
-      missing+=("$pkg")
-    fi
+    grep -qx "$pkg installed" <<<"$status" || missing+=("$pkg")
   done
   if [ ${#missing[@]} = 0 ]; then
     info "already installed"
@@ -500,12 +499,15 @@ install_uv() {
 }
 
 # ---- 5. the venv: exactly the nodes' pinned requirements -----------------------
-venv_python_minor() {
-  "$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null
-}
-
-venv_ray_version() {
-  "$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("ray"))' 2>/dev/null
+# Prints "<python minor> <ray version or none>" of the venv; fails if there is no venv.
+venv_state() {
+  "$VENV/bin/python" -c '
+import importlib.metadata as m, sys
+try:
+    ray = m.version("ray")
+except m.PackageNotFoundError:
+    ray = "none"
+print("%d.%d" % sys.version_info[:2], ray)' 2>/dev/null
 }
 
 install_venv() {
@@ -513,14 +515,16 @@ install_venv() {
   local requirements=$SRC_STAGE/src/$BUNDLE_REQUIREMENTS want
   # The marker records which requirements file the venv was synced to.
   want="requirements-sha256=$(sha256sum "$requirements" | cut -d' ' -f1) python=$PYTHON_MINOR"
+  local state
+  state=$(venv_state) || state=
   if [ -f "$VENV_MARKER" ] && [ "$(<"$VENV_MARKER")" = "$want" ] &&
-    [ "$(venv_python_minor)" = "$PYTHON_MINOR" ] && [ "$(venv_ray_version)" = "$RAY_VERSION" ]; then
+    [ "$state" = "$PYTHON_MINOR $RAY_VERSION" ]; then
     info "already has exactly the pinned requirements"
     return
   fi
   rm -f "$VENV_MARKER"
   export UV_PYTHON_DOWNLOADS=never UV_NO_CONFIG=1
-  if [ "$(venv_python_minor)" != "$PYTHON_MINOR" ]; then
+  if [ "${state% *}" != "$PYTHON_MINOR" ]; then
     rm -rf "$VENV"
     "$UV" venv --no-project --python "$SYSTEM_PYTHON" "$VENV"
   fi
@@ -530,9 +534,9 @@ install_venv() {
   fi
   info "installing $BUNDLE_REQUIREMENTS with uv pip sync"
   "$UV" pip sync --no-cache "${hashes[@]}" --python "$VENV/bin/python" "$requirements"
-  local got
-  got=$(venv_ray_version) || true
-  [ "$got" = "$RAY_VERSION" ] || die "the venv has ray '${got:-<none>}' after the install, wanted $RAY_VERSION"
+  state=$(venv_state) || state=
+  [ "$state" = "$PYTHON_MINOR $RAY_VERSION" ] ||
+    die "after the install the venv has (python, ray) '${state:-<no venv>}', wanted '$PYTHON_MINOR $RAY_VERSION'"
   printf '%s\n' "$want" >"$VENV_MARKER"
 }
 
