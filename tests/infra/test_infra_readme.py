@@ -1,0 +1,83 @@
+"""infra/README.md stays true: its settings table, IAM table and example match the code."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import infra_harness as harness
+from test_infra_program import STACK_OUTPUTS
+
+from infra.components.identity import GRANTS
+from infra.settings import parse_settings
+
+README = (harness.PROJECT_ROOT / "infra" / "README.md").read_text()
+
+
+def _table_after(heading: str) -> list[list[str]]:
+    section = README.split(heading, 1)[1]
+    rows = []
+    for line in section.splitlines()[1:]:
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if set(cells[0]) <= {"-"} or cells[0] in ("Key", "Who"):
+            continue
+        rows.append(cells)
+    return rows
+
+
+def test_settings_table_matches_pulumi_yaml():
+    declared = harness.pulumi_yaml()["config"]
+    rows = _table_after("## Settings")
+    assert [r[0].strip("`") for r in rows] == list(declared)
+    for key, typ, default, _ in rows:
+        decl = declared[key.strip("`")]
+        assert typ == decl["type"], key
+        expected = decl["default"]
+        shown = default.strip("`")
+        assert shown == (str(expected).lower() if isinstance(expected, bool) else
+                         "[]" if expected == [] else str(expected)), key
+
+
+def test_iam_table_matches_the_grants():
+    documented = set()
+    for who, roles, scope, _ in _table_after("### IAM"):
+        for role in re.findall(r"`([a-zA-Z.0-9]+)`", roles):
+            documented.add((who, f"roles/{role}", scope))
+    scopes = {"project": "project", "bucket": "workload bucket", "head": "head account",
+              "worker": "worker account"}
+    expected = {(g.who, g.role, scopes[g.scope]) for g in GRANTS}
+    expected.add(("provider", "roles/secretmanager.secretAccessor", "each secret"))
+    assert documented == expected
+
+
+def test_example_commands_are_valid_settings():
+    block = README.split("## Example", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    raw: dict = {}
+    project = None
+    for line in block.splitlines():
+        line = line.split("  #", 1)[0].strip()
+        if line.startswith("pulumi config set"):
+            args = shlex.split(line)[3:]
+            path = args[0] == "--path"
+            key, value = args[1:] if path else args
+            if key == "gcp:project":
+                project = value
+                continue
+            name = key.removeprefix("ray-gcp:")
+            if path:
+                name, index = re.fullmatch(r"(\w+)\[(\d+)\]", name).groups()
+                raw.setdefault(name, []).insert(int(index), value)
+            else:
+                raw[name] = value
+        elif "pulumi stack output" in line:
+            assert re.search(r"stack output (\w+)", line).group(1) in STACK_OUTPUTS
+    settings = parse_settings(
+        {k: (str(v).replace("'", '"') if isinstance(v, list) else v) for k, v in raw.items()},
+        project,
+    )
+    assert settings.cluster_name == "research" and settings.max_workers == 10
+    assert settings.ssh_source_ranges == ("203.0.113.0/24",)
