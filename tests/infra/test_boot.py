@@ -9,6 +9,7 @@ uv/pip, visudo, logger, runuser). See tests/infra/fakes/ and infra/BOOT.md.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import io
 import json
@@ -631,6 +632,23 @@ def test_failed_reboot_removes_previously_installed_credentials(booted):
     del sb.sm.failures[VERSION_NAMES[layout.SECRET_SSH_PRIVATE_KEY]]
     assert sb.boot().returncode == 0
     assert sb.p(boot.PROVIDER_READY).exists()
+
+
+def test_a_second_concurrent_boot_stops_and_touches_nothing(make_sandbox):
+    sb = make_sandbox("metadata")
+    secrets_dir = sb.p(layout.PROVIDER_SECRETS_DIR)
+    secrets_dir.mkdir(parents=True)
+    (secrets_dir / "placeholder").write_text("installed by the running boot")
+    fd = os.open(sb.p(layout.PROVIDER_CONFIG_DIR), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the lock the running boot holds
+        result = sb.boot()
+    finally:
+        os.close(fd)
+    assert result.returncode != 0
+    assert "another boot of this script is running" in result.stderr
+    assert (secrets_dir / "placeholder").exists()
+    assert sb.metadata.requests == []
 
 
 def test_transient_secret_manager_errors_are_retried(make_sandbox):
