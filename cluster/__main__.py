@@ -1,4 +1,17 @@
-"""Command line: ``python -m cluster local up|down|status`` and ``python -m cluster render``."""
+"""Command line for the cluster package.
+
+    python -m cluster local up|down|status [--state-dir DIR]
+    python -m cluster render --target gcp|local [--spec SPEC.yaml] [--facts FACTS.json]
+                             [--project P] [--region R]
+    python -m cluster requirements [--check]
+
+``render --target gcp`` without ``--facts`` uses example facts (project
+``my-ray-project`` or ``--project``): a preview of what ``pulumi up`` puts on
+the provider VM. ``--facts`` takes a JSON (or YAML) object with GcpFacts'
+fields; ``--spec`` a ClusterSpec as YAML/JSON (default: the default spec).
+``requirements`` rewrites cluster/requirements-node.txt from uv.lock
+(``--check`` only compares and exits 1 on drift).
+"""
 
 from __future__ import annotations
 
@@ -32,6 +45,59 @@ def _local(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_mapping(path: Path) -> dict:
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise SystemExit(f"{path}: expected a mapping of field: value")
+    return data
+
+
+def _render(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from cluster.render import example_facts, render_gcp, render_local, to_yaml
+    from cluster.spec import ClusterSpec, GcpFacts, local_default_spec
+
+    try:
+        if args.spec:
+            spec = ClusterSpec.model_validate(_load_mapping(args.spec))
+        else:
+            spec = ClusterSpec() if args.target == "gcp" else local_default_spec()
+        if args.target == "local":
+            cfg = render_local(spec, gcs_port=args.gcs_port)
+        else:
+            if args.facts:
+                facts = GcpFacts.model_validate(_load_mapping(args.facts))
+            else:
+                facts = example_facts(project=args.project, region=args.region)
+            cfg = render_gcp(spec, facts)
+    except ValidationError as e:
+        print(f"invalid input:\n{e}", file=sys.stderr)
+        return 2
+    sys.stdout.write(to_yaml(cfg))
+    return 0
+
+
+def _requirements(args: argparse.Namespace) -> int:
+    from cluster.bundle import REQUIREMENTS_PATH, export_requirements
+
+    root = Path.cwd()
+    want = export_requirements(root)
+    path = root / REQUIREMENTS_PATH
+    have = path.read_text() if path.exists() else ""
+    if args.check:
+        if have != want:
+            print(f"{REQUIREMENTS_PATH} differs from uv.lock: run `python -m cluster requirements`")
+            return 1
+        print(f"{REQUIREMENTS_PATH} matches uv.lock")
+        return 0
+    path.write_text(want)
+    print(f"wrote {REQUIREMENTS_PATH} ({want.count('==')} pinned packages)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,9 +109,22 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_STATE_DIR,
         help="where pids, ports, token and config live (default: .ray-local/)",
     )
+    render = sub.add_parser("render", help="print a Ray autoscaler config as YAML")
+    render.add_argument("--target", choices=["gcp", "local"], required=True)
+    render.add_argument("--spec", type=Path, help="ClusterSpec as YAML/JSON")
+    render.add_argument("--facts", type=Path, help="GcpFacts as JSON/YAML (gcp target)")
+    render.add_argument("--project", default="my-ray-project", help="example facts' project")
+    render.add_argument("--region", default="asia-northeast3", help="example facts' region")
+    render.add_argument("--gcs-port", type=int, default=6379, help="local target's GCS port")
+    reqs = sub.add_parser("requirements", help="regenerate cluster/requirements-node.txt")
+    reqs.add_argument("--check", action="store_true", help="only compare with uv.lock")
     args = parser.parse_args(argv)
     if args.command == "local":
         return _local(args)
+    if args.command == "render":
+        return _render(args)
+    if args.command == "requirements":
+        return _requirements(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -1,18 +1,76 @@
-"""Pure renderers: (spec, facts) in, Ray autoscaler config dict / YAML text out."""
+"""Pure renderers: a ClusterSpec (plus GcpFacts) in, a Ray autoscaler config out.
+
+* ``render_gcp(spec, facts)``: the config ``ray up`` runs on the provider VM
+  (private nodes, token auth, read-only bootstrap, pinned software);
+* ``render_local(spec, gcs_port=...)``: the same node types as fake nodes on
+  this machine (``cluster.local.LocalCluster``);
+* ``to_yaml(cfg)``: deterministic YAML text (sorted keys), what infra/ puts in
+  the provider VM's metadata.
+
+No I/O, no clock, no randomness: the same input gives byte-identical YAML.
+"""
 
 from __future__ import annotations
 
+import json
+import shlex
 from typing import Any
 
 import yaml
 
-from cluster.spec import ClusterSpec
+from cluster import layout
+from cluster.spec import ClusterSpec, GcpFacts, NodeTypeSpec
+
+# ---- shared -------------------------------------------------------------------
+
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+PROVIDER_MODULE = "cluster.gcp_provider.ReadOnlyGCPNodeProvider"
+BUNDLE_REQUIREMENTS = "cluster/requirements-node.txt"  # inside the bundle
+
+# Ray's ports on the nodes (pinned, so the firewall and docs can name them).
+GCS_PORT = 6379
+DASHBOARD_PORT = 8265
+CLIENT_SERVER_PORT = 10001
+OBJECT_MANAGER_PORT = 8076
+
+# Where the pinned uv lives on a node (a tiny venv of its own, like the provider VM).
+NODE_TOOLS = "~/.ray-gcp-tools"
+NODE_UV = f"{NODE_TOOLS}/bin/uv"
+NODE_PYTHON = f"{layout.NODE_VENV}/bin/python"
+NODE_RAY = f"{layout.NODE_VENV}/bin/ray"
+# Debian packages a node needs before anything else: rsync for Ray's file
+# mounts, python3-venv for the pinned uv's bootstrap venv.
+NODE_APT_PACKAGES = ("rsync", "python3-venv")
+
+
+def apt_install_command(packages: tuple[str, ...] = NODE_APT_PACKAGES) -> str:
+    """Idempotent: installs only what is missing, waits for a held dpkg lock."""
+    pkgs = " ".join(packages)
+    apt = "sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -qq"
+    return (
+        f"missing=$(for p in {pkgs}; do dpkg-query -W -f='${{db:Status-Status}}' $p "
+        f"2>/dev/null | grep -qx installed || echo $p; done); "
+        f'if [ -n "$missing" ]; then {apt} update && {apt} install -y '
+        f"--no-install-recommends $missing; fi"
+    )
+
+
+# ---- local (fake nodes) -------------------------------------------------------
 
 # The fake_multinode provider hard-codes the head's node type name
 # (ray/autoscaler/_private/fake_multi_node/node_provider.py: FAKE_HEAD_NODE_TYPE).
 LOCAL_HEAD_TYPE = "ray.head.default"
 # Fake workers otherwise reserve 30% of RAM each for their object store.
 LOCAL_WORKER_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+
+_NO_COMMANDS: dict[str, list[str]] = {
+    "initialization_commands": [],
+    "setup_commands": [],
+    "head_setup_commands": [],
+    "worker_setup_commands": [],
+    "head_start_ray_commands": [],
+    "worker_start_ray_commands": [],
+}
 
 
 def render_local(
@@ -26,7 +84,8 @@ def render_local(
 
     The head type is renamed to ``ray.head.default`` (the fake provider's fixed
     name); worker types keep their names, resources and min/max. No command
-    runs: fake nodes are processes started by the autoscaler itself.
+    runs: fake nodes are raylet processes the autoscaler starts itself, and
+    they inherit the head's environment (token auth included).
     """
     types: dict[str, Any] = {
         LOCAL_HEAD_TYPE: {
@@ -57,7 +116,7 @@ def render_local(
             "disable_launch_config_check": True,
             "gcs_address": f"{host}:{gcs_port}",
         },
-        "auth": {"ssh_user": "ray"},
+        "auth": {"ssh_user": layout.NODE_SSH_USER},
         "available_node_types": types,
         "head_node_type": LOCAL_HEAD_TYPE,
         "file_mounts": {},
@@ -65,17 +124,261 @@ def render_local(
         "file_mounts_sync_continuously": False,
         "rsync_exclude": [],
         "rsync_filter": [],
-        "initialization_commands": [],
-        "setup_commands": [],
-        "head_setup_commands": [],
-        "worker_setup_commands": [],
-        "head_start_ray_commands": [],
-        "worker_start_ray_commands": [],
+        **_NO_COMMANDS,
     }
 
 
+# ---- GCP ----------------------------------------------------------------------
+
+
+def launch_concurrency(spec: ClusterSpec) -> int:
+    """Nodes the autoscaler may launch at once: a whole burst up to max_workers.
+
+    Ray's defaults (AUTOSCALER_MAX_LAUNCH_BATCH=5, ..._CONCURRENT_LAUNCHES=10)
+    would split a 0 -> max_workers burst into several rounds.
+    """
+    return max(spec.max_workers, 10)
+
+
+def _node_metadata(facts: GcpFacts) -> dict[str, Any]:
+    return {
+        "items": [
+            # The launcher's key only; project-wide keys are ignored on Ray nodes.
+            {"key": "ssh-keys", "value": f"{layout.NODE_SSH_USER}:{facts.ssh_public_key}"},
+            {"key": "block-project-ssh-keys", "value": "TRUE"},
+            # Metadata SSH keys are ignored under OS Login (often enforced by org policy).
+            {"key": "enable-oslogin", "value": "FALSE"},
+        ]
+    }
+
+
+def _scheduling(t: NodeTypeSpec) -> dict[str, Any]:
+    if t.spot:
+        # DELETE, not STOP: a stopped spot VM stays in the project and Ray never
+        # sees it again (non_terminated_nodes lists only PROVISIONING..RUNNING).
+        return {
+            "provisioningModel": "SPOT",
+            "instanceTerminationAction": "DELETE",
+            "onHostMaintenance": "TERMINATE",
+            "automaticRestart": False,
+        }
+    return {
+        "provisioningModel": "STANDARD",
+        # GPU VMs cannot live-migrate.
+        "onHostMaintenance": "TERMINATE" if t.is_gpu else "MIGRATE",
+        "automaticRestart": True,
+    }
+
+
+def _node_config(
+    spec: ClusterSpec, facts: GcpFacts, type_name: str, t: NodeTypeSpec, *, head: bool
+) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "machineType": t.machine_type,
+        "disks": [
+            {
+                "boot": True,
+                "autoDelete": True,
+                "type": "PERSISTENT",
+                "initializeParams": {
+                    "diskSizeGb": t.disk_size_gb,
+                    "diskType": f"zones/{facts.zone}/diskTypes/pd-balanced",
+                    "sourceImage": facts.image,
+                },
+            }
+        ],
+        # Private: no accessConfigs = no external IP; egress goes through Cloud NAT.
+        "networkInterfaces": [{"subnetwork": facts.subnetwork, "stackType": "IPV4_ONLY"}],
+        "serviceAccounts": [
+            {
+                "email": facts.head_service_account if head else facts.worker_service_account,
+                "scopes": [CLOUD_PLATFORM_SCOPE],
+            }
+        ],
+        "metadata": _node_metadata(facts),
+        # Secure Boot would refuse the (unsigned, DKMS-built) NVIDIA kernel module.
+        "shieldedInstanceConfig": {
+            "enableSecureBoot": not t.is_gpu,
+            "enableVtpm": True,
+            "enableIntegrityMonitoring": True,
+        },
+        "labels": {
+            "ray-gcp-cluster": spec.cluster_name,
+            "ray-gcp-node-type": type_name,
+            "ray-gcp-role": "head" if head else "worker",
+        },
+        "scheduling": _scheduling(t),
+    }
+    if t.is_gpu:
+        cfg["guestAccelerators"] = [
+            {"acceleratorType": t.accelerator_type, "acceleratorCount": t.accelerator_count}
+        ]
+    return cfg
+
+
+def node_setup_commands(spec: ClusterSpec) -> list[str]:
+    """Every node: pinned uv, a venv with exactly the lock's packages, the bundle on its path."""
+    venv = layout.NODE_VENV
+    req = f"{layout.NODE_SRC}/{BUNDLE_REQUIREMENTS}"
+    uv_env = "UV_PYTHON_DOWNLOADS=never UV_NO_CONFIG=1"
+    return [
+        # uv, exactly layout.UV_VERSION (reinstalled if another version is there).
+        f'[ "$({NODE_UV} --version 2>/dev/null | cut -d" " -f2)" = "{layout.UV_VERSION}" ] || '
+        f"{{ rm -rf {NODE_TOOLS} && python3 -m venv {NODE_TOOLS} && "
+        f"{NODE_TOOLS}/bin/pip install -q --disable-pip-version-check "
+        f"uv=={layout.UV_VERSION}; }}",
+        # The venv on the image's python3.X (never a downloaded interpreter).
+        f"[ -x {NODE_PYTHON} ] || {uv_env} {NODE_UV} venv --python "
+        f"/usr/bin/python{spec.python_minor} {venv}",
+        # Exactly the locked packages, hashes checked, nothing else left installed.
+        f"{uv_env} {NODE_UV} pip sync --require-hashes --python {NODE_PYTHON} {req}",
+        # The bundle (cluster/, workloads/) importable by the venv's Python.
+        f'echo $HOME/{layout.NODE_SRC.removeprefix("~/")} > "$({NODE_PYTHON} -c '
+        "'import site; print(site.getsitepackages()[0])')/ray-gcp-src.pth\"",
+        # The token arrived via file_mounts with the operator copy's mode; enforce it.
+        f"chmod 700 ~/.ray && chmod 600 {layout.NODE_AUTH_TOKEN}",
+        # Interactive shells and drivers started on a node use the venv and token auth.
+        "grep -q '^# ray-gcp$' ~/.bashrc || printf '%s\\n' '# ray-gcp' "
+        f"'export PATH=$HOME/{venv.removeprefix('~/')}/bin:$PATH' 'export RAY_AUTH_MODE=token' "
+        ">> ~/.bashrc",
+    ]
+
+
+def gpu_driver_commands() -> list[str]:
+    """NVIDIA driver from Debian's non-free repository (DKMS), skipped when nvidia-smi works."""
+    apt = "sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -qq"
+    return [
+        "nvidia-smi >/dev/null 2>&1 || { "
+        "sudo sed -i 's/^Components: main$/Components: main contrib non-free non-free-firmware/' "
+        "/etc/apt/sources.list.d/debian.sources && "
+        f"{apt} update && {apt} install -y --no-install-recommends "
+        "linux-headers-$(uname -r) nvidia-driver firmware-misc-nonfree && "
+        "sudo modprobe nvidia && nvidia-smi; }",
+    ]
+
+
+def _node_check(spec: ClusterSpec, *, head: bool) -> str:
+    return (
+        f"{NODE_PYTHON} -m cluster.node_check --ray {spec.ray_version} "
+        f"--python {spec.python_minor}" + (" --head" if head else "")
+    )
+
+
+def head_start_commands(spec: ClusterSpec) -> list[str]:
+    res = spec.head.ray_resources()
+    custom = {k: v for k, v in res.items() if k not in ("CPU", "GPU")}
+    args = [
+        "--head",
+        f"--port={GCS_PORT}",
+        f"--object-manager-port={OBJECT_MANAGER_PORT}",
+        f"--ray-client-server-port={CLIENT_SERVER_PORT}",
+        # Dashboard and Jobs API on loopback only: reached through `ray dashboard`
+        # (an SSH tunnel from the provider VM), never from the network.
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={DASHBOARD_PORT}",
+        "--autoscaling-config=~/ray_bootstrap_config.yaml",
+        "--disable-usage-stats",
+        f"--num-cpus={res.get('CPU', 0)}",
+    ]
+    if "GPU" in res:
+        args.append(f"--num-gpus={res['GPU']}")
+    if custom:
+        args.append(f"--resources={shlex.quote(json.dumps(custom, sort_keys=True))}")
+    n = launch_concurrency(spec)
+    env = (
+        "export RAY_AUTH_MODE=token "
+        f"AUTOSCALER_MAX_LAUNCH_BATCH={n} AUTOSCALER_MAX_CONCURRENT_LAUNCHES={n}"
+    )
+    return [
+        _node_check(spec, head=True),
+        # A dedicated VM: stop a previous Ray of this node so `ray up` can restart it.
+        f"{NODE_RAY} stop",
+        f"{env}; ulimit -n 65536; {NODE_RAY} start " + " ".join(args),
+    ]
+
+
+def worker_start_commands(spec: ClusterSpec) -> list[str]:
+    # Resources come from the node type: the autoscaler passes RAY_OVERRIDE_RESOURCES.
+    return [
+        _node_check(spec, head=False),
+        f"{NODE_RAY} stop",
+        "export RAY_AUTH_MODE=token; ulimit -n 65536; "
+        f"{NODE_RAY} start --address=$RAY_HEAD_IP:{GCS_PORT} "
+        f"--object-manager-port={OBJECT_MANAGER_PORT} --disable-usage-stats",
+    ]
+
+
+def render_gcp(spec: ClusterSpec, facts: GcpFacts) -> dict[str, Any]:
+    """The `ray up` config for GCP: private nodes, token auth, zero-write bootstrap."""
+    types: dict[str, Any] = {}
+    for name, t in sorted(spec.node_types.items()):
+        head = name == spec.head_node_type
+        entry: dict[str, Any] = {
+            "resources": t.ray_resources(),
+            "min_workers": t.min_workers,
+            "max_workers": t.max_workers,
+            "node_config": _node_config(spec, facts, name, t, head=head),
+        }
+        if t.is_gpu and not head:
+            # A type's own worker_setup_commands replace the merged
+            # setup_commands + worker_setup_commands, so repeat the common setup.
+            entry["worker_setup_commands"] = node_setup_commands(spec) + gpu_driver_commands()
+        types[name] = entry
+    return {
+        "cluster_name": spec.cluster_name,
+        "max_workers": spec.max_workers,
+        "upscaling_speed": spec.upscaling_speed,
+        "idle_timeout_minutes": spec.idle_timeout_minutes,
+        "provider": {
+            "type": "external",
+            "module": PROVIDER_MODULE,
+            # GCPNodeProvider reads these three.
+            "project_id": facts.project,
+            "region": facts.region,
+            "availability_zone": facts.zone,
+            "use_internal_ips": True,
+            "cache_stopped_nodes": False,
+        },
+        "auth": {
+            "ssh_user": layout.NODE_SSH_USER,
+            "ssh_private_key": layout.OPERATOR_SSH_KEY,
+        },
+        "available_node_types": types,
+        "head_node_type": spec.head_node_type,
+        "file_mounts": {
+            layout.NODE_SRC: layout.PROVIDER_SRC,
+            layout.NODE_AUTH_TOKEN: layout.OPERATOR_AUTH_TOKEN,
+        },
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": ["**/__pycache__", "**/*.pyc", "**/.ray-gcp-bundle.sha256"],
+        "rsync_filter": [],
+        "initialization_commands": [apt_install_command()],
+        "setup_commands": node_setup_commands(spec),
+        "head_setup_commands": gpu_driver_commands() if spec.head.is_gpu else [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": head_start_commands(spec),
+        "worker_start_ray_commands": worker_start_commands(spec),
+    }
+
+
+def example_facts(project: str = "my-ray-project", region: str = "asia-northeast3") -> GcpFacts:
+    """Plausible facts for previews and tests (`python -m cluster render --target gcp`)."""
+    return GcpFacts(
+        project=project,
+        region=region,
+        zone=f"{region}-a",
+        subnetwork=f"projects/{project}/regions/{region}/subnetworks/ray-gcp-nodes",
+        head_service_account=f"ray-gcp-head@{project}.iam.gserviceaccount.com",
+        worker_service_account=f"ray-gcp-worker@{project}.iam.gserviceaccount.com",
+        ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleExampleExampleExampleExampleExample ray-launcher",
+        image="projects/debian-cloud/global/images/debian-12-bookworm-v20261110",
+        bucket=f"{project}-ray-workloads",
+    )
+
+
 def to_yaml(cfg: dict[str, Any]) -> str:
-    """Deterministic YAML: sorted keys, block style, no aliases."""
+    """Deterministic YAML: sorted keys, block style, no anchors/aliases."""
 
     class _NoAliases(yaml.SafeDumper):
         def ignore_aliases(self, data: Any) -> bool:

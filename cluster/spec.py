@@ -345,7 +345,6 @@ class GcpFacts(BaseModel):
         description="pinned image self-link projects/P/global/images/NAME (not a family)",
     )
     bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
-    network_tags: tuple[str, ...] = ("ray-node",)
 
     @model_validator(mode="after")
     def _same_place(self) -> GcpFacts:
