@@ -267,11 +267,11 @@ class _RsyncEnsuringSSHCommandRunner(SSHCommandRunner):
             self.run(apt_install_command(("rsync",)), run_env="host")
             self._rsync_checked = True
 
-    def run_rsync_up(self, source, target, options=None):  # noqa: ANN001 - Ray's signature
+    def run_rsync_up(self, source, target, options=None):
         self._ensure_rsync()
         return super().run_rsync_up(source, target, options)
 
-    def run_rsync_down(self, source, target, options=None):  # noqa: ANN001
+    def run_rsync_down(self, source, target, options=None):
         self._ensure_rsync()
         return super().run_rsync_down(source, target, options)
 
@@ -297,7 +297,7 @@ class ReadOnlyGCPNodeProvider(GCPNodeProvider):
             )
         }
 
-    def get_command_runner(self, *args: Any, **kwargs: Any):  # noqa: ANN201
+    def get_command_runner(self, *args: Any, **kwargs: Any):
         runner = super().get_command_runner(*args, **kwargs)
         if type(runner) is SSHCommandRunner:
             runner.__class__ = _RsyncEnsuringSSHCommandRunner

@@ -23,7 +23,7 @@ from cluster import layout
 def problems(expected_ray: str, expected_python: str, *, head: bool = False) -> list[str]:
     """What is wrong with this interpreter for running Ray; empty when all is well."""
     out = []
-    python = "%d.%d" % sys.version_info[:2]
+    python = f"{sys.version_info[0]}.{sys.version_info[1]}"
     if python != expected_python:
         out.append(
             f"Python {python} at {sys.executable}, but the cluster is pinned to Python "

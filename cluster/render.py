@@ -223,24 +223,32 @@ def node_setup_commands(spec: ClusterSpec) -> list[str]:
     uv_env = "UV_PYTHON_DOWNLOADS=never UV_NO_CONFIG=1"
     return [
         # uv, exactly layout.UV_VERSION (reinstalled if another version is there).
-        f'[ "$({NODE_UV} --version 2>/dev/null | cut -d" " -f2)" = "{layout.UV_VERSION}" ] || '
-        f"{{ rm -rf {NODE_TOOLS} && python3 -m venv {NODE_TOOLS} && "
-        f"{NODE_TOOLS}/bin/pip install -q --disable-pip-version-check "
-        f"uv=={layout.UV_VERSION}; }}",
+        (
+            f'[ "$({NODE_UV} --version 2>/dev/null | cut -d" " -f2)" = "{layout.UV_VERSION}" ] || '
+            f"{{ rm -rf {NODE_TOOLS} && python3 -m venv {NODE_TOOLS} && "
+            f"{NODE_TOOLS}/bin/pip install -q --disable-pip-version-check "
+            f"uv=={layout.UV_VERSION}; }}"
+        ),
         # The venv on the image's python3.X (never a downloaded interpreter).
-        f"[ -x {NODE_PYTHON} ] || {uv_env} {NODE_UV} venv --python "
-        f"/usr/bin/python{spec.python_minor} {venv}",
+        (
+            f"[ -x {NODE_PYTHON} ] || {uv_env} {NODE_UV} venv --python "
+            f"/usr/bin/python{spec.python_minor} {venv}"
+        ),
         # Exactly the locked packages, hashes checked, nothing else left installed.
         f"{uv_env} {NODE_UV} pip sync --require-hashes --python {NODE_PYTHON} {req}",
         # The bundle (cluster/, workloads/) importable by the venv's Python.
-        f'echo $HOME/{layout.NODE_SRC.removeprefix("~/")} > "$({NODE_PYTHON} -c '
-        "'import site; print(site.getsitepackages()[0])')/ray-gcp-src.pth\"",
+        (
+            f'echo $HOME/{layout.NODE_SRC.removeprefix("~/")} > "$({NODE_PYTHON} -c '
+            "'import site; print(site.getsitepackages()[0])')/ray-gcp-src.pth\""
+        ),
         # The token arrived via file_mounts with the operator copy's mode; enforce it.
         f"chmod 700 ~/.ray && chmod 600 {layout.NODE_AUTH_TOKEN}",
         # Interactive shells and drivers started on a node use the venv and token auth.
-        "grep -q '^# ray-gcp$' ~/.bashrc || printf '%s\\n' '# ray-gcp' "
-        f"'export PATH=$HOME/{venv.removeprefix('~/')}/bin:$PATH' 'export RAY_AUTH_MODE=token' "
-        ">> ~/.bashrc",
+        (
+            "grep -q '^# ray-gcp$' ~/.bashrc || printf '%s\\n' '# ray-gcp' "
+            f"'export PATH=$HOME/{venv.removeprefix('~/')}/bin:$PATH' 'export RAY_AUTH_MODE=token' "
+            ">> ~/.bashrc"
+        ),
     ]
 
 
@@ -248,12 +256,14 @@ def gpu_driver_commands() -> list[str]:
     """NVIDIA driver from Debian's non-free repository (DKMS), skipped when nvidia-smi works."""
     apt = "sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -qq"
     return [
-        "nvidia-smi >/dev/null 2>&1 || { "
-        "sudo sed -i 's/^Components: main$/Components: main contrib non-free non-free-firmware/' "
-        "/etc/apt/sources.list.d/debian.sources && "
-        f"{apt} update && {apt} install -y --no-install-recommends "
-        "linux-headers-$(uname -r) nvidia-driver firmware-misc-nonfree && "
-        "sudo modprobe nvidia && nvidia-smi; }",
+        (
+            "nvidia-smi >/dev/null 2>&1 || { "
+            "sudo sed -i 's/^Components: main$/Components: main contrib non-free non-free-firmware/' "
+            "/etc/apt/sources.list.d/debian.sources && "
+            f"{apt} update && {apt} install -y --no-install-recommends "
+            "linux-headers-$(uname -r) nvidia-driver firmware-misc-nonfree && "
+            "sudo modprobe nvidia && nvidia-smi; }"
+        ),
     ]
 
 
@@ -302,9 +312,11 @@ def worker_start_commands(spec: ClusterSpec) -> list[str]:
     return [
         _node_check(spec, head=False),
         f"{NODE_RAY} stop",
-        "export RAY_AUTH_MODE=token; ulimit -n 65536; "
-        f"{NODE_RAY} start --address=$RAY_HEAD_IP:{GCS_PORT} "
-        f"--object-manager-port={OBJECT_MANAGER_PORT} --disable-usage-stats",
+        (
+            "export RAY_AUTH_MODE=token; ulimit -n 65536; "
+            f"{NODE_RAY} start --address=$RAY_HEAD_IP:{GCS_PORT} "
+            f"--object-manager-port={OBJECT_MANAGER_PORT} --disable-usage-stats"
+        ),
     ]
 
 
