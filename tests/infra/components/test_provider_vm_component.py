@@ -12,6 +12,7 @@ import infra_harness as harness
 import pytest
 
 from cluster import layout
+from cluster.bundle import build_bundle
 from infra.boot import render_boot_script
 from infra.components.provider_vm import METADATA_VALUE_LIMIT, provider_metadata
 
@@ -72,8 +73,10 @@ def test_metadata_keys_and_values(each_scenario):
     assert meta[layout.META_CLUSTER_CONFIG] == rec.outputs["clusterConfig"]
     assert meta[layout.META_CREDENTIAL_MODE] == mode
     with tarfile.open(fileobj=io.BytesIO(base64.b64decode(meta[layout.META_BUNDLE]))) as tar:
-        top = {n.split("/")[0] for n in tar.getnames()}
-    assert {"cluster", "workloads", "requirements-node.txt"} <= top
+        names = tar.getnames()
+    assert {n.split("/")[0] for n in names} == {"cluster", "workloads"}
+    assert "cluster/requirements-node.txt" in names
+    assert base64.b64decode(meta[layout.META_BUNDLE]) == build_bundle(harness.PROJECT_ROOT)
 
 
 def test_metadata_names_pinned_secret_versions_only(each_scenario):
