@@ -46,6 +46,8 @@ SYSTEM_PACKAGES=(@@SYSTEM_PACKAGES@@)
 # Every absolute path below is prefixed by ROOT; GCE_METADATA_HOST is the
 # variable Google's client libraries honour too. Unset on a real VM.
 ROOT=${RAY_GCP_ROOT:-}
+# systemd may start the guest agent without HOME; pip and uv look for it.
+export HOME=${HOME:-/root}
 METADATA_HOST=${GCE_METADATA_HOST:-metadata.google.internal}
 SECRETMANAGER_ENDPOINT=${SECRETMANAGER_ENDPOINT:-https://secretmanager.googleapis.com}
 RETRY_BASE_DELAY=${RAY_GCP_RETRY_BASE_DELAY:-1}
@@ -95,6 +97,8 @@ on_error() {
 on_exit() {
   local rc=$?
   [ "$HOLDS_LOCK" = 1 ] || { [ "$rc" = 0 ] || report_failure "$rc"; return; }
+  # Interrupted between the two renames of a swap: put the previous tree back.
+  if [ -e "$SRC.old" ] && [ ! -e "$SRC" ]; then mv "$SRC.old" "$SRC"; fi
   rm -rf "$STAGE" "$SRC_STAGE" "$SRC.old" "$SECRETS_DIR.old"
   if [ "$rc" != 0 ]; then
     # Fail closed: no READY marker and no credentials until a boot succeeds,
@@ -477,8 +481,9 @@ install_system_packages() {
   info "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   # At first boot unattended-upgrades may hold the dpkg lock: wait for it.
-  apt-get -o DPkg::Lock::Timeout=600 -q update
-  apt-get -o DPkg::Lock::Timeout=600 -q install -y --no-install-recommends "${missing[@]}"
+  local apt=(apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=3 -q)
+  "${apt[@]}" update
+  "${apt[@]}" install -y --no-install-recommends "${missing[@]}"
 }
 
 # ---- 4. uv, pinned ---------------------------------------------------------------
@@ -523,7 +528,7 @@ install_venv() {
     return
   fi
   rm -f "$VENV_MARKER"
-  export UV_PYTHON_DOWNLOADS=never UV_NO_CONFIG=1
+  export UV_PYTHON_DOWNLOADS=never UV_NO_CONFIG=1 UV_NO_CACHE=1
   if [ "${state% *}" != "$PYTHON_MINOR" ]; then
     rm -rf "$VENV"
     "$UV" venv --no-project --python "$SYSTEM_PYTHON" "$VENV"
@@ -533,7 +538,7 @@ install_venv() {
     hashes=(--require-hashes)
   fi
   info "installing $BUNDLE_REQUIREMENTS with uv pip sync"
-  "$UV" pip sync --no-cache "${hashes[@]}" --python "$VENV/bin/python" "$requirements"
+  "$UV" pip sync "${hashes[@]}" --python "$VENV/bin/python" "$requirements"
   state=$(venv_state) || state=
   [ "$state" = "$PYTHON_MINOR $RAY_VERSION" ] ||
     die "after the install the venv has (python, ray) '${state:-<no venv>}', wanted '$PYTHON_MINOR $RAY_VERSION'"

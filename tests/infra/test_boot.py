@@ -357,8 +357,8 @@ def test_first_boot_installs_packages_uv_and_the_exact_pinned_venv(first_boot):
     venv = str(sb.p(layout.PROVIDER_VENV))
     uv = [c[1:] for c in recorded if c[0] == "uv" and c[1:] != ["--version"]]
     assert uv[0] == ["venv", "--no-project", "--python", str(sb.bin / "python3"), venv]
-    assert uv[1][:5] == ["pip", "sync", "--no-cache", "--require-hashes", "--python"]
-    assert uv[1][5] == f"{venv}/bin/python"
+    assert uv[1][:4] == ["pip", "sync", "--require-hashes", "--python"]
+    assert uv[1][4] == f"{venv}/bin/python"
     assert len(uv) == 2
     # The file uv synced is byte for byte the bundle's pinned requirements.
     assert (sb.state / "synced-0.txt").read_text() == REQUIREMENTS
@@ -409,6 +409,17 @@ def test_first_boot_writes_login_profile_and_operator_access(first_boot):
     ready = sb.p(boot.PROVIDER_READY).read_text()
     assert f"ray={layout.RAY_VERSION} python={layout.PYTHON_MINOR}" in ready
     assert "credential-mode=metadata" in ready
+
+
+def test_the_sandboxed_boot_left_the_real_system_alone(first_boot):
+    for vm_path in (
+        layout.PROVIDER_CONFIG_DIR,
+        layout.PROVIDER_ROOT,
+        boot.OPERATOR_SUDOERS,
+        boot.LOGIN_PROFILE,
+    ):
+        assert not Path(vm_path).exists(), vm_path
+    assert f"\n{layout.OPERATOR_GROUP}:" not in "\n" + Path("/etc/group").read_text()
 
 
 def test_generated_sudoers_rule_passes_the_real_visudo(first_boot):
