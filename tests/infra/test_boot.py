@@ -468,10 +468,20 @@ def test_changed_requirements_resync_the_venv_in_place(booted):
 # ---- credential mode "key" ----------------------------------------------------------
 
 
-def test_key_mode_writes_sa_key_and_sets_google_application_credentials(make_sandbox):
-    sb = make_sandbox("key")
+@pytest.fixture(scope="module")
+def key_first_boot(tmp_path_factory: pytest.TempPathFactory, script_path: Path):
+    """One boot in credential mode "key", shared by read-only tests: do not change it."""
+    started: list = []
+    sb = new_sandbox(tmp_path_factory, script_path, started, "key")
     result = sb.boot()
     assert result.returncode == 0, result.stderr
+    yield sb, result
+    for server in started:
+        server.stop()
+
+
+def test_key_mode_writes_sa_key_and_sets_google_application_credentials(key_first_boot):
+    sb, _ = key_first_boot
     key = sb.p(layout.PROVIDER_SECRETS_DIR) / layout.SECRET_SA_KEY
     assert key.read_bytes() == sb.values[layout.SECRET_SA_KEY]
     assert mode_of(key) == 0o600
@@ -479,13 +489,7 @@ def test_key_mode_writes_sa_key_and_sets_google_application_credentials(make_san
     profile = sb.p(boot.LOGIN_PROFILE).read_text()
     assert f'export GOOGLE_APPLICATION_CREDENTIALS="{sa_copy}"\n' in profile
     assert "credential-mode=key" in sb.p(boot.PROVIDER_READY).read_text()
-
-    # Switching back to metadata mode removes the key and the variable.
-    sb.set_mode("metadata")
-    result = sb.boot()
-    assert result.returncode == 0, result.stderr
-    assert not key.exists()
-    assert "GOOGLE_APPLICATION_CREDENTIALS" not in sb.p(boot.LOGIN_PROFILE).read_text()
+    assert VERSION_NAMES[layout.SECRET_SA_KEY] in sb.sm.accessed()
 
 
 def test_key_mode_requires_the_sa_key_secret(make_sandbox):
@@ -557,9 +561,11 @@ def test_operators_get_private_copies_via_helper_and_login_profile(make_sandbox)
     subprocess.run(["sh", "-c", login], env=env, capture_output=True, check=True)
     assert [c for c in sb.calls()[n:] if c[0] == "sudo"] == []
 
-    # Back in metadata mode the operator's stale SA key copy goes too.
+    # Back in metadata mode: the key and the variable go, so does the operator's copy.
     sb.set_mode("metadata")
     assert sb.boot().returncode == 0
+    assert not (sb.p(layout.PROVIDER_SECRETS_DIR) / layout.SECRET_SA_KEY).exists()
+    assert "GOOGLE_APPLICATION_CREDENTIALS" not in sb.p(boot.LOGIN_PROFILE).read_text()
     subprocess.run(
         [str(sb.p(boot.OPERATOR_HELPER))],
         env=sb.env(SUDO_USER="alice_example_com"),
@@ -716,10 +722,8 @@ def test_python_minor_mismatch_is_refused_before_anything_happens(make_sandbox):
 # ---- no secret material outside the secrets' own files ------------------------------
 
 
-def test_no_secret_material_in_the_script_logs_or_other_files(make_sandbox):
-    sb = make_sandbox("key")
-    result = sb.boot()
-    assert result.returncode == 0, result.stderr
+def test_no_secret_material_in_the_script_logs_or_other_files(key_first_boot):
+    sb, result = key_first_boot
     markers = secret_markers(sb.values)
     text = sb.script.read_bytes() + result.stdout.encode() + result.stderr.encode()
     text += (sb.state / "calls.jsonl").read_bytes()
