@@ -123,3 +123,36 @@ def test_runs_like_the_language_host_without_the_project_root_on_sys_path(tmp_pa
     assert result["error"] is None, result["error"]["traceback"]
     assert [tuple(r) for r in result["resources"]] == sorted(
         (r["type"], r["name"]) for r in default.resources)
+
+
+def test_cluster_config_is_valid_for_ray_and_follows_the_settings(each_scenario):
+    """Ray's own schema check on the exact text the VM receives, plus the settings in it."""
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    rec = each_scenario
+    settings = _settings_of(rec.scenario)
+    config = yaml.safe_load(rec.outputs["clusterConfig"])
+    validate_config(prepare_config(config))
+    assert config["cluster_name"] == settings.cluster_name
+    assert config["provider"]["project_id"] == harness.TEST_PROJECT
+    assert config["provider"]["region"] == settings.region
+    assert config["provider"]["availability_zone"] == settings.zone
+    assert config["provider"]["use_internal_ips"] is True
+    head = config["available_node_types"][config["head_node_type"]]
+    workers = [t for n, t in config["available_node_types"].items() if n != config["head_node_type"]]
+    assert head["node_config"]["machineType"] == settings.head_machine_type
+    assert head["node_config"]["serviceAccounts"][0]["email"] == rec.outputs["serviceAccounts"]["head"]
+    for worker in workers:
+        node = worker["node_config"]
+        assert node["machineType"] == settings.worker_machine_type
+        assert (worker["min_workers"], worker["max_workers"]) == (
+            settings.min_workers, settings.max_workers)
+        assert node["serviceAccounts"][0]["email"] == rec.outputs["serviceAccounts"]["worker"]
+        assert (node["scheduling"]["provisioningModel"] == "SPOT") is settings.spot_workers
+    for node_type in config["available_node_types"].values():
+        node = node_type["node_config"]
+        assert node["disks"][0]["initializeParams"]["sourceImage"] == harness.MOCK_IMAGE
+        (nic,) = node["networkInterfaces"]
+        assert nic["subnetwork"].endswith(f"/subnetworks/{rec.outputs['subnetwork']}")
+        assert "accessConfigs" not in nic
