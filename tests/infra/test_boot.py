@@ -422,6 +422,20 @@ def test_the_sandboxed_boot_left_the_real_system_alone(first_boot):
     assert f"\n{layout.OPERATOR_GROUP}:" not in "\n" + Path("/etc/group").read_text()
 
 
+def test_generated_helper_and_profile_pass_shellcheck(first_boot):
+    sb, _ = first_boot
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    for path, shell in ((boot.OPERATOR_HELPER, "bash"), (boot.LOGIN_PROFILE, "sh")):
+        result = subprocess.run(
+            ["shellcheck", "-s", shell, str(sb.p(path))],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout
+
+
 def test_generated_sudoers_rule_passes_the_real_visudo(first_boot):
     sb, _ = first_boot
     visudo = shutil.which("visudo", path="/usr/sbin:/usr/bin:/sbin:/bin")
