@@ -479,6 +479,42 @@ def test_changed_requirements_resync_the_venv_in_place(booted):
     assert "bundle-v2" in (sb.p(layout.PROVIDER_SRC) / "cluster" / "__init__.py").read_text()
 
 
+def test_the_real_bundle_and_provider_metadata_boot(make_sandbox):
+    """Contract with the other halves: cluster.bundle's bundle and infra's metadata items."""
+    from cluster.bundle import REQUIREMENTS_PATH, build_bundle
+    from infra.components.provider_vm import provider_metadata
+
+    project = Path(__file__).resolve().parents[2]
+    sb = make_sandbox("metadata")
+    versions = {
+        k: VERSION_NAMES[k] for k in (layout.SECRET_SSH_PRIVATE_KEY, layout.SECRET_RAY_AUTH_TOKEN)
+    }
+    sb.metadata.attributes = provider_metadata(
+        startup_script=sb.script.read_text(),
+        cluster_yaml=CLUSTER_YAML,
+        bundle_b64=base64.b64encode(build_bundle(project)).decode(),
+        secret_versions=versions,
+        credential_mode="metadata",
+    )
+    result = sb.boot()
+    assert result.returncode == 0, result.stderr
+    assert REQUIREMENTS_PATH == boot.BUNDLE_REQUIREMENTS
+    assert (sb.state / "synced-0.txt").read_text() == (project / REQUIREMENTS_PATH).read_text()
+    src = sb.p(layout.PROVIDER_SRC)
+    out = subprocess.run(
+        [
+            str(sb.p(layout.PROVIDER_VENV) / "bin" / "python"),
+            "-c",
+            "import cluster.layout as l; print(l.RAY_VERSION, l.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=sb.base,
+    ).stdout.split()
+    assert out == [layout.RAY_VERSION, str(src / "cluster" / "layout.py")]
+
+
 # ---- credential mode "key" ----------------------------------------------------------
 
 
