@@ -18,7 +18,7 @@ import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
-from cluster.spec import ClusterSpec
+from cluster.spec import CLUSTER_NAME_MAX_LEN, ClusterSpec
 from infra.regions import REGION_ZONES, zones_of
 
 NAMESPACE = "ray-gcp"
@@ -61,17 +61,18 @@ class Settings(BaseModel):
     )
     zone: str = Field(
         default="asia-northeast3-a",
-        description="Zone of the provider VM and the Ray nodes; must lie in `region`.",
+        description="Zone of the provider VM and the Ray nodes; must lie in region.",
         **_allowed("a zone of `region`"),
     )
     cluster_name: str = Field(
         default="ray-gcp",
         description=(
-            "Ray cluster name, also the prefix of every resource name: lowercase letters, "
-            "digits and dashes, at most 35 characters."
+            "Ray cluster name and prefix of every resource name; lowercase letters, digits "
+            f"and dashes, at most {CLUSTER_NAME_MAX_LEN} characters."
         ),
         **_allowed(
-            "lowercase letters, digits and dashes, starting with a letter, at most 35 characters"
+            "lowercase letters, digits and dashes, starting with a letter, "
+            f"at most {CLUSTER_NAME_MAX_LEN} characters"
         ),
     )
     provider_machine_type: str = Field(
@@ -96,7 +97,7 @@ class Settings(BaseModel):
     )
     max_workers: int = Field(
         default=6,
-        description="Upper bound on autoscaled workers.",
+        description="Upper bound on autoscaled workers (>= minWorkers, <= 1000).",
         **_allowed("an integer >= minWorkers and <= 1000"),
     )
     spot_workers: bool = Field(
@@ -107,8 +108,9 @@ class Settings(BaseModel):
     ssh_source_ranges: tuple[str, ...] = Field(
         default=(),
         description=(
-            "Extra IPv4 CIDRs allowed to SSH (port 22 only) to the provider VM directly. "
-            "Empty: IAP only. A range outside RFC 1918 also gives the provider VM an external IP."
+            "Extra IPv4 CIDRs allowed to SSH (port 22 only) to the provider VM directly; "
+            "empty means IAP only; 0.0.0.0/0 is refused. A range outside RFC 1918 also gives "
+            "the provider VM an external IP (direct SSH needs one)."
         ),
         **_allowed("a list of IPv4 CIDRs such as 203.0.113.0/24, never 0.0.0.0/0"),
     )

@@ -38,6 +38,29 @@ def _mask(value: Any) -> Any:
     return value
 
 
+def cluster_config_summary(text: str) -> dict[str, Any]:
+    """What the settings decide in the cluster YAML (the rest is cluster/'s own snapshot)."""
+    config = yaml.safe_load(text)
+    types = {}
+    for name, t in sorted(config["available_node_types"].items()):
+        node = t["node_config"]
+        types[name] = {
+            "machineType": node["machineType"],
+            "min_workers": t.get("min_workers", 0),
+            "max_workers": t.get("max_workers", 0),
+            "provisioningModel": node.get("scheduling", {}).get("provisioningModel"),
+            "serviceAccount": node["serviceAccounts"][0]["email"],
+            "subnetwork": node["networkInterfaces"][0]["subnetwork"],
+            "image": node["disks"][0]["initializeParams"]["sourceImage"],
+        }
+    return {
+        "cluster_name": config["cluster_name"],
+        "max_workers": config["max_workers"],
+        "provider": config["provider"],
+        "node_types": types,
+    }
+
+
 def inventory(rec) -> dict[str, Any]:
     entries = []
     for r in rec.resources:
@@ -56,6 +79,7 @@ def inventory(rec) -> dict[str, Any]:
             __import__("conftest").SCENARIOS[rec.scenario]).items()},
         "invokes": rec.data["invokes"],
         "outputs": {k: v for k, v in rec.outputs.items() if k != "clusterConfig"},
+        "cluster_config_summary": cluster_config_summary(rec.outputs["clusterConfig"]),
         "resource_count": len(entries),
         "resources": entries,
     }

@@ -22,7 +22,7 @@ def test_pulumi_yaml_declares_exactly_the_settings_with_the_same_defaults():
         decl = declared[key]
         default = info.default
         assert decl["default"] == (list(default) if isinstance(default, tuple) else default), key
-        assert decl["description"], key
+        assert decl["description"] == info.description, key
         expected_type = PULUMI_TYPES.get(info.annotation, "string")  # Literal[...] -> string
         assert decl["type"] == expected_type, key
 
