@@ -22,6 +22,9 @@ import logging
 import os
 import pickle
 import runpy
+import select
+import signal
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -319,7 +322,9 @@ def _import_program_modules() -> None:
             getattr(module, name)
 
 
-def run_isolated(config: dict[str, str], *, stack: str = TEST_STACK) -> dict[str, Any]:
+def run_isolated(
+    config: dict[str, str], *, stack: str = TEST_STACK, timeout: float = 120
+) -> dict[str, Any]:
     """run_program in a forked child: a fresh Pulumi runtime for every run."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -333,8 +338,21 @@ def run_isolated(config: dict[str, str], *, stack: str = TEST_STACK) -> dict[str
             pickle.dump(result, pipe)
         os._exit(0)
     os.close(write_fd)
+    chunks = []
+    deadline = time.monotonic() + timeout
     with os.fdopen(read_fd, "rb") as pipe:
-        data = pipe.read()
+        while True:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([pipe], [], [], max(remaining, 0))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)  # our own child, by pid
+                os.waitpid(pid, 0)
+                raise TimeoutError(f"the program run took longer than {timeout} s")
+            chunk = os.read(pipe.fileno(), 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    data = b"".join(chunks)
     _, status = os.waitpid(pid, 0)
     if not data:
         raise RuntimeError(f"program run died without a result (wait status {status})")
