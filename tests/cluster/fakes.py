@@ -127,6 +127,11 @@ class FakeGcp:
     def _operation_get(self, kw: dict) -> dict:
         return {"name": kw["operation"], "status": "DONE"}
 
+    def _get_instance(self, kw: dict) -> dict:
+        if kw["instance"] not in self.instances:
+            raise http_error(404, f"instance {kw['instance']} not found")
+        return self.instances[kw["instance"]]
+
     def _list(self, kw: dict) -> dict:
         return {"items": list(self.instances.values())}
 
@@ -138,4 +143,5 @@ _HANDLERS: dict[tuple[str, str], Callable[[FakeGcp, dict], Any]] = {
     ("compute", "instances.insert"): FakeGcp._insert,
     ("compute", "zoneOperations.get"): FakeGcp._operation_get,
     ("compute", "instances.list"): FakeGcp._list,
+    ("compute", "instances.get"): FakeGcp._get_instance,
 }
