@@ -110,7 +110,7 @@ def test_requirements_pin_exactly_the_locked_versions():
     for name, version in pins.items():
         assert locked.get(name) == version, f"{name}=={version} but uv.lock has {locked.get(name)}"
     # Every pin carries hashes (nodes install with --require-hashes).
-    assert len(re.findall(r"^[A-Za-z0-9_.-]+==", text, re.M)) == len(pins)
+    assert len(re.findall(r"^[A-Za-z0-9_.-]+==", text, re.MULTILINE)) == len(pins)
     assert text.count("--hash=sha256:") >= len(pins)
 
 
