@@ -14,8 +14,8 @@ from typing import Any
 
 import pulumi
 import pulumi_gcp as gcp
-from cluster.bundle import build_bundle
 
+from cluster.bundle import build_bundle
 from cluster.render import render_gcp, to_yaml
 from cluster.spec import GcpFacts
 from infra.boot import render_boot_script

@@ -158,6 +158,7 @@ def _make_classes():
     import pulumi
     from pulumi.runtime import rpc
     from pulumi.runtime.mocks import MockMonitor
+    from pulumi.runtime.proto import resource_pb2
 
     class RecordingMocks(pulumi.runtime.Mocks):
         def __init__(self) -> None:
@@ -182,6 +183,7 @@ def _make_classes():
             super().__init__(mocks)
             self.registrations: list[dict[str, Any]] = []
             self.outputs_registered: list[str] = []
+            self.invoke_depends_on: list[list[str]] = []
 
         def RegisterResource(self, request):
             response = super().RegisterResource(request)
@@ -200,6 +202,17 @@ def _make_classes():
                     }
                 )
             return response
+
+        def GetDeploymentInfo(self, request):
+            # Also advertise invoke dependencies, so the SDK sends an invoke's
+            # depends_on (as a real engine does) and we can record it.
+            info = super().GetDeploymentInfo(request)
+            info.supportedFeatures.append(resource_pb2.RESOURCE_MONITOR_FEATURE_INVOKE_DEPENDS_ON)
+            return info
+
+        def Invoke(self, request):
+            self.invoke_depends_on.append(sorted(request.dependsOn))
+            return super().Invoke(request)
 
         def RegisterResourceOutputs(self, request):
             self.outputs_registered.append(request.urn)
@@ -289,6 +302,7 @@ def run_program(config: dict[str, str], *, stack: str = TEST_STACK) -> dict[str,
             "outputs_registered": monitor.outputs_registered,
             "new_resource_calls": mocks.new_resource_calls,
             "invokes": mocks.calls,
+            "invoke_depends_on": monitor.invoke_depends_on,
             "outputs": outputs,
             "error": error,
             "log": log_records,

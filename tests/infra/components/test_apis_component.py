@@ -29,6 +29,9 @@ def test_every_other_resource_waits_for_every_api(each_scenario):
 
 
 def test_image_lookup_waits_for_the_apis_and_is_the_only_invoke(each_scenario):
+    service_urns = sorted(r["urn"] for r in each_scenario.of_type(SERVICE))
+    (depends_on,) = each_scenario.data["invoke_depends_on"]
+    assert set(service_urns) <= set(depends_on)
     assert each_scenario.data["invokes"] == [
         {"token": "gcp:compute/getImage:getImage",
          "args": {"family": "debian-12", "project": "debian-cloud"}}
