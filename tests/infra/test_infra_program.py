@@ -156,3 +156,18 @@ def test_cluster_config_is_valid_for_ray_and_follows_the_settings(each_scenario)
         (nic,) = node["networkInterfaces"]
         assert nic["subnetwork"].endswith(f"/subnetworks/{rec.outputs['subnetwork']}")
         assert "accessConfigs" not in nic
+
+
+def test_no_infra_module_shadows_another_module_under_pulumi():
+    """Pulumi runs `runpy.run_path("infra/")`, which puts infra/ itself first on
+    sys.path: a file infra/secrets.py would hide the standard library's secrets
+    from every library the program imports."""
+    import importlib.util
+
+    for path in (harness.PROJECT_ROOT / "infra").glob("*.py"):
+        name = path.stem
+        if name in ("__main__", "__init__"):
+            continue
+        assert name not in sys.stdlib_module_names, f"infra/{path.name} shadows stdlib {name}"
+        assert importlib.util.find_spec(name) is None, (
+            f"infra/{path.name} shadows the installed module {name!r}")

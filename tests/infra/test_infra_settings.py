@@ -184,3 +184,9 @@ def test_missing_project_stops_the_program_before_any_resource(warm):
     result = harness.run_isolated(harness.engine_config({}, project=None))
     assert "gcp:project" in result["error"]["message"]
     assert result["new_resource_calls"] == 0 and result["invokes"] == []
+
+
+def test_bad_project_id_names_gcp_project():
+    with pytest.raises(SettingsError) as info:
+        parse_settings({}, "My_Project")
+    assert "gcp:project = 'My_Project'" in str(info.value)
