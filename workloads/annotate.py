@@ -369,7 +369,7 @@ def process_batch(items: list[Item], src, dst, max_side: int, item_delay: float 
     cv2.setNumThreads(0)  # one task per CPU already; OpenCV's own threads would oversubscribe
     node = ""
     if ray.is_initialized():
-        node = ray.get_runtime_context().get_node_id()[:12]
+        node = ray.get_runtime_context().get_node_id()
     out = []
     for item in items:
         if item_delay:

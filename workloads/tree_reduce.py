@@ -145,7 +145,8 @@ def main(argv=None) -> int:
     if args.chunks > args.size:
         parser.error(f"--chunks ({args.chunks}) cannot exceed --size ({args.size})")
 
-    common.connect(args.address)
+    # Ray forwards worker output and autoscaler events to stdout; keep --json parseable.
+    common.connect(args.address, log_to_driver=not args.json)
     map_task = ray.remote(map_chunk).options(num_cpus=1)
     combine_task = ray.remote(combine).options(num_cpus=1)
 

@@ -1,0 +1,347 @@
+"""The four drivers on the shared local autoscaling cluster (fixture ``local_cluster``).
+
+Every driver runs as a subprocess, exactly as a user runs it
+(``python workloads/<script>.py`` with the cluster's RAY_ADDRESS and token in
+the environment, or ``ray job submit --working-dir workloads``); the head has
+CPU 0, so all work lands on fake worker nodes the autoscaler starts.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+from workloads import annotate, common, serve
+
+from .conftest import REPO, WORKLOADS, free_port
+
+pytestmark = pytest.mark.cluster
+
+
+def run_driver(script, *args, env, timeout=240, cwd=None):
+    return subprocess.run(
+        [sys.executable, os.path.join(WORKLOADS, script), *map(str, args)],
+        env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO,
+    )
+
+
+def result_rows(storage) -> list[dict]:
+    try:
+        text = storage.read_text(annotate.RESULTS_KEY)
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def expected_points(shape, sx, sy):
+    """Independent re-statement of the scaling rule for the checks below."""
+    pts = shape["points"]
+    if shape["shape_type"] == "circle":
+        (cx, cy), (px, py) = pts
+        s = (sx + sy) / 2
+        return [[cx * sx, cy * sy], [cx * sx + (px - cx) * s, cy * sy + (py - cy) * s]]
+    return [[x * sx, y * sy] for x, y in pts]
+
+
+def check_outputs(src, dst, keys):
+    """Every key's output image and JSON are complete and exactly rescaled."""
+    for key in keys:
+        orig = annotate.decode_image(src.read_bytes(key), key)
+        out = annotate.decode_image(dst.read_bytes(key), key)
+        h, w = orig.shape[:2]
+        nh, nw = out.shape[:2]
+        s = min(1.0, MAX_SIDE / max(w, h))  # longest side -> MAX_SIDE, never upscaled
+        assert (nw, nh) == (round(w * s), round(h * s)), key
+        jkey = annotate.annotation_key(key)
+        if not src.exists(jkey):
+            assert not dst.exists(jkey), key
+            continue
+        before, after = json.loads(src.read_text(jkey)), json.loads(dst.read_text(jkey))
+        assert (after["imageWidth"], after["imageHeight"]) == (nw, nh), key
+        sx, sy = nw / w, nh / h
+        assert len(after["shapes"]) == len(before["shapes"]) == 9
+        for b, a in zip(before["shapes"], after["shapes"], strict=True):
+            assert a["shape_type"] == b["shape_type"] and a["label"] == b["label"]
+            assert np.allclose(a["points"], expected_points(b, sx, sy), atol=1e-3), (key, b)
+            if b["shape_type"] == "mask":
+                bm = cv2.imdecode(np.frombuffer(base64.b64decode(b["mask"]), np.uint8), -1)
+                am = cv2.imdecode(np.frombuffer(base64.b64decode(a["mask"]), np.uint8), -1)
+                assert am.shape == (max(1, round(bm.shape[0] * sy)), max(1, round(bm.shape[1] * sx)))
+        if before["imageData"]:
+            assert base64.b64decode(after["imageData"]) == dst.read_bytes(key)
+        else:
+            assert after["imageData"] is None
+
+
+MAX_SIDE = 96
+
+
+def test_annotate_exact_outputs_failures_and_resume(tmp_path, driver_env):
+    src, dst = common.LocalStorage(tmp_path / "in"), common.LocalStorage(tmp_path / "out")
+    m = annotate.make_sample(src, 16, seed=3, corrupt=1, broken_json=1)
+    good = sorted(set(m.images) - set(m.corrupt_images) - set(m.broken_json))
+    args = ["--input", src.url, "--output", dst.url, "--max-side", MAX_SIDE, "--batch-size", 3]
+
+    r = run_driver("annotate.py", *args, env=driver_env)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "processed 14, skipped 0, failed 2 in" in r.stdout
+    # a line of its own (the autoscaler's events are printed around it)
+    assert any(line.startswith("This cluster consists of ") for line in r.stdout.splitlines())
+    summary = json.loads(dst.read_text("_summary.json"))
+    assert (summary["total"], summary["processed"], summary["skipped"], summary["failed"]) == (
+        16, 14, 0, 2)
+    reasons = {f["key"]: f["reason"] for f in summary["failures"]}
+    assert reasons.keys() == set(m.corrupt_images) | set(m.broken_json)
+    assert "not a decodable image" in reasons[m.corrupt_images[0]]
+    assert "invalid JSON" in reasons[m.broken_json[0]]
+    assert summary["cluster"]["nodes"] >= 2 and summary["cluster"]["cpus"] >= 2  # head + workers
+    for bad in reasons:  # nothing at all written for a failed item
+        assert not dst.exists(bad) and not dst.exists(annotate.done_key(bad))
+    check_outputs(src, dst, good)
+    rows = result_rows(dst)
+    assert sorted(r["key"] for r in rows) == good
+    assert all(row["node"] for row in rows)
+
+    # A rerun skips every completed item and rewrites nothing.
+    mtimes = {k: os.stat(dst.path(k)).st_mtime_ns for k in good}
+    r = run_driver("annotate.py", *args, env=driver_env)
+    assert r.returncode == 1 and "processed 0, skipped 14, failed 2 in" in r.stdout, r.stderr[-2000:]
+    assert {k: os.stat(dst.path(k)).st_mtime_ns for k in good} == mtimes
+    assert len(result_rows(dst)) == 14
+
+    # Crash simulation: three items lost their completion record (killed before
+    # writing it) and the results file ends in a torn line. The rerun redoes
+    # exactly those three and the results file still has one row per item.
+    for key in good[:3]:
+        os.unlink(dst.path(annotate.done_key(key)))
+    with open(dst.path(annotate.RESULTS_KEY), "a") as f:
+        f.write('{"key": "torn')
+    r = run_driver("annotate.py", *args, "--no-progress", env=driver_env)
+    assert r.returncode == 1 and "processed 3, skipped 11, failed 2 in" in r.stdout, r.stderr[-2000:]
+    rows = result_rows(dst)
+    assert sorted(r["key"] for r in rows) == good
+    check_outputs(src, dst, good)
+
+
+def test_annotate_survives_a_lost_worker_node(tmp_path, local_cluster, driver_env):
+    src, dst = common.LocalStorage(tmp_path / "in"), common.LocalStorage(tmp_path / "out")
+    m = annotate.make_sample(src, 60, seed=11, max_side=240)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(WORKLOADS, "annotate.py"), "--input", src.url,
+         "--output", dst.url, "--max-side", str(MAX_SIDE), "--batch-size", "2",
+         "--item-delay", "0.3", "--no-progress"],
+        env=driver_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    try:
+        # Wait for visible progress, then kill the node that has done most of it
+        # (with more tasks in flight than CPUs, every node is busy at that moment).
+        deadline = time.monotonic() + 180
+        while True:
+            rows = result_rows(dst)
+            if len(rows) >= 8:
+                break
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no progress within 180 s"
+            time.sleep(0.2)
+        busiest = collections.Counter(r["node"] for r in rows).most_common(1)[0][0]
+        [victim] = [w.node_id for w in local_cluster.status().workers
+                    if w.node_id == busiest]
+        local_cluster.kill_worker_node(victim)
+        done_at_kill = len(result_rows(dst))
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert done_at_kill < 60, "the job finished before the node was lost; nothing was tested"
+    assert proc.returncode == 0, err[-4000:]
+    assert "processed 60, skipped 0, failed 0" in out
+    rows = result_rows(dst)
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys)) == 60  # exactly once
+    assert set(keys) == set(m.images)
+    assert any(r["node"] == busiest for r in rows)
+    assert {r["node"] for r in rows} - {busiest}, "no other node finished the lost node's work"
+    check_outputs(src, dst, m.images)
+    assert not list((tmp_path / "out").rglob(".tmp-*"))
+    assert sorted(k[len("_done/"):-5] for k in dst.list("_done")) == sorted(m.images)
+
+
+def test_annotate_reads_and_writes_gcs(emulated_gcs, gcs_emulator, driver_env):
+    src = common.open_storage(f"gs://{emulated_gcs}/cluster/raw")
+    dst = common.open_storage(f"gs://{emulated_gcs}/cluster/small")
+    m = annotate.make_sample(src, 8, seed=5, corrupt=1)
+    env = driver_env | {"STORAGE_EMULATOR_HOST": gcs_emulator}
+    r = run_driver("annotate.py", "--input", src.url, "--output", dst.url, "--max-side", MAX_SIDE,
+                   "--batch-size", 3, "--no-progress", env=env)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "processed 7, skipped 0, failed 1" in r.stdout
+    good = sorted(set(m.images) - set(m.corrupt_images))
+    check_outputs(src, dst, good)
+    assert sorted(row["key"] for row in result_rows(dst)) == good
+    summary = json.loads(dst.read_text("_summary.json"))
+    assert [f["key"] for f in summary["failures"]] == m.corrupt_images
+    r = run_driver("annotate.py", "--input", src.url, "--output", dst.url, "--max-side", MAX_SIDE,
+                   "--no-progress", env=env)
+    assert "processed 0, skipped 7, failed 1" in r.stdout, r.stderr[-2000:]
+    assert len(result_rows(dst)) == 7
+
+
+def test_annotate_via_ray_job_submit_with_working_dir(tmp_path, local_cluster, driver_env):
+    """The GCP route: `ray job submit --working-dir workloads -- python annotate.py ...`."""
+    src, dst = common.LocalStorage(tmp_path / "in"), common.LocalStorage(tmp_path / "out")
+    m = annotate.make_sample(src, 5, seed=2)
+    # The entrypoint runs in the head's environment; name this venv's python
+    # explicitly (on GCP `python` is the node venv's).
+    r = subprocess.run(
+        [sys.executable, "-m", "ray.scripts.scripts", "job", "submit",
+         "--address", local_cluster.dashboard_url, "--working-dir", "workloads", "--",
+         sys.executable, "annotate.py", "--input", src.url, "--output", dst.url,
+         "--max-side", str(MAX_SIDE), "--no-progress"],
+        env=driver_env, capture_output=True, text=True, timeout=240, cwd=REPO,
+    )
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "processed 5, skipped 0, failed 0" in r.stdout
+    check_outputs(src, dst, m.images)
+
+
+def test_serve_answers_every_request_while_an_actor_dies(driver_env):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(WORKLOADS, "serve.py"), "--port", str(port), "--actors", "2"],
+        env=driver_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+        start_new_session=True,
+    )
+    log: list[str] = []
+    threading.Thread(target=lambda: log.extend(iter(proc.stdout.readline, "")), daemon=True).start()
+    base = f"http://127.0.0.1:{port}"
+
+    def call(path, body=None, timeout=120):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(base + path, data=data,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    try:
+        deadline = time.monotonic() + 180
+        while not any("listening on" in line for line in log):
+            assert proc.poll() is None, "".join(log)[-3000:]
+            assert time.monotonic() < deadline, "".join(log)[-3000:]
+            time.sleep(0.3)
+        while True:
+            try:
+                status, health = call("/healthz", timeout=10)
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+        assert status == 200 and health["status"] == "ok", health
+        victim = health["actors"][0]["pid"]
+
+        model = serve.fit_model(serve.DEFAULT_SEED, serve.DEFAULT_FEATURES)
+        rng = np.random.default_rng(42)
+        batches = [rng.normal(0, 2.5, size=(int(rng.integers(1, 30)), 8)).tolist()
+                   for _ in range(48)]
+        results: dict[int, tuple] = {}
+        answered = threading.Semaphore(0)
+
+        def client(indices):
+            for i in indices:
+                results[i] = call("/predict", {"instances": batches[i]})
+                answered.release()
+
+        threads = [threading.Thread(target=client, args=(range(k, 48, 4),)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for _ in range(6):  # some answers first, then the actor process dies mid-stream
+            assert answered.acquire(timeout=120)
+        os.kill(victim, signal.SIGKILL)
+        for t in threads:
+            t.join(timeout=300)
+        assert len(results) == 48
+        for i, (status, body) in sorted(results.items()):
+            assert status == 200, (i, body)
+            expected = serve.predict_with(model, batches[i])
+            got = body["predictions"]
+            assert [p["anomaly"] for p in got] == [p["anomaly"] for p in expected], i
+            assert np.allclose([p["score"] for p in got], [p["score"] for p in expected],
+                               rtol=1e-12, atol=1e-12), i
+
+        # The actor came back (a new process) and serves again.
+        deadline = time.monotonic() + 120
+        while True:
+            status, health = call("/healthz", timeout=30)
+            pids = [a.get("pid") for a in health["actors"]]
+            if status == 200 and health["status"] == "ok" and victim not in pids:
+                break
+            assert time.monotonic() < deadline, health
+            time.sleep(0.5)
+        assert call("/predict", {"instances": [[9] * 8]})[1]["predictions"][0]["anomaly"] is True
+        status, body = call("/predict", {"instances": [[1, 2]]})
+        assert status == 400 and "expects 8" in body["error"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_tree_reduce_agrees_with_numpy(driver_env):
+    r = run_driver("tree_reduce.py", "--size", 400_000, "--chunks", 16, "--seed", 4, "--json",
+                   env=driver_env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout)
+    x = np.random.default_rng(4).standard_normal(400_000)
+    assert report["agree"] and report["problems"] == []
+    assert (report["tree_depth"], report["chain_depth"], report["chunks"]) == (4, 15, 16)
+    assert report["mean"] == pytest.approx(x.mean(), rel=1e-9, abs=1e-12)
+    assert report["std"] == pytest.approx(x.std(), rel=1e-9)
+    assert (report["min"], report["max"]) == (x.min(), x.max())
+    assert report["tree_seconds"] > 0 and report["chain_seconds"] > 0
+    r = run_driver("tree_reduce.py", "--size", 50_000, "--chunks", 5, env=driver_env)
+    assert r.returncode == 0 and "results agree (tree = chain = numpy)" in r.stdout
+    assert "tree  reduce:" in r.stdout and "chain reduce:" in r.stdout
+
+
+def test_cluster_info_matches_the_cluster(local_cluster, driver_env):
+    r = run_driver("cluster_info.py", "--json", env=driver_env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout)
+    status = local_cluster.status()
+    # Nodes may join or idle out between the two looks; compare the stable parts.
+    head = report["nodes"][0]
+    assert head["head"] and head["cpus"] == 0.0
+    assert head["node_id"] in {n.node_id for n in status.nodes if n.is_head}
+    for worker in report["nodes"][1:]:
+        assert not worker["head"] and worker["cpus"] == 2.0
+    assert report["totals"]["cpus"] == 2.0 * (len(report["nodes"]) - 1)
+    assert report["ray_version"] == "2.60.0"
+    text = run_driver("cluster_info.py", env=driver_env).stdout
+    assert "\nThis cluster consists of " in "\n" + text and "head" in text
+
+
+def test_a_driver_without_the_token_is_refused(driver_env):
+    env = {k: v for k, v in driver_env.items() if not k.startswith("RAY_AUTH")}
+    env["RAY_AUTH_MODE"] = "disabled"
+    r = run_driver("cluster_info.py", env=env, timeout=120)
+    assert r.returncode == common.EXIT_NO_CLUSTER
+    assert "cannot connect to the Ray cluster" in r.stderr and "RAY_AUTH_TOKEN_PATH" in r.stderr
