@@ -18,7 +18,12 @@ import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
-from cluster.spec import CLUSTER_NAME_MAX_LEN, ClusterSpec
+from cluster.spec import (
+    CLUSTER_NAME_MAX_LEN,
+    DEFAULT_CPU_WORKER_TYPE,
+    DEFAULT_HEAD_TYPE,
+    ClusterSpec,
+)
 from infra.regions import REGION_ZONES, zones_of
 
 NAMESPACE = "ray-gcp"
@@ -252,8 +257,8 @@ class Settings(BaseModel):
 # Which setting a cluster-spec error is about, by the spec's error location.
 _SPEC_LOC_TO_FIELD = {
     "cluster_name": "cluster_name",
-    "head": "head_machine_type",
-    "cpu-worker": "worker_machine_type",
+    DEFAULT_HEAD_TYPE: "head_machine_type",
+    DEFAULT_CPU_WORKER_TYPE: "worker_machine_type",
     "max_workers": "max_workers",
 }
 
