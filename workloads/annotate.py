@@ -490,8 +490,17 @@ def run(args) -> int:
 
     started = time.time()
     t0 = time.monotonic()
-    items, failures = discover(src.list())
-    done = {k[len(DONE_PREFIX) + 1:-len(".json")] for k in dst.list(DONE_PREFIX)}
+    try:
+        items, failures = discover(src.list())
+        done = {k[len(DONE_PREFIX) + 1:-len(".json")] for k in dst.list(DONE_PREFIX)}
+    except (OSError, ValueError) as e:
+        raise common.UsageError(f"cannot list {src.url} / {dst.url}: {e}") from None
+    except Exception as e:  # google.api_core errors: no such bucket, no permission
+        if type(e).__module__.startswith("google."):
+            raise common.UsageError(f"cannot list {src.url} / {dst.url}: {e}") from None
+        raise
+    if not items and not failures:
+        print(f"annotate: warning: no .jpg/.jpeg/.png images under {src.url}", file=sys.stderr)
     stats = RunStats(total=len(items) + len(failures), failures=list(failures))
     print(f"annotate: {len(items)} images under {src.url}; {len(done & {i.image for i in items})} "
           f"already done in {dst.url}", file=sys.stderr)

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.cluster
 def run_driver(script, *args, env, timeout=240, cwd=None):
     return subprocess.run(
         [sys.executable, os.path.join(WORKLOADS, script), *map(str, args)],
-        env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO,
+        env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, check=False,
     )
 
 
@@ -211,7 +211,7 @@ def test_annotate_via_ray_job_submit_with_working_dir(tmp_path, local_cluster, d
          "--address", local_cluster.dashboard_url, "--working-dir", "workloads", "--",
          sys.executable, "annotate.py", "--input", src.url, "--output", dst.url,
          "--max-side", str(MAX_SIDE), "--no-progress"],
-        env=driver_env, capture_output=True, text=True, timeout=240, cwd=REPO,
+        env=driver_env, capture_output=True, text=True, timeout=240, cwd=REPO, check=False,
     )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "processed 5, skipped 0, failed 0" in r.stdout
