@@ -22,8 +22,9 @@ PARSERS = {
 
 def readme_commands() -> list[tuple[str, list[str]]]:
     """(script, args) for each script invocation in the README's bash blocks."""
-    text = open(os.path.join(WORKLOADS, "README.md")).read()
-    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    with open(os.path.join(WORKLOADS, "README.md")) as f:
+        text = f.read()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.DOTALL)
     commands = []
     for block in blocks:
         joined = re.sub(r"\\\n\s*", " ", block)  # continuation lines
@@ -45,6 +46,8 @@ def test_the_readme_documents_every_script():
     assert len(COMMANDS) >= 10
 
 
-@pytest.mark.parametrize(("script", "args"), COMMANDS, ids=[f"{s} {' '.join(a)}"[:80] for s, a in COMMANDS])
+@pytest.mark.parametrize(
+    ("script", "args"), COMMANDS, ids=[f"{s} {' '.join(a)}"[:80] for s, a in COMMANDS]
+)
 def test_readme_command_parses(script, args):
     PARSERS[script]().parse_args(args)  # argparse exits 2 on anything unknown
