@@ -295,7 +295,11 @@ class GCSStorage(Storage):
         return self.bucket.blob(self._name(key)).exists()
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        self.bucket.blob(self._name(key)).upload_from_string(data)
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        # The library retries uploads only with a generation precondition; ours
+        # are idempotent (a retry writes the same bytes), so retry transient errors.
+        self.bucket.blob(self._name(key)).upload_from_string(data, retry=DEFAULT_RETRY)
 
 
 def overlapping(a: Storage, b: Storage) -> bool:

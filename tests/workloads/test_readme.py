@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
 
@@ -51,3 +53,12 @@ def test_the_readme_documents_every_script():
 )
 def test_readme_command_parses(script, args):
     PARSERS[script]().parse_args(args)  # argparse exits 2 on anything unknown
+
+
+@pytest.mark.parametrize("script", sorted(PARSERS))
+def test_every_script_runs_as_a_file_with_help(script, tmp_path):
+    out = subprocess.run(
+        [sys.executable, os.path.join(WORKLOADS, script), "--help"],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    ).stdout
+    assert out.startswith(f"usage: {script}") and "--address" in out
