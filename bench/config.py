@@ -1,0 +1,32 @@
+"""Sizes of every comparison: FULL for `make bench` (~15 min on 2 cores), QUICK for smoke runs."""
+
+from __future__ import annotations
+
+import copy
+
+FULL = {
+    "annotate": {"count": 480, "min_side": 160, "max_side_sample": 640, "max_side": 256,
+                 "batch": 8, "reps": 3, "timeout": 600},
+    "granularity": {"count": 400, "min_side": 32, "max_side_sample": 64, "max_side": 1024,
+                    "batch": 32, "reps": 3, "timeout": 600},
+    "scaleup": {"workers": 8, "timeout": 240},
+    "node_setup": {"timeout": 240},
+    "serve": {"rows": 64, "features": 8, "concurrency": 8, "duration": 20.0,
+              "warmup_seconds": 3.0, "max_requests": 20000, "timeout": 240},
+    "tree_reduce": {"size": 8_000_000, "chunks": 64, "bins": 64, "reps": 5, "seed": 0,
+                    "timeout": 600},
+}
+
+QUICK = {
+    "annotate": {**FULL["annotate"], "count": 16, "reps": 1, "batch": 4},
+    "granularity": {**FULL["granularity"], "count": 16, "reps": 1, "batch": 8},
+    "scaleup": {"workers": 2, "timeout": 180},
+    "node_setup": {"timeout": 120, "spec": "six==1.17.0"},
+    "serve": {**FULL["serve"], "rows": 8, "concurrency": 2, "duration": 2.0,
+              "warmup_seconds": 0.5, "max_requests": 200},
+    "tree_reduce": {**FULL["tree_reduce"], "size": 100_000, "chunks": 8, "reps": 1},
+}
+
+
+def sizes(quick: bool) -> dict:
+    return copy.deepcopy(QUICK if quick else FULL)

@@ -1,0 +1,285 @@
+"""BENCHMARKS.md from the saved results (pure: results dict in, Markdown text out)."""
+
+from __future__ import annotations
+
+from bench.stats import efficiency, fmt_ratio, fmt_seconds, fmt_spread, median, ratio, summary
+
+ORDER = ["annotate", "granularity", "scaleup", "node_setup", "serve", "tree_reduce"]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------ per section ----
+
+
+def annotate_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
+    cores = d["cores"]
+    s = {k: summary(v) for k, v in d["seconds"].items()}
+    seq = s["sequential"]["median"]
+    rows, heads = [], []
+    labels = {"sequential": "sequential (1 process)",
+              "pool": f"multiprocessing.Pool({cores})",
+              "ray": f"Ray tasks, local cluster ({d.get('ray_cluster_cpus', '?')} CPUs, "
+                     f"{d.get('ray_tasks', '?')} tasks)"}
+    for k in ("sequential", "pool", "ray"):
+        if k not in s:
+            continue
+        sp = ratio(seq, s[k]["median"])
+        rows.append([labels[k], fmt_spread(s[k]), f"{d['items'] / s[k]['median']:.1f}",
+                     fmt_ratio(sp), f"{efficiency(sp, cores):.0%}"])
+    text = (f"{d['items']} generated images (annotate.make_sample), every method runs "
+            "`workloads.annotate.process_item` on each (read, resize, rescale LabelMe JSON, "
+            "quality metrics, atomic writes).\n\n"
+            + _table(["method", "time (median, range)", "images/s", "speedup vs sequential",
+                      f"parallel efficiency ({cores} usable cores)"], rows))
+    if "ray" in s:
+        heads.append(("annotate: Ray vs sequential", fmt_ratio(ratio(seq, s["ray"]["median"]))))
+        heads.append(("annotate: Pool vs sequential", fmt_ratio(ratio(seq, s["pool"]["median"]))))
+        heads.append(("annotate: Ray vs Pool",
+                      fmt_ratio(ratio(s["pool"]["median"], s["ray"]["median"]))))
+    return text, heads
+
+
+def granularity_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
+    s = {k: summary(v) for k, v in d["seconds"].items()}
+    per = s["per_file"]["median"]
+    rows = [["sequential reference (no Ray)", "-", fmt_seconds(d["sequential_seconds"]),
+             f"{d['items'] / d['sequential_seconds']:.0f}", "-"]]
+    for k, label in (("per_file", "one task per file"), ("batched", f"tasks of {d['batch']} files")):
+        rows.append([label, d["tasks"][k], fmt_spread(s[k]), f"{d['items'] / s[k]['median']:.0f}",
+                     fmt_ratio(ratio(per, s[k]["median"]))])
+    text = (f"{d['items']} small images (32-64 px), same function, on the local cluster "
+            f"({d['cluster_cpus']} CPUs).\n\n"
+            + _table(["variant", "Ray tasks", "time (median, range)", "files/s",
+                      "speedup vs per-file"], rows))
+    return text, [("granularity: batched vs one task per file",
+                   fmt_ratio(ratio(per, s["batched"]["median"])))]
+
+
+def first_round(steps: list, window: float = 1.5) -> int:
+    """Nodes requested within `window` s of the first request (the first launch round)."""
+    nonzero = [(t, n) for t, n in steps if n > 0]
+    if not nonzero:
+        return 0
+    t0 = nonzero[0][0]
+    return max(n for t, n in nonzero if t <= t0 + window)
+
+
+def scaleup_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
+    runs, n = d["runs"], d["workers"]
+    rows = []
+    for key, label in (("ray_default", "Ray default"), ("ours", "ours (spec default)")):
+        r = runs[key]
+        rows.append([label, f"{r['upscaling_speed']:g}", f"{first_round(r['requested'])} of {n}",
+                     fmt_seconds(r["seconds_to_all_requested"]) if r["seconds_to_all_requested"]
+                     is not None else "not reached",
+                     fmt_seconds(r["seconds_to_all"]) if r["seconds_to_all"] is not None
+                     else "not reached"])
+    a, b = runs["ray_default"], runs["ours"]
+    heads = []
+    text = (f"A driver submits {n} one-CPU tasks to a cluster with 0 workers (head has 0 CPUs; "
+            f"worker type: 1 CPU, at most {n}). Timed from submission. Autoscaler {d['autoscaler']}, "
+            f"update interval {d['update_interval_s']} s (LocalCluster sets "
+            "AUTOSCALER_UPDATE_INTERVAL_S=1; Ray's default is 5 s).\n\n"
+            + _table(["setting", "upscaling_speed", "requested in first launch round",
+                      f"all {n} requested", f"all {n} alive"], rows))
+    if a["seconds_to_all"] and b["seconds_to_all"]:
+        heads.append(("scale-up: time to all workers alive, Ray default / ours",
+                      fmt_ratio(ratio(a["seconds_to_all"], b["seconds_to_all"]))))
+    if a["seconds_to_all_requested"] and b["seconds_to_all_requested"]:
+        heads.append(("scale-up: time to all workers requested, Ray default / ours",
+                      fmt_ratio(ratio(a["seconds_to_all_requested"],
+                                      b["seconds_to_all_requested"]))))
+    return text, heads
+
+
+def node_setup_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
+    pip, uv = d["pip"], d["uv"]
+    rows = [
+        ["plain pip (`python -m venv` + `pip install`)", "-", fmt_seconds(pip["venv"]),
+         fmt_seconds(pip["install"]), fmt_seconds(pip["total"]), "1.00x"],
+        ["uv (ours: pip-install pinned uv, `uv venv`, `uv pip install`)",
+         fmt_seconds(uv["bootstrap"]), fmt_seconds(uv["venv"]), fmt_seconds(uv["install"]),
+         fmt_seconds(uv["total"]), fmt_ratio(ratio(pip["total"], uv["total"]))],
+    ]
+    text = (f"Installs `{d['installed']}` ({d['packages']} distributions) into a fresh venv, "
+            "cold caches (fresh temp cache dirs), this machine's pip/uv configuration and local "
+            "wheel mirrors ignored (`pip --isolated`, `uv --no-config`), so both download from "
+            "PyPI like a new VM. One run each (network-bound; expect run-to-run variation).\n\n"
+            + _table(["method", "bootstrap", "venv", "install", "total", "speedup (total)"], rows))
+    for note in d.get("notes", []):
+        text += f"\n\nNote: {note}."
+    return text, [
+        ("node setup: install step, pip / uv", fmt_ratio(ratio(pip["install"], uv["install"]))),
+        ("node setup: total incl. uv bootstrap, pip / uv", fmt_ratio(ratio(pip["total"], uv["total"]))),
+    ]
+
+
+def serve_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
+    a, b = d["sequential"], d["actor_pool"]
+    rows = []
+    for r, label in ((a, "sequential Flask (model in-process, one request at a time)"),
+                     (b, f"Flask threaded + Ray actor pool ({d['actors']} actors)")):
+        rows.append([label, f"{r['rps']:.1f}", f"{r['p50_ms']:.1f} ms", f"{r['p99_ms']:.1f} ms",
+                     f"{r['ok']} / {r['errors']}", fmt_ratio(r["rps"] / a["rps"])])
+    text = (f"POST /predict with {d['rows_per_request']} rows per request; {d['concurrency']} "
+            f"concurrent clients on 127.0.0.1 for {d['duration']:g} s (at most "
+            f"{d['max_requests']} requests) after a short warm-up.\n\n"
+            + _table(["server", "requests/s", "p50", "p99", "ok / failed", "throughput vs sequential"],
+                     rows))
+    return text, [("serve: requests/s, actor pool / sequential Flask",
+                   fmt_ratio(b["rps"] / a["rps"])),
+                  ("serve: p50 latency, sequential / actor pool",
+                   fmt_ratio(a["p50_ms"] / b["p50_ms"]))]
+
+
+def tree_reduce_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
+    s = {k: summary(v) for k, v in d["seconds"].items()}
+    rows = [[k, d["depth"][k], fmt_spread(s[k]), fmt_ratio(ratio(s["chain"]["median"],
+                                                                 s[k]["median"]))]
+            for k in ("chain", "tree")]
+    text = (f"{d['size']:,} float64 ({d['size'] * 8 / 1e6:.0f} MB) shared via the object store, "
+            f"{d['chunks']} map partials (map {fmt_seconds(d['map_seconds'])}), then combined; "
+            f"local cluster with {d['cluster_cpus']} CPUs.\n\n"
+            + _table(["aggregation", "depth", "time (median, range)", "speedup vs chain"], rows))
+    return text, [("tree_reduce: tree vs chain",
+                   fmt_ratio(ratio(s["chain"]["median"], s["tree"]["median"])))]
+
+
+SECTIONS = {
+    "annotate": annotate_section, "granularity": granularity_section,
+    "scaleup": scaleup_section, "node_setup": node_setup_section,
+    "serve": serve_section, "tree_reduce": tree_reduce_section,
+}
+
+TRANSFER = {
+    "annotate": (
+        "The per-image work and the ratio Pool/sequential depend only on cores. On GCP, Ray adds "
+        "nodes, so its speedup grows with the cluster while Pool stays on one VM; here the fake "
+        "worker node, the head's daemons and the driver all share the same {cores} cores, so "
+        "Ray's figure is a lower bound of its per-core efficiency. Writes use fsync per file; "
+        "on GCS (gs://) I/O latency dominates instead."),
+    "granularity": (
+        "Per-task overhead (scheduling, arguments, result) is paid per file with one task per "
+        "file. That overhead is a property of Ray, not of the machine, so the ratio transfers "
+        "for files this small; it shrinks as per-file work grows."),
+    "scaleup": (
+        "Fake nodes start in ~2-3 s (more on this busy 2-core machine, and they start one after "
+        "another because the fake provider creates them under a lock); real VMs take ~60 s and "
+        "boot in parallel. What transfers is the launch batching: v1 caps nodes pending at once "
+        "at max(5, upscaling_speed x running nodes), so with speed 1.0 a burst of 8 from zero "
+        "launches 5 VMs and the rest only as those join (about two VM boot times instead of "
+        "one). `ray up` on GCP runs autoscaler v2 by default, which launches at most "
+        "max(1, ceil(upscaling_speed x running)) per 5 s reconcile round: with 1.0 from zero "
+        "that is one VM per round, so the gap is larger there. v2 is not measured here (with "
+        "the fake_multinode provider it did not scale up in our attempt)."),
+    "node_setup": (
+        "Both download from PyPI over this machine's link; a GCP VM behind Cloud NAT has a "
+        "different link, so absolute times differ, but uv's parallel download and install "
+        "advantage carries over. The uv bootstrap (pip-installing uv itself) is counted."),
+    "serve": (
+        "The actor pool's gain comes from answering requests concurrently on several CPUs; here "
+        "the Flask process, the head's daemons, the actors and the load generator share "
+        "{cores} cores, so latency includes contention that separate GCP VMs do not have."),
+    "tree_reduce": (
+        "The tree has log2(chunks) levels instead of chunks-1 dependent steps; on {cores} CPUs "
+        "only a few combines run at once, so a bigger cluster widens the gap. Per-step latency "
+        "(task dispatch, object transfer) is higher between real VMs, which favours the tree "
+        "more."),
+}
+
+
+def _machine(m: dict) -> str:
+    rows = [
+        ["date (UTC)", m.get("date_utc", "?")],
+        ["CPU model (/proc/cpuinfo)", m.get("cpu_model", "?")],
+        ["logical CPUs / usable cores (sched_getaffinity)",
+         f"{m.get('logical_cpus', '?')} / {m.get('usable_cores', '?')} {m.get('affinity', '')}"],
+        ["memory", f"{m.get('mem_total_gib', '?')} GiB"],
+        ["kernel", m.get("kernel", "?")],
+        ["Python / Ray", f"{m.get('python', '?')} / {m.get('ray', '?')}"],
+        ["numpy / opencv / scikit-learn / flask",
+         f"{m.get('numpy')} / {m.get('opencv')} / {m.get('scikit-learn')} / {m.get('flask')}"],
+        ["load average at start (1, 5, 15 min)",
+         ", ".join(str(x) for x in m.get("load_average_at_start", []))],
+    ]
+    return _table(["", ""], rows)
+
+
+def render(doc: dict, png: str = "bench/results/benchmarks.png") -> str:
+    m = doc.get("machine", {})
+    cores = m.get("usable_cores", "?")
+    comps = doc.get("comparisons", {})
+    out = [
+        "# Benchmarks",
+        "",
+        ("Generated by `make bench` (`python -m bench`) from the raw results in "
+        "`bench/results/benchmarks.json`; do not edit by hand. Each comparison runs both sides "
+        "in one run, on the same input, and reports a ratio; its section names the command that "
+        "reproduces it. Everything runs on one machine: a real local Ray cluster whose "
+        "autoscaler launches fake worker nodes (fake_multinode), so Ray's workers share the "
+        f"machine's {cores} cores with its head, the driver and the baselines."),
+        "",
+    ]
+    if doc.get("quick"):
+        out += ["**Quick (smoke) sizes: these numbers are not benchmarks.**", ""]
+    out += ["## Machine", "", _machine(m), "",
+            f"![benchmark panels]({png})", "", "## Headline ratios", ""]
+    heads, sections = [], []
+    for name in ORDER:
+        e = comps.get(name)
+        if e is None:
+            continue
+        sec = [f"## {e['title']}", "",
+               (f"Reproduce: `{e['command']}` &middot; measured {e['started']} &middot; load "
+               f"average at start {', '.join(str(x) for x in e['load_at_start'])} &middot; "
+               f"took {e['wall_seconds']:.0f} s"), ""]
+        if "error" in e:
+            sec += [f"**FAILED:** {e['error']}", ""]
+            heads.append((name, "failed", e["command"]))
+        else:
+            text, hs = SECTIONS[name](e["data"])
+            c = e["checks"]
+            sec += [text, "",
+                    (f"Check: {'outputs agree' if c['outputs_agree'] else '**OUTPUTS DISAGREE**'} "
+                    f"({c['detail']})."), "",
+                    "What transfers to GCP: " + TRANSFER[name].format(cores=cores), ""]
+            heads += [(label, value, e["command"]) for label, value in hs]
+        sections += sec
+    out += [_table(["comparison", "ratio", "reproduce"],
+                   [[h, v, f"`{c}`"] for h, v, c in heads]) if heads else "(no results yet)", ""]
+    out += sections
+    out += [
+        "## Caveats",
+        "",
+        (f"- {cores} usable cores run everything: the baselines, Ray's head (GCS, raylet, "
+        "dashboard, autoscaler), every fake worker node and the drivers. Ray's numbers include "
+        "that overhead; on GCP the head is its own VM and each worker has its own cores."),
+        ("- Times are medians of the repetitions shown (range and n in the tables); the machine "
+        "may have had other load (see the load averages), so small ratios (within ~10%) are "
+        "noise, not a result."),
+        ("- Ray timings start after connecting and a warm-up wave of tasks: they compare executing "
+        "work, not starting Ray. The Pool timing includes starting its processes."),
+        ("- Sizes are chosen so the whole `make bench` stays under ~15 minutes on 2 cores; the "
+        "parameters of each run are in the JSON."),
+        "",
+    ]
+    return "\n".join(out)
+
+
+def headline_value(doc: dict, label: str) -> str | None:
+    """The value of one headline ratio (for tests and the README)."""
+    for name in ORDER:
+        e = doc.get("comparisons", {}).get(name)
+        if e and "data" in e:
+            for lab, val in SECTIONS[name](e["data"])[1]:
+                if lab == label:
+                    return val
+    return None
+
+
+__all__ = ["first_round", "headline_value", "median", "render"]

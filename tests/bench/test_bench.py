@@ -1,0 +1,293 @@
+"""The benchmark code's pure parts, plus one small end-to-end comparison on the shared cluster.
+
+Timings are never asserted (speed targets live in BENCHMARKS.md); these tests
+check that the numbers are computed, checked and reported correctly.
+"""
+
+from __future__ import annotations
+
+import copy
+import http.server
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from bench import cli, config, loadgen, machine, report, stats, work
+from bench.clusters import BenchError, parse_result, scaleup_spec, work_spec
+from bench.comparisons import annotate as annotate_cmp
+from bench.comparisons import serve as serve_cmp
+from cluster.spec import local_default_spec
+
+# ---------------------------------------------------------------- stats ------
+
+
+@pytest.mark.parametrize("q", [0, 1, 25, 50, 90, 99, 100])
+def test_percentile_matches_numpy(q):
+    xs = list(np.random.default_rng(3).exponential(1.0, size=101)) + [7.0, 0.1]
+    assert stats.percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
+
+
+def test_median_summary_ratio_efficiency():
+    assert stats.median([3, 1, 2]) == 2
+    assert stats.median([4, 1, 2, 3]) == 2.5
+    assert stats.summary([2.0, 1.0, 4.0]) == {"n": 3, "median": 2.0, "min": 1.0, "max": 4.0}
+    assert stats.ratio(10.0, 4.0) == 2.5
+    assert stats.efficiency(1.5, 2) == 0.75
+    for bad in (lambda: stats.median([]), lambda: stats.percentile([1], 101),
+                lambda: stats.ratio(1, 0), lambda: stats.efficiency(1, 0)):
+        with pytest.raises(ValueError):
+            bad()
+
+
+def test_formatting():
+    assert stats.fmt_ratio(1.234) == "1.23x"
+    assert stats.fmt_seconds(123.4) == "123 s"
+    assert stats.fmt_seconds(12.34) == "12.3 s"
+    assert stats.fmt_seconds(1.234) == "1.23 s"
+    assert stats.fmt_seconds(0.0123) == "12 ms"
+    assert stats.fmt_spread({"n": 3, "median": 2.0, "min": 1.5, "max": 2.5}) == \
+        "2.00 s (1.50 s to 2.50 s, n=3)"
+
+
+# -------------------------------------------------------------- machine ------
+
+
+def test_machine_description_parses_proc_files():
+    assert machine.cpu_model("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n") == "AMD EPYC 7B13"
+    assert machine.cpu_model("processor: 0\n") == "unknown"
+    assert machine.mem_total_gib("MemTotal:       24684544 kB\n") == 23.5
+    d = machine.describe()
+    assert d["usable_cores"] >= 1 and d["python"].startswith("3.11")
+    assert len(d["load_average_at_start"]) == 3
+
+
+# ---------------------------------------------------------------- specs ------
+
+
+def test_bench_specs_keep_the_spec_defaults_but_size_the_workers():
+    base = local_default_spec()
+    w = work_spec(2)
+    assert w.worker_types["cpu-worker"].ray_resources()["CPU"] == 2
+    assert w.worker_types["cpu-worker"].min_workers == 1 == w.max_workers
+    assert w.head.ray_resources()["CPU"] == 0
+    ours, ray_default = scaleup_spec(8, None), scaleup_spec(8, 1.0)
+    assert ours.upscaling_speed == base.upscaling_speed != 1.0
+    assert ray_default.upscaling_speed == 1.0
+    assert ours.worker_types["cpu-worker"].max_workers == 8 == ours.max_workers
+    # The two runs differ in nothing but upscaling_speed.
+    a, b = ours.model_dump(), ray_default.model_dump()
+    a.pop("upscaling_speed"), b.pop("upscaling_speed")
+    assert a == b
+
+
+def test_driver_result_parsing():
+    assert parse_result('noise\nBENCH_RESULT {"a": 1}\n') == {"a": 1}
+    with pytest.raises(BenchError, match="no result line"):
+        parse_result("only noise\n")
+
+
+# ----------------------------------------------------------------- work ------
+
+
+def test_chunks_and_canonical_rows():
+    assert work.chunks([1, 2, 3, 4, 5], 2) == [[1, 2], [3, 4], [5]]
+    with pytest.raises(ValueError):
+        work.chunks([1], 0)
+    a = [{"key": "x", "ok": True, "row": {"key": "x", "w": 1, "node": "n1"}},
+         {"key": "y", "ok": False, "reason": "bad"}]
+    b = [{"key": "y", "ok": False, "reason": "bad"},
+         {"key": "x", "ok": True, "row": {"key": "x", "w": 1, "node": "n2"}}]
+    # The node differs legitimately between executors; order does not matter either.
+    assert work.digest_rows(work.canonical_rows(a)) == work.digest_rows(work.canonical_rows(b))
+    b[1]["row"]["w"] = 2
+    assert work.digest_rows(work.canonical_rows(a)) != work.digest_rows(work.canonical_rows(b))
+
+
+# ------------------------------------------------------------------ cli ------
+
+
+def test_only_accepts_known_names_and_keeps_the_run_order():
+    assert cli.parse_only(None) == cli.ORDER
+    assert cli.parse_only(["serve,annotate"]) == ["annotate", "serve"]
+    assert cli.parse_only(["tree_reduce", "scaleup"]) == ["tree_reduce", "scaleup"]
+    with pytest.raises(SystemExit, match="allowed: node_setup, annotate"):
+        cli.parse_only(["anotate"])
+
+
+def test_every_comparison_has_sizes_and_a_reproduce_command():
+    from bench.comparisons import ALL
+
+    assert set(ALL) == set(cli.ORDER) == set(config.FULL) == set(config.QUICK)
+    for name, mod in ALL.items():
+        assert mod.COMMAND == f"python -m bench --only {name}"
+        assert hasattr(mod, "standalone") or hasattr(mod, "on_cluster")
+
+
+# -------------------------------------------------------------- loadgen ------
+
+
+class _Echo(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        code = 200 if json.loads(body).get("ok") else 400
+        self.send_response(code)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def echo_server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_loadgen_is_bounded_and_counts_errors(echo_server):
+    ok = loadgen.run("127.0.0.1", echo_server, "/", b'{"ok": true}', concurrency=3,
+                     duration=10, max_requests=25).summary()
+    assert ok["requests"] == ok["ok"] == 25 and ok["errors"] == 0
+    assert ok["rps"] > 0 and ok["p50_ms"] <= ok["p99_ms"]
+    bad = loadgen.run("127.0.0.1", echo_server, "/", b'{"ok": false}', concurrency=2,
+                      duration=10, max_requests=4).summary()
+    assert bad["ok"] == 0 and bad["errors"] == 4 and bad["p50_ms"] is None
+    assert "HTTP 400" in bad["first_errors"][0]
+
+
+def test_loadgen_only_targets_this_machine():
+    with pytest.raises(ValueError, match="127.0.0.1"):
+        loadgen.run("10.0.0.1", 80, "/", b"{}", concurrency=1, duration=1, max_requests=1)
+
+
+# --------------------------------------------------------------- report ------
+
+DOC = {
+    "schema": 1,
+    "machine": {"date_utc": "2026-11-22T06:00:00Z", "cpu_model": "AMD EPYC", "logical_cpus": 2,
+                "usable_cores": 2, "affinity": [0, 1], "mem_total_gib": 23.5, "python": "3.11.7",
+                "ray": "2.60.0", "load_average_at_start": [0.5, 0.7, 1.0]},
+    "comparisons": {
+        "annotate": {
+            "title": "annotate", "command": "python -m bench --only annotate",
+            "started": "t", "load_at_start": [0.4, 0.5, 0.6], "wall_seconds": 60,
+            "data": {"cores": 2, "items": 100, "ray_cluster_cpus": 2, "ray_tasks": 13,
+                     "seconds": {"sequential": [10.0, 12.0, 11.0], "pool": [6.0, 5.0, 5.5],
+                                 "ray": [8.0, 8.0, 8.0]},
+                     "digests": {"sequential": ["a", "b"], "pool": ["a", "b"], "ray": ["a", "b"]}},
+        },
+        "scaleup": {
+            "title": "scale", "command": "python -m bench --only scaleup", "started": "t",
+            "load_at_start": [1, 1, 1], "wall_seconds": 100,
+            "data": {"workers": 8, "autoscaler": "v1", "update_interval_s": 1,
+                     "runs": {"ray_default": {"upscaling_speed": 1.0,
+                                              "requested": [[0, 0], [1.0, 5], [9.0, 6], [12.0, 8]],
+                                              "joined": [[0, 0], [5.0, 1], [20.0, 8]],
+                                              "seconds_to_all": 20.0,
+                                              "seconds_to_all_requested": 12.0, "reached": True},
+                              "ours": {"upscaling_speed": 9999.0,
+                                       "requested": [[0, 0], [1.0, 8]],
+                                       "joined": [[0, 0], [5.0, 1], [16.0, 8]],
+                                       "seconds_to_all": 16.0, "seconds_to_all_requested": 1.0,
+                                       "reached": True}}},
+        },
+        "serve": {"title": "serve", "command": "python -m bench --only serve", "started": "t",
+                  "load_at_start": [1, 1, 1], "wall_seconds": 50,
+                  "error": "BenchError: server exited (1)"},
+    },
+}
+
+
+def _with_checks(doc):
+    from bench.comparisons import ALL
+
+    doc = copy.deepcopy(doc)
+    for name, e in doc["comparisons"].items():
+        if "data" in e:
+            e["checks"] = ALL[name].checks(e["data"])
+    return doc
+
+
+def test_report_computes_ratios_efficiency_and_flags_failures():
+    md = report.render(_with_checks(DOC))
+    # annotate: medians 11 / 5.5 / 8 -> Pool 2.00x (100%), Ray 1.38x (69%), Ray vs Pool 0.69x
+    assert "| multiprocessing.Pool(2) | 5.50 s (5.00 s to 6.00 s, n=3) | 18.2 | 2.00x | 100% |" in md
+    assert "| annotate: Ray vs sequential | 1.38x | `python -m bench --only annotate` |" in md
+    assert "| annotate: Ray vs Pool | 0.69x |" in md
+    assert "69%" in md and "Check: outputs agree" in md
+    # scale-up: first launch round 5 of 8 vs 8 of 8; alive 20 / 16 = 1.25x; requested 12x
+    assert "| Ray default | 1 | 5 of 8 | 12.0 s | 20.0 s |" in md
+    assert "| ours (spec default) | 9999 | 8 of 8 | 1.00 s | 16.0 s |" in md
+    assert "Ray default / ours | 1.25x" in md and "requested, Ray default / ours | 12.00x" in md
+    # A failed comparison is reported as failed, not silently dropped.
+    assert "**FAILED:** BenchError: server exited (1)" in md
+    assert "| serve | failed | `python -m bench --only serve` |" in md
+    assert "load average at start 0.4, 0.5, 0.6" in md
+    assert report.headline_value(_with_checks(DOC), "annotate: Pool vs sequential") == "2.00x"
+
+
+def test_report_flags_disagreeing_outputs():
+    doc = copy.deepcopy(DOC)
+    doc["comparisons"]["annotate"]["data"]["digests"]["ray"] = ["a", "DIFFERENT"]
+    checks = annotate_cmp.checks(doc["comparisons"]["annotate"]["data"])
+    assert checks["outputs_agree"] is False
+    md = report.render(_with_checks(doc))
+    assert "**OUTPUTS DISAGREE**" in md
+
+
+def test_serve_check_compares_predictions_and_errors():
+    pred = [{"score": 0.1, "anomaly": False}, {"score": -0.2, "anomaly": True}]
+    base = {"predictions": pred, "errors": 0}
+    assert serve_cmp.checks({"sequential": base, "actor_pool": dict(base)})["outputs_agree"]
+    other = [{"score": 0.1, "anomaly": False}, {"score": -0.3, "anomaly": True}]
+    assert not serve_cmp.checks({"sequential": base,
+                                 "actor_pool": {"predictions": other, "errors": 0}})["outputs_agree"]
+    assert not serve_cmp.checks({"sequential": base,
+                                 "actor_pool": {"predictions": pred, "errors": 1}})["outputs_agree"]
+
+
+def test_first_round_counts_nodes_requested_together():
+    assert report.first_round([[0, 0], [1.0, 5], [2.8, 6], [9.0, 8]]) == 5
+    assert report.first_round([[0, 0], [1.0, 3], [2.0, 8]]) == 8
+    assert report.first_round([[0, 0]]) == 0
+
+
+def test_plot_writes_a_png_with_missing_and_failed_panels(tmp_path):
+    from bench import plot
+
+    out = plot.render(_with_checks(DOC), tmp_path / "p.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_results_file_round_trip_and_schema(tmp_path):
+    path = tmp_path / "r.json"
+    assert cli.load_doc(path)["comparisons"] == {}
+    cli.save_doc(_with_checks(DOC), path)
+    assert cli.load_doc(path)["comparisons"]["annotate"]["checks"]["outputs_agree"] is True
+    path.write_text(json.dumps({"schema": 999}))
+    assert cli.load_doc(path)["comparisons"] == {}
+
+
+# ------------------------------------------------------ end to end (tiny) ----
+
+
+@pytest.mark.cluster
+def test_annotate_comparison_end_to_end_on_the_shared_cluster(local_cluster, tmp_path):
+    """Sequential, Pool and Ray on 8 generated images; all three must produce the same outputs."""
+    p = {**config.QUICK["annotate"], "count": 8, "batch": 2}
+    ctx = cli.Context(workdir=tmp_path, cores=machine.usable_cores(), log=lambda m: None)
+    data = annotate_cmp.local(ctx, p)
+    data = annotate_cmp.on_cluster(ctx, p, local_cluster, data)
+    assert set(data["seconds"]) == {"sequential", "pool", "ray"}
+    assert data["items"] == 8 and data["ok_items"] == 8 and data["ray_tasks"] == 4
+    checks = annotate_cmp.checks(data)
+    assert checks["outputs_agree"], checks["detail"]
+    text, heads = report.annotate_section(data)
+    assert "Ray tasks, local cluster" in text and len(heads) == 3
