@@ -2,9 +2,13 @@
 
 Both start with cold caches (fresh temp cache dirs) and ignore this
 machine's pip/uv configuration (its local wheel mirrors), so they download
-from PyPI like a new VM. "uv" is what our node setup does: bootstrap the
-pinned uv (layout.UV_VERSION) with pip into a tools venv, ``uv venv``, then
-``uv pip install``; the bootstrap is timed and counted in uv's total.
+from PyPI like a new VM. "uv" is what ``cluster.render.node_setup_commands``
+runs on every node: bootstrap the pinned uv (layout.UV_VERSION) with pip into
+a tools venv, ``uv venv``, then ``uv pip sync --require-hashes`` of the
+requirements file (``uv pip install`` for a single package spec), with
+UV_PYTHON_DOWNLOADS=never and UV_NO_CONFIG=1. The bootstrap is timed and
+counted in uv's total. Plain pip: ``python -m venv`` + ``pip install -r``
+(pip checks the hashes too, since the file has them).
 """
 
 from __future__ import annotations
@@ -89,12 +93,20 @@ def _measure(ctx, p, args: list[str], what: str) -> dict:
                           "--disable-pip-version-check", "--cache-dir", str(tmp / "pip-cache-uv"),
                           f"uv=={layout.UV_VERSION}"], env, p["timeout"], ctx.log)
         uv = str(tmp / "tools/bin/uv")
-        uv_env = {**env, "UV_CACHE_DIR": str(tmp / "uv-cache")}
-        t_venv = _timed([uv, "venv", "--no-config", "-q", "--python", py, str(tmp / "uv-venv")],
+        uv_env = {**env, "UV_CACHE_DIR": str(tmp / "uv-cache"), "UV_PYTHON_DOWNLOADS": "never",
+                  "UV_NO_CONFIG": "1"}
+        t_venv = _timed([uv, "venv", "-q", "--python", py, str(tmp / "uv-venv")],
                         uv_env, 120, ctx.log)
         ctx.log(f"uv: installing {what} ...")
-        t_inst = _timed([uv, "pip", "install", "--no-config", "-q", "--python",
-                         str(tmp / "uv-venv/bin/python"), *args], uv_env, p["timeout"], ctx.log)
+        if args[0] == "-r":  # exactly what node_setup_commands runs
+            uv_cmd = [uv, "pip", "sync", "-q", "--require-hashes", "--python",
+                      str(tmp / "uv-venv/bin/python"), args[1]]
+        else:
+            uv_cmd = [uv, "pip", "install", "-q", "--python", str(tmp / "uv-venv/bin/python"),
+                      *args]
+        t_inst = _timed(uv_cmd, uv_env, p["timeout"], ctx.log)
+        res["uv_command"] = " ".join(c if not c.startswith(str(tmp)) else c.replace(str(tmp), "$TMP")
+                                     for c in uv_cmd[1:])
         res["uv"] = {"bootstrap": t_boot, "venv": t_venv, "install": t_inst,
                      "total": t_boot + t_venv + t_inst}
         ctx.log(f"uv: {t_inst:.1f} s install (+{t_venv:.1f} s venv, {t_boot:.1f} s bootstrap)")

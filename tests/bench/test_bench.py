@@ -82,6 +82,17 @@ def test_bench_specs_keep_the_spec_defaults_but_size_the_workers():
     assert a == b
 
 
+def test_scaleup_ours_uses_renders_launch_settings_ray_default_none():
+    from bench.comparisons import scaleup
+    from cluster.render import launch_concurrency
+
+    spec = scaleup_spec(8, None)
+    n = str(launch_concurrency(spec))
+    assert scaleup.launch_env(spec, ours=True) == {
+        "AUTOSCALER_MAX_LAUNCH_BATCH": n, "AUTOSCALER_MAX_CONCURRENT_LAUNCHES": n}
+    assert scaleup.launch_env(scaleup_spec(8, 1.0), ours=False) == {}
+
+
 def test_driver_result_parsing():
     assert parse_result('noise\nBENCH_RESULT {"a": 1}\n') == {"a": 1}
     with pytest.raises(BenchError, match="no result line"):
@@ -193,6 +204,8 @@ DOC = {
                                               "seconds_to_all": 20.0,
                                               "seconds_to_all_requested": 12.0, "reached": True},
                               "ours": {"upscaling_speed": 9999.0,
+                                       "launch_env": {"AUTOSCALER_MAX_LAUNCH_BATCH": "10",
+                                                      "AUTOSCALER_MAX_CONCURRENT_LAUNCHES": "10"},
                                        "requested": [[0, 0], [1.0, 8]],
                                        "joined": [[0, 0], [5.0, 1], [16.0, 8]],
                                        "seconds_to_all": 16.0, "seconds_to_all_requested": 1.0,
@@ -223,8 +236,8 @@ def test_report_computes_ratios_efficiency_and_flags_failures():
     assert "| annotate: Ray vs Pool | 0.69x |" in md
     assert "69%" in md and "Check: outputs agree" in md
     # scale-up: first launch round 5 of 8 vs 8 of 8; alive 20 / 16 = 1.25x; requested 12x
-    assert "| Ray default | 1 | 5 of 8 | 12.0 s | 20.0 s |" in md
-    assert "| ours (spec default) | 9999 | 8 of 8 | 1.00 s | 16.0 s |" in md
+    assert "| Ray default | 1 | 5 / 10 (Ray default) | 5 of 8 | 12.0 s | 20.0 s |" in md
+    assert "| ours (spec + render) | 9999 | 10 / 10 | 8 of 8 | 1.00 s | 16.0 s |" in md
     assert "Ray default / ours | 1.25x" in md and "requested, Ray default / ours | 12.00x" in md
     # A failed comparison is reported as failed, not silently dropped.
     assert "**FAILED:** BenchError: server exited (1)" in md
