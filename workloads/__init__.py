@@ -1,0 +1,1 @@
+"""Ray driver programs that run on the ray-gcp cluster; see workloads/README.md."""

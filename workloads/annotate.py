@@ -780,6 +780,10 @@ def main(argv=None) -> int:
         parser.print_usage(sys.stderr)
         print(f"annotate.py: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("annotate.py: interrupted; finished items are recorded, run the same command "
+              "again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

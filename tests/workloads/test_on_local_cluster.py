@@ -142,7 +142,7 @@ def test_annotate_survives_a_lost_worker_node(tmp_path, local_cluster, driver_en
     proc = subprocess.Popen(
         [sys.executable, os.path.join(WORKLOADS, "annotate.py"), "--input", src.url,
          "--output", dst.url, "--max-side", str(MAX_SIDE), "--batch-size", "2",
-         "--item-delay", "0.3", "--no-progress"],
+         "--item-delay", "0.5", "--no-progress"],
         env=driver_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
     )
     try:
@@ -151,7 +151,7 @@ def test_annotate_survives_a_lost_worker_node(tmp_path, local_cluster, driver_en
         deadline = time.monotonic() + 180
         while True:
             rows = result_rows(dst)
-            if len(rows) >= 8:
+            if len(rows) >= 6:
                 break
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no progress within 180 s"
@@ -178,6 +178,35 @@ def test_annotate_survives_a_lost_worker_node(tmp_path, local_cluster, driver_en
     check_outputs(src, dst, m.images)
     assert not list((tmp_path / "out").rglob(".tmp-*"))
     assert sorted(k[len("_done/"):-5] for k in dst.list("_done")) == sorted(m.images)
+
+
+def test_annotate_resumes_after_the_driver_is_killed(tmp_path, driver_env):
+    """A real crash: SIGKILL the driver mid-run, rerun, every item done exactly once."""
+    src, dst = common.LocalStorage(tmp_path / "in"), common.LocalStorage(tmp_path / "out")
+    m = annotate.make_sample(src, 30, seed=21, max_side=200)
+    args = [sys.executable, os.path.join(WORKLOADS, "annotate.py"), "--input", src.url,
+            "--output", dst.url, "--max-side", str(MAX_SIDE), "--batch-size", "2", "--no-progress"]
+    proc = subprocess.Popen([*args, "--item-delay", "0.4"], env=driver_env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while len(result_rows(dst)) < 4:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+    rows_at_crash = len(result_rows(dst))
+    assert rows_at_crash < 30, "the run finished before the crash; nothing was tested"
+    r = subprocess.run(args, env=driver_env, cwd=REPO, capture_output=True, text=True,
+                       timeout=240, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(dst.read_text("_summary.json"))
+    assert summary["skipped"] >= rows_at_crash and summary["failed"] == 0
+    assert summary["processed"] + summary["skipped"] == 30
+    keys = [row["key"] for row in result_rows(dst)]
+    assert len(keys) == len(set(keys)) == 30
+    check_outputs(src, dst, m.images)
 
 
 def test_annotate_reads_and_writes_gcs(emulated_gcs, gcs_emulator, driver_env):
