@@ -505,6 +505,7 @@ def run(args) -> int:
     print(f"annotate: {len(items)} images under {src.url}; {len(done & {i.image for i in items})} "
           f"already done in {dst.url}", file=sys.stderr)
 
+    common.connect(args.address)
     results = ResultsFile(dst)
     pending = []
     for item in items:
@@ -520,7 +521,6 @@ def run(args) -> int:
         else:
             pending.append(item)
 
-    common.connect(args.address)
     task = ray.remote(process_batch).options(
         num_cpus=1, max_retries=args.max_retries, retry_exceptions=False
     )
