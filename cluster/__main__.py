@@ -1,6 +1,6 @@
 """Command line for the cluster package.
 
-    python -m cluster local up|down|status [--state-dir DIR]
+    python -m cluster local up|down|status [--state-dir DIR] [--autoscaler-v2]
     python -m cluster render --target gcp|local [--spec SPEC.yaml] [--facts FACTS.json]
                              [--project P] [--region R]
     python -m cluster requirements [--check]
@@ -25,7 +25,7 @@ DEFAULT_STATE_DIR = Path(".ray-local")
 def _local(args: argparse.Namespace) -> int:
     from cluster.local import LocalCluster
 
-    lc = LocalCluster(args.state_dir)
+    lc = LocalCluster(args.state_dir, autoscaler_v2=args.autoscaler_v2)
     if args.action == "up":
         print(f"starting local Ray cluster (state in {lc.state_dir}) ...", flush=True)
         lc.up()
@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=DEFAULT_STATE_DIR,
         help="where pids, ports, token and config live (default: .ray-local/)",
+    )
+    local.add_argument(
+        "--autoscaler-v2", action="store_true", help="up: run Ray's v2 autoscaler (as `ray up`)"
     )
     render = sub.add_parser("render", help="print a Ray autoscaler config as YAML")
     render.add_argument("--target", choices=["gcp", "local"], required=True)

@@ -40,10 +40,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from cluster.render import render_local, to_yaml
+from cluster.render import LOCAL_HEAD_TYPE, render_local, to_yaml
 from cluster.spec import ClusterSpec, local_default_spec
 
 MARKER_ENV = "RAY_GCP_LOCAL_STATE"
+# ray/autoscaler/_private/fake_multi_node/node_provider.py: the head's fixed id.
+FAKE_HEAD_NODE_ID = "f" * 51 + "00000"
 STATE_FILE = "state.json"
 TOKEN_FILE = "auth_token"
 CONFIG_FILE = "local-cluster.yaml"
@@ -61,6 +63,8 @@ _PORT_NAMES = (
     "runtime_env_agent",
     "node_manager",
     "object_manager",
+    "autoscaler_metrics",
+    "dashboard_metrics",
 )
 
 
@@ -82,6 +86,7 @@ class ClusterStatus:
 
     nodes: tuple[NodeInfo, ...]
     # Node type -> count the autoscaler has asked for but which has not joined.
+    # Reported by autoscaler v1 only (v2 publishes no report to the dashboard).
     pending: dict[str, int]
     failed: tuple[str, ...]
 
@@ -197,9 +202,18 @@ def _all_pids() -> list[int]:
 class LocalCluster:
     """One local autoscaling Ray cluster, owned by ``state_dir``."""
 
-    def __init__(self, state_dir: Path | str, spec: ClusterSpec | None = None):
+    def __init__(
+        self,
+        state_dir: Path | str,
+        spec: ClusterSpec | None = None,
+        *,
+        autoscaler_v2: bool = False,
+    ):
+        """``autoscaler_v2``: run Ray's v2 autoscaler (what `ray up` uses on GCP)
+        instead of v1 (the default of `ray start --autoscaling-config`)."""
         self.state_dir = Path(state_dir).resolve()
         self.spec = spec or local_default_spec()
+        self.autoscaler_v2 = autoscaler_v2
         self._state: dict[str, Any] = {}
         self._load_state()
 
@@ -367,8 +381,10 @@ class LocalCluster:
         pending: dict[str, int] = {}
         failed: list[str] = []
         cs = (self._api("/api/cluster_status").get("data") or {}).get("clusterStatus") or {}
+        # v1 publishes its report (types, pending launches); v2 does not, so the
+        # fake raylets' own RAY_NODE_TYPE_NAME fills in the types there.
         report = cs.get("autoscalerReport") or {}
-        type_of = report.get("nodeTypeMapping") or {}
+        type_of = {**self._raylet_node_types(), **(report.get("nodeTypeMapping") or {})}
         nodes = [dataclasses.replace(n, node_type=type_of.get(n.node_id)) for n in nodes]
         for node_type, count in (report.get("pendingLaunches") or {}).items():
             pending[node_type] = pending.get(node_type, 0) + int(count)
@@ -432,12 +448,20 @@ class LocalCluster:
 
     # ---- internals ---------------------------------------------------------
 
+    def _raylet_node_types(self) -> dict[str, str]:
+        """node id -> node type of the fake workers, from their raylets' environment."""
+        out = {}
+        for pid in self._owned_pids():
+            env = _proc_env(pid)
+            node_id = env.get("RAY_OVERRIDE_NODE_ID_FOR_TESTING")
+            if node_id and env.get("RAY_NODE_TYPE_NAME"):
+                out[node_id] = env["RAY_NODE_TYPE_NAME"]
+        out[FAKE_HEAD_NODE_ID] = LOCAL_HEAD_TYPE
+        return out
+
     def _head_env(self) -> dict[str, str]:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("RAY_") or k in ("RAY_enable_autoscaler_v2",)
-        }
+        # The caller's RAY_* (an address, a token, another mode) must not leak in.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         env.update(
             {
                 MARKER_ENV: str(self.state_dir),
@@ -448,6 +472,13 @@ class LocalCluster:
                 "RAY_AUTH_MODE": "token",
                 "RAY_AUTH_TOKEN_PATH": str(self.token_path),
                 "RAY_USAGE_STATS_ENABLED": "0",
+                # What `ray up` exports for the head; autoscaler v2 matches the
+                # head's Ray node to its cloud instance by these.
+                "RAY_enable_autoscaler_v2": "1" if self.autoscaler_v2 else "0",
+                "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID,
+                # Their default ports (44217, 44227) would collide between clusters.
+                "AUTOSCALER_METRIC_PORT": str(self._state["ports"]["autoscaler_metrics"]),
+                "DASHBOARD_METRIC_PORT": str(self._state["ports"]["dashboard_metrics"]),
             }
         )
         env.pop("AUTOSCALER_MAX_NUM_FAILURES", None)

@@ -60,6 +60,9 @@ def apt_install_command(packages: tuple[str, ...] = NODE_APT_PACKAGES) -> str:
 # The fake_multinode provider hard-codes the head's node type name
 # (ray/autoscaler/_private/fake_multi_node/node_provider.py: FAKE_HEAD_NODE_TYPE).
 LOCAL_HEAD_TYPE = "ray.head.default"
+LOCAL_PROVIDER_MODULE = (
+    "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
+)
 # Fake workers otherwise reserve 30% of RAM each for their object store.
 LOCAL_WORKER_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 
@@ -110,10 +113,16 @@ def render_local(
         "upscaling_speed": spec.upscaling_speed,
         "idle_timeout_minutes": spec.idle_timeout_minutes,
         "provider": {
-            "type": "fake_multinode",
+            # Ray's fake provider through the external loader: prepare_config
+            # (run by autoscaler v2) would otherwise read fake_multi_node/example.yaml,
+            # which the wheel lacks.
+            "type": "external",
+            "module": LOCAL_PROVIDER_MODULE,
             "use_node_id_as_ip": True,
             "disable_node_updaters": True,
             "disable_launch_config_check": True,
+            # One create call may ask for several nodes (autoscaler v2 batches).
+            "launch_multiple": True,
             "gcs_address": f"{host}:{gcs_port}",
         },
         "auth": {"ssh_user": layout.NODE_SSH_USER},

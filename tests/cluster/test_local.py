@@ -115,18 +115,25 @@ def test_state_is_private_and_recorded(local_cluster):
     assert (local_cluster.state_dir / "state.json").read_text() == state_before
 
 
-def test_down_leaves_no_process_and_is_idempotent(tmp_path):
+def test_autoscaler_v2_scales_up_and_down_leaves_no_process(tmp_path):
+    """A separate short-lived cluster on Ray's v2 autoscaler (what `ray up` runs)."""
     spec = ClusterSpec(
-        cluster_name="ray-down",
+        cluster_name="ray-v2",
         node_types={
             "head": NodeTypeSpec(machine_type="n2-standard-2", resources={"CPU": 0}),
-            "w": NodeTypeSpec(machine_type="n2-standard-2", min_workers=1, max_workers=1),
+            "w": NodeTypeSpec(machine_type="n2-standard-2", min_workers=0, max_workers=2),
         },
-        max_workers=1,
+        max_workers=2,
     )
-    lc = LocalCluster(tmp_path / "state", spec=spec).up()
+    lc = LocalCluster(tmp_path / "state", spec=spec, autoscaler_v2=True).up()
     try:
-        lc.wait_for_workers(1, timeout=120)  # a fake node too, not just the head
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env.update(lc.driver_env())
+        _run_driver("import ray; ray.init(); ray.autoscaler.sdk.request_resources(num_cpus=4)", env)
+        st = lc.wait_for_workers(2, timeout=120)
+        assert {n.node_type for n in st.workers} == {"w"}
+        monitor_log = next(lc.temp_dir.glob("session_latest/logs/monitor.log")).read_text()
+        assert "autoscaler v2" in monitor_log
         temp_dir = lc.temp_dir
         assert lc.owned_pids()
     finally:
