@@ -22,6 +22,7 @@ from cluster.bundle import build_bundle
 from cluster.render import (
     CLOUD_PLATFORM_SCOPE,
     LOCAL_HEAD_TYPE,
+    LOCAL_PROVIDER_MODULE,
     PROVIDER_MODULE,
     example_facts,
     launch_concurrency,
@@ -354,8 +355,14 @@ def test_yaml_is_deterministic_and_round_trips(cfg, spec):
 def test_render_local_is_valid_and_mirrors_the_spec():
     spec = local_default_spec()
     cfg = render_local(spec, gcs_port=43210)
-    validate_config(cfg)  # prepare_config needs fake_multi_node/example.yaml, absent in the wheel
-    assert cfg["provider"]["type"] == "fake_multinode"
+    # Through the external loader, so prepare_config (autoscaler v2) works too.
+    validate_config(prepare_config(copy.deepcopy(cfg)))
+    assert cfg["provider"]["type"] == "external"
+    assert cfg["provider"]["module"] == LOCAL_PROVIDER_MODULE
+    from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
+    from ray.autoscaler._private.providers import _get_node_provider_cls
+
+    assert _get_node_provider_cls(cfg["provider"]) is FakeMultiNodeProvider
     assert cfg["provider"]["gcs_address"] == "127.0.0.1:43210"
     assert cfg["head_node_type"] == LOCAL_HEAD_TYPE
     assert cfg["available_node_types"][LOCAL_HEAD_TYPE]["resources"] == {"CPU": 0}
