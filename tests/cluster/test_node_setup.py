@@ -1,0 +1,143 @@
+"""Run the rendered node commands for real, in a sandbox home on this (Debian 12) machine.
+
+What `ray up` runs over SSH on each node, minus the network: file_mounts are
+simulated by unpacking the bundle and copying a token into the sandbox
+``$HOME``; uv installs from its local cache (``UV_OFFLINE=1``) instead of PyPI;
+``sudo``/``dpkg-query`` are shims that record what apt would do. Everything
+else (the pinned-uv check, ``uv venv`` on /usr/bin/python3.11, ``uv pip sync
+--require-hashes`` of requirements-node.txt, the .pth, the token chmod, the
+.bashrc lines, the version check before ``ray start``) is the real command.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import stat
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from cluster import layout
+from cluster.bundle import build_bundle, find_uv
+from cluster.render import example_facts, render_gcp
+from cluster.spec import ClusterSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+SYSTEM_PYTHON = Path(f"/usr/bin/python{layout.PYTHON_MINOR}")
+
+
+def real_uv() -> str:
+    uv = find_uv(ROOT)
+    if uv is None:
+        pytest.fail(f"uv not found: `make setup` installs uv {layout.UV_VERSION}")
+    if Path(uv).read_bytes()[:2] == b"#!" and shutil.which("pyenv"):  # a pyenv shim
+        uv = subprocess.check_output(["pyenv", "which", "uv"], text=True).strip()
+    version = subprocess.check_output([uv, "--version"], text=True).split()[1]
+    if version != layout.UV_VERSION:
+        pytest.fail(f"{uv} is uv {version}, the nodes pin {layout.UV_VERSION}: run `make setup`")
+    return uv
+
+
+def bash(cmd: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", "-c", cmd], env=env, cwd=cwd, capture_output=True, text=True, check=False
+    )
+
+
+@pytest.fixture
+def node_home(tmp_path):
+    if not SYSTEM_PYTHON.exists():
+        pytest.skip(f"{SYSTEM_PYTHON} missing: this machine is not like the node image")
+    home = tmp_path / "home"
+    src = home / layout.NODE_SRC.removeprefix("~/")
+    src.mkdir(parents=True)
+    # file_mounts: the bundle and the token (copied with a too-open mode on purpose).
+    with tarfile.open(fileobj=io.BytesIO(build_bundle(ROOT)), mode="r:gz") as tar:
+        tar.extractall(src, filter="data")
+    token = home / layout.NODE_AUTH_TOKEN.removeprefix("~/")
+    token.parent.mkdir()
+    token.write_text("0" * 64)
+    token.chmod(0o644)
+    # The pinned uv is "already installed" (no PyPI here).
+    tools = home / ".ray-gcp-tools/bin"
+    tools.mkdir(parents=True)
+    (tools / "uv").symlink_to(real_uv())
+    (home / ".bashrc").write_text("# user's own line\n")
+    yield home
+    shutil.rmtree(home, ignore_errors=True)  # the venv is large; do not keep it around
+
+
+def test_rendered_node_setup_builds_the_pinned_venv_and_passes_the_check(node_home, tmp_path):
+    cfg = render_gcp(ClusterSpec(), example_facts())
+    cache = subprocess.check_output([real_uv(), "cache", "dir"], text=True).strip()
+    env = {
+        "HOME": str(node_home),
+        "PATH": "/usr/bin:/bin",
+        "UV_CACHE_DIR": cache,
+        "UV_OFFLINE": "1",
+    }
+    for round_ in (1, 2):  # `ray up` reruns setup: it must be idempotent
+        for cmd in cfg["setup_commands"]:
+            done = bash(cmd, env, tmp_path)
+            assert done.returncode == 0, f"round {round_}: {cmd}\n{done.stdout}{done.stderr}"
+
+    python = node_home / "ray-venv/bin/python"
+    versions = subprocess.run(
+        [
+            str(python),
+            "-c",
+            (
+                "import sys, ray, cluster, workloads, googleapiclient; "
+                "print(ray.__version__, sys.version_info[:2], cluster.__file__)"
+            ),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    ).stdout.split(" ", 1)
+    assert versions[0] == layout.RAY_VERSION
+    assert str(node_home / "ray-gcp/cluster/__init__.py") in versions[1]
+
+    token = node_home / ".ray/auth_token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+    bashrc = (node_home / ".bashrc").read_text()
+    assert bashrc.count("# ray-gcp") == 1  # appended once across both rounds
+    assert "export RAY_AUTH_MODE=token" in bashrc and "# user's own line" in bashrc
+
+    # The first start command on the head: versions and the provider import pass.
+    check = bash(cfg["head_start_ray_commands"][0], env, tmp_path)
+    assert check.returncode == 0, check.stderr
+    assert f"node check ok: ray {layout.RAY_VERSION}, python {layout.PYTHON_MINOR}" in check.stdout
+
+    # A node that somehow got another Ray is refused before `ray start`.
+    other = bash(
+        cfg["worker_start_ray_commands"][0].replace(layout.RAY_VERSION, "2.59.0"), env, tmp_path
+    )
+    assert other.returncode == 1
+    assert "pinned to Ray 2.59.0" in other.stderr
+
+
+def test_initialization_installs_only_missing_packages(tmp_path):
+    cfg = render_gcp(ClusterSpec(), example_facts())
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    log = tmp_path / "sudo.log"
+    (shims / "dpkg-query").write_text(
+        '#!/bin/bash\n[ "${@: -1}" = rsync ] && printf installed || printf not-installed\n'
+    )
+    (shims / "sudo").write_text(f'#!/bin/bash\necho "$*" >> {log}\n')
+    for shim in shims.iterdir():
+        shim.chmod(0o755)
+    (cmd,) = cfg["initialization_commands"]
+    done = bash(cmd, {"PATH": f"{shims}:/usr/bin:/bin", "HOME": str(tmp_path)}, tmp_path)
+    assert done.returncode == 0, done.stderr
+    calls = log.read_text().splitlines()
+    assert len(calls) == 2
+    assert calls[0].endswith("apt-get -o DPkg::Lock::Timeout=600 -qq update")
+    assert calls[1].endswith("install -y --no-install-recommends python3-venv")
