@@ -38,6 +38,7 @@ NODE_TOOLS = "~/.ray-gcp-tools"
 NODE_UV = f"{NODE_TOOLS}/bin/uv"
 NODE_PYTHON = f"{layout.NODE_VENV}/bin/python"
 NODE_RAY = f"{layout.NODE_VENV}/bin/ray"
+NODE_ENV_FILE = "~/.ray-gcp-env"
 # Debian packages a node needs before anything else: rsync for Ray's file
 # mounts, python3-venv for the pinned uv's bootstrap venv.
 NODE_APT_PACKAGES = ("rsync", "python3-venv")
@@ -225,11 +226,24 @@ def _node_config(
     return cfg
 
 
-def node_setup_commands(spec: ClusterSpec) -> list[str]:
+def node_env_lines(spec: ClusterSpec, facts: GcpFacts) -> list[str]:
+    """~/.ray-gcp-env on every node: sourced by ~/.bashrc, which Ray's SSH commands
+    (`ray submit`, `ray exec`, `ray attach`) run through an interactive bash."""
+    return [
+        f"export PATH=$HOME/{layout.NODE_VENV.removeprefix('~/')}/bin:$PATH",
+        # Drivers on the head authenticate with the token at Ray's default path.
+        "export RAY_AUTH_MODE=token",
+        f"export RAY_GCP_BUCKET={facts.bucket}",
+        f"export RAY_GCP_CLUSTER={spec.cluster_name}",
+    ]
+
+
+def node_setup_commands(spec: ClusterSpec, facts: GcpFacts) -> list[str]:
     """Every node: pinned uv, a venv with exactly the lock's packages, the bundle on its path."""
     venv = layout.NODE_VENV
     req = f"{layout.NODE_SRC}/{BUNDLE_REQUIREMENTS}"
     uv_env = "UV_PYTHON_DOWNLOADS=never UV_NO_CONFIG=1"
+    env_file = " ".join(shlex.quote(line) for line in node_env_lines(spec, facts))
     return [
         # uv, exactly layout.UV_VERSION (reinstalled if another version is there).
         (
@@ -252,12 +266,9 @@ def node_setup_commands(spec: ClusterSpec) -> list[str]:
         ),
         # The token arrived via file_mounts with the operator copy's mode; enforce it.
         f"chmod 700 ~/.ray && chmod 600 {layout.NODE_AUTH_TOKEN}",
-        # Interactive shells and drivers started on a node use the venv and token auth.
-        (
-            "grep -q '^# ray-gcp$' ~/.bashrc || printf '%s\\n' '# ray-gcp' "
-            f"'export PATH=$HOME/{venv.removeprefix('~/')}/bin:$PATH' 'export RAY_AUTH_MODE=token' "
-            ">> ~/.bashrc"
-        ),
+        # Shells and drivers on a node: the venv, token auth, the workload bucket.
+        f"printf '%s\\n' {env_file} > {NODE_ENV_FILE}",
+        f"grep -qxF '. {NODE_ENV_FILE}' ~/.bashrc || echo '. {NODE_ENV_FILE}' >> ~/.bashrc",
     ]
 
 
@@ -343,7 +354,9 @@ def render_gcp(spec: ClusterSpec, facts: GcpFacts) -> dict[str, Any]:
         if t.is_gpu and not head:
             # A type's own worker_setup_commands replace the merged
             # setup_commands + worker_setup_commands, so repeat the common setup.
-            entry["worker_setup_commands"] = node_setup_commands(spec) + gpu_driver_commands()
+            entry["worker_setup_commands"] = (
+                node_setup_commands(spec, facts) + gpu_driver_commands()
+            )
         types[name] = entry
     return {
         "cluster_name": spec.cluster_name,
@@ -375,7 +388,7 @@ def render_gcp(spec: ClusterSpec, facts: GcpFacts) -> dict[str, Any]:
         "rsync_exclude": ["**/__pycache__", "**/*.pyc", "**/.ray-gcp-bundle.sha256"],
         "rsync_filter": [],
         "initialization_commands": [apt_install_command()],
-        "setup_commands": node_setup_commands(spec),
+        "setup_commands": node_setup_commands(spec, facts),
         "head_setup_commands": gpu_driver_commands() if spec.head.is_gpu else [],
         "worker_setup_commands": [],
         "head_start_ray_commands": head_start_commands(spec),
@@ -383,7 +396,7 @@ def render_gcp(spec: ClusterSpec, facts: GcpFacts) -> dict[str, Any]:
     }
 
 
-def example_facts(project: str = "my-ray-project", region: str = "asia-northeast3") -> GcpFacts:
+def example_gcp_facts(project: str = "my-ray-project", region: str = "asia-northeast3") -> GcpFacts:
     """Plausible facts for previews and tests (`python -m cluster render --target gcp`)."""
     return GcpFacts(
         project=project,
@@ -396,6 +409,9 @@ def example_facts(project: str = "my-ray-project", region: str = "asia-northeast
         image="projects/debian-cloud/global/images/debian-12-bookworm-v20261110",
         bucket=f"{project}-ray-workloads",
     )
+
+
+example_facts = example_gcp_facts
 
 
 def to_yaml(cfg: dict[str, Any]) -> str:

@@ -107,8 +107,11 @@ def test_rendered_node_setup_builds_the_pinned_venv_and_passes_the_check(node_ho
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
     assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
     bashrc = (node_home / ".bashrc").read_text()
-    assert bashrc.count("# ray-gcp") == 1  # appended once across both rounds
-    assert "export RAY_AUTH_MODE=token" in bashrc and "# user's own line" in bashrc
+    assert bashrc == "# user's own line\n. ~/.ray-gcp-env\n"  # appended once in two rounds
+    shell = bash("bash -i -c 'source ~/.bashrc; which python; env'", env, tmp_path).stdout
+    assert f"{node_home}/ray-venv/bin/python" in shell
+    assert "RAY_AUTH_MODE=token" in shell
+    assert "RAY_GCP_BUCKET=my-ray-project-ray-workloads" in shell
 
     # The first start command on the head: versions and the provider import pass.
     check = bash(cfg["head_start_ray_commands"][0], env, tmp_path)

@@ -288,7 +288,9 @@ def test_token_auth_and_loopback_dashboard(cfg):
     assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head
     assert cfg["file_mounts"][layout.NODE_AUTH_TOKEN] == layout.OPERATOR_AUTH_TOKEN
     assert f"chmod 600 {layout.NODE_AUTH_TOKEN}" in "\n".join(cfg["setup_commands"])
-    assert "export RAY_AUTH_MODE=token" in cfg["setup_commands"][-1]  # drivers on the head
+    # Drivers on the head: token auth via ~/.ray-gcp-env, sourced by ~/.bashrc.
+    assert "'export RAY_AUTH_MODE=token'" in cfg["setup_commands"][-2]
+    assert cfg["setup_commands"][-1].endswith("echo '. ~/.ray-gcp-env' >> ~/.bashrc")
 
 
 def test_bundle_reaches_every_node(cfg):
