@@ -415,3 +415,19 @@ def test_script_runs_as_a_file_and_documents_itself(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
     ).stdout
     assert "wrote 3 images (2 with valid LabelMe JSON, 1 corrupt images, 0 broken JSONs)" in out
+
+
+def test_results_on_gcs_are_uploaded_periodically_and_reloaded(emulated_gcs):
+    dst = common.open_storage(f"gs://{emulated_gcs}/results-test")
+    rf = annotate.ResultsFile(dst, flush_seconds=0)  # upload on every add
+    rf.add({"key": "a"})
+    rf.add({"key": "b"})
+    assert dst.read_text(annotate.RESULTS_KEY) == '{"key": "a"}\n{"key": "b"}\n'
+    rf.close()
+    again = annotate.ResultsFile(dst, flush_seconds=3600)
+    assert again.keys == {"a", "b"}
+    assert again.add({"key": "a"}) is False and again.add({"key": "c"}) is True
+    assert dst.read_text(annotate.RESULTS_KEY).count("\n") == 2  # not uploaded yet
+    again.close()  # ... but always at the end
+    assert [json.loads(x)["key"] for x in dst.read_text(annotate.RESULTS_KEY).splitlines()] == [
+        "a", "b", "c"]
