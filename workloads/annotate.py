@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fcntl
 import json
 import math
 import os
@@ -422,6 +423,14 @@ class ResultsFile:
                 except (ValueError, KeyError, TypeError):
                     continue
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open until close()
+        if not self._remote:
+            try:  # one driver per output folder: a second one would duplicate rows
+                fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._f.close()
+                raise common.UsageError(
+                    f"another annotate run is writing to {dst.url} (it holds {self.path})"
+                ) from None
 
     def _cut_torn_tail(self):
         if not os.path.exists(self.path):

@@ -431,3 +431,13 @@ def test_results_on_gcs_are_uploaded_periodically_and_reloaded(emulated_gcs):
     again.close()  # ... but always at the end
     assert [json.loads(x)["key"] for x in dst.read_text(annotate.RESULTS_KEY).splitlines()] == [
         "a", "b", "c"]
+
+
+def test_a_second_driver_on_the_same_local_output_is_refused(tmp_path):
+    first = annotate.ResultsFile(common.LocalStorage(tmp_path))
+    try:
+        with pytest.raises(common.UsageError, match="another annotate run is writing to"):
+            annotate.ResultsFile(common.LocalStorage(tmp_path))
+    finally:
+        first.close()
+    annotate.ResultsFile(common.LocalStorage(tmp_path)).close()  # free again
