@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 
 FULL = {
-    "annotate": {"count": 480, "min_side": 160, "max_side_sample": 640, "max_side": 256,
+    # Photo-like sizes (640-1280 px) so decoding/resizing, not the per-file fsync, dominates.
+    "annotate": {"count": 160, "min_side": 640, "max_side_sample": 1280, "max_side": 512,
                  "batch": 8, "reps": 3, "timeout": 600},
     "granularity": {"count": 400, "min_side": 32, "max_side_sample": 64, "max_side": 1024,
                     "batch": 32, "reps": 3, "timeout": 600},
@@ -13,12 +14,13 @@ FULL = {
     "node_setup": {"timeout": 240},
     "serve": {"rows": 64, "features": 8, "concurrency": 8, "duration": 20.0,
               "warmup_seconds": 3.0, "max_requests": 20000, "timeout": 240},
-    "tree_reduce": {"size": 8_000_000, "chunks": 64, "bins": 64, "reps": 5, "seed": 0,
+    "tree_reduce": {"size": 8_000_000, "chunks": 64, "bins": 64, "reps": 7, "seed": 0,
                     "timeout": 600},
 }
 
 QUICK = {
-    "annotate": {**FULL["annotate"], "count": 16, "reps": 1, "batch": 4},
+    "annotate": {**FULL["annotate"], "count": 16, "reps": 1, "batch": 4, "min_side": 160,
+                 "max_side_sample": 640, "max_side": 256},
     "granularity": {**FULL["granularity"], "count": 16, "reps": 1, "batch": 8},
     "scaleup": {"workers": 2, "timeout": 180},
     "node_setup": {"timeout": 120, "spec": "six==1.17.0"},

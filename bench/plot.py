@@ -52,7 +52,7 @@ def _scaleup(ax, d):
     for (key, label), c in zip((("ray_default", "Ray default"), ("ours", "ours")),
                                (COLORS[1], COLORS[2])):
         r = d["runs"][key]
-        sp = f"speed {r['upscaling_speed']:g}"
+        sp = f"speed {r['upscaling_speed']:g}, {r.get('launch_rounds', '?')} launch round(s)"
         for steps, style, what in ((r["requested"], "--", "requested"), (r["joined"], "-", "alive")):
             if not steps:
                 continue

@@ -47,6 +47,7 @@ def local(ctx, p) -> dict:
         ctx.log(f"Pool({ctx.cores}) run {rep + 1}/{p['reps']}: {pool[-1]:.2f} s")
     ok = sum(1 for o in outcomes if o["ok"])
     return {"src": src, "items": len(items), "ok_items": ok, "cores": ctx.cores,
+            "sample_sides": [p["min_side"], p["max_side_sample"]], "max_side": p["max_side"],
             "seconds": {"sequential": seq, "pool": pool}, "digests": digests}
 
 

@@ -7,19 +7,20 @@ AUTOSCALER_MAX_CONCURRENT_LAUNCHES 10) versus ours: the spec's
 launch batch/concurrency that render puts on the head's ``ray start``
 (``launch_concurrency(spec)``). The
 autoscaler is Ray's v1 (what ``ray start --autoscaling-config`` runs, as
-LocalCluster does). While the driver waits, the orchestrator polls the
-autoscaler's report for pending launches, so the timeline shows when each
-node was *requested* (the launch batching, which transfers to GCP) as well as
-when it *joined* (fake-node start-up, which does not).
+LocalCluster does). The driver records when each worker joined; the
+autoscaler's monitor.log records when each node was *requested* ("Queue N new
+nodes for launch"). The requests are the launch batching, which transfers to
+GCP; the joins are fake-node start-up, which does not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
-import time
+import re
 
-from bench.clusters import DriverProcess, driver_env, local_cluster, scaleup_spec
+from bench.clusters import BenchError, DriverProcess, driver_env, local_cluster, scaleup_spec
 from cluster.render import launch_concurrency
 from cluster.spec import local_default_spec
 
@@ -55,6 +56,56 @@ def launch_env(spec, ours: bool) -> dict[str, str]:
     return dict.fromkeys(LAUNCH_ENV, n)
 
 
+# Autoscaler v1 logs every launch decision (autoscaler.py: launch_new_node).
+_QUEUE_RE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}).*StandardAutoscaler: Queue (\d+) new nodes for launch"
+)
+
+
+def parse_launch_requests(monitor_log: str) -> list[tuple[float, int]]:
+    """(epoch seconds, nodes queued) for every launch decision in the autoscaler's monitor.log."""
+    out = []
+    for line in monitor_log.splitlines():
+        m = _QUEUE_RE.match(line)
+        if m:
+            ts = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            out.append((ts, int(m.group(2))))
+    return out
+
+
+def requested_steps(requests: list[tuple[float, int]], t0: float) -> list[tuple[float, int]]:
+    """Cumulative nodes requested, as (seconds since t0, total) steps starting at (0, 0)."""
+    steps, total = [(0.0, 0)], 0
+    for ts, n in sorted(requests):
+        total += n
+        steps.append((round(max(ts - t0, 0.0), 3), total))
+    return steps
+
+
+def launch_rounds(requested: list, joined: list) -> int:
+    """How many VM boot times deep the scale-up was.
+
+    Nodes join in the order they were requested. A node requested before any
+    node joined is in round 1; a node requested only after others joined is
+    one round after the latest of those (it waited for them to boot). On GCP,
+    where a VM boots in ~60 s and in parallel, the time to all workers is
+    about rounds x boot time.
+    """
+    def times(steps):
+        out, prev = [], 0
+        for t, n in steps:
+            out += [t] * max(n - prev, 0)
+            prev = max(prev, n)
+        return out
+
+    req, join = times(requested), times(joined)
+    rounds: list[int] = []
+    for i, t_req in enumerate(req):
+        before = [rounds[j] for j in range(min(i, len(join))) if join[j] < t_req]
+        rounds.append(1 + max(before, default=0))
+    return max(rounds, default=0)
+
+
 def _one(ctx, p, speed: float | None) -> dict:
     spec = scaleup_spec(p["workers"], speed)
     env = launch_env(spec, ours=speed is None)
@@ -62,49 +113,28 @@ def _one(ctx, p, speed: float | None) -> dict:
     ctx.log(f"{label}: starting a cluster with 0 of at most {p['workers']} one-CPU workers")
     with _launch_settings(env), local_cluster(spec, timeout=p["timeout"], log=ctx.log) as lc:
         # The held tasks die with the driver by design; no "unhandled error" noise for that.
-        env = {**driver_env(lc), "RAY_IGNORE_UNHANDLED_ERRORS": "1"}
-        drv = DriverProcess(NAME, {"workers": p["workers"], "timeout": p["timeout"]}, env)
+        denv = {**driver_env(lc), "RAY_IGNORE_UNHANDLED_ERRORS": "1"}
+        drv = DriverProcess(NAME, {"workers": p["workers"], "timeout": p["timeout"]}, denv)
         try:
-            t_sub = float(drv.first_line_starting("SUBMITTED", timeout=60).split()[1])
-            requested = [(0.0, 0)]
-            while drv.proc.poll() is None:
-                try:
-                    st = lc.status()
-                except Exception:  # noqa: BLE001 - a slow dashboard answer; poll again
-                    time.sleep(0.3)
-                    continue
-                total = st.worker_count + st.pending_count
-                t = round(time.time() - t_sub, 3)
-                if total > requested[-1][1]:
-                    requested.append((t, total))
-                time.sleep(0.3)
-            res = drv.result(timeout=30)
+            res = drv.result(timeout=p["timeout"] + 60)
         finally:
             drv.kill()
+        log_path = lc.temp_dir / "session_latest" / "logs" / "monitor.log"
+        try:
+            requests = parse_launch_requests(log_path.read_text(errors="replace"))
+        except OSError as e:
+            raise BenchError(f"cannot read the autoscaler log {log_path}: {e}") from None
     joined = res["timeline"]
-    # A node is requested no later than it joins (the poll can miss a short pending phase).
-    req = _merge_requested(requested, joined)
+    # Only the decisions that served this burst: up to the moment all workers were alive.
+    end = res["submitted_epoch"] + (res["timeline"][-1][0] if res["timeline"] else 0.0)
+    requested = requested_steps([(t, n) for t, n in requests if t <= end + 0.5],
+                                res["submitted_epoch"])
     return {"upscaling_speed": spec.upscaling_speed, "launch_env": env,
-            "joined": joined, "requested": req,
+            "joined": joined, "requested": requested,
             "seconds_to_all": res["seconds_to_all"], "reached": res["reached"],
-            "seconds_to_all_requested": next((t for t, n in req if n >= p["workers"]), None)}
-
-
-def _merge_requested(requested: list, joined: list) -> list:
-    """Step function max(requested, joined) over the union of their change times."""
-    def at(steps, t):
-        v = 0
-        for ts, n in steps:
-            if ts <= t:
-                v = max(v, n)
-        return v
-
-    out = []
-    for t in sorted({t for t, _ in requested} | {t for t, _ in joined}):
-        n = max(at(requested, t), at(joined, t))
-        if not out or n > out[-1][1]:
-            out.append((t, n))
-    return out
+            "seconds_to_all_requested": next(
+                (t for t, n in requested if n >= p["workers"]), None),
+            "launch_rounds": launch_rounds(requested, joined)}
 
 
 def standalone(ctx, p) -> dict:

@@ -202,14 +202,15 @@ DOC = {
                                               "requested": [[0, 0], [1.0, 5], [9.0, 6], [12.0, 8]],
                                               "joined": [[0, 0], [5.0, 1], [20.0, 8]],
                                               "seconds_to_all": 20.0,
-                                              "seconds_to_all_requested": 12.0, "reached": True},
+                                              "seconds_to_all_requested": 12.0, "reached": True,
+                                              "launch_rounds": 2},
                               "ours": {"upscaling_speed": 9999.0,
                                        "launch_env": {"AUTOSCALER_MAX_LAUNCH_BATCH": "10",
                                                       "AUTOSCALER_MAX_CONCURRENT_LAUNCHES": "10"},
                                        "requested": [[0, 0], [1.0, 8]],
                                        "joined": [[0, 0], [5.0, 1], [16.0, 8]],
                                        "seconds_to_all": 16.0, "seconds_to_all_requested": 1.0,
-                                       "reached": True}}},
+                                       "reached": True, "launch_rounds": 1}}},
         },
         "serve": {"title": "serve", "command": "python -m bench --only serve", "started": "t",
                   "load_at_start": [1, 1, 1], "wall_seconds": 50,
@@ -236,9 +237,10 @@ def test_report_computes_ratios_efficiency_and_flags_failures():
     assert "| annotate: Ray vs Pool | 0.69x |" in md
     assert "69%" in md and "Check: outputs agree" in md
     # scale-up: first launch round 5 of 8 vs 8 of 8; alive 20 / 16 = 1.25x; requested 12x
-    assert "| Ray default | 1 | 5 / 10 (Ray default) | 5 of 8 | 12.0 s | 20.0 s |" in md
-    assert "| ours (spec + render) | 9999 | 10 / 10 | 8 of 8 | 1.00 s | 16.0 s |" in md
-    assert "Ray default / ours | 1.25x" in md and "requested, Ray default / ours | 12.00x" in md
+    assert "| Ray default | 1 | 5 / 10 (Ray default) | 5 of 8 | 12.0 s | 20.0 s | 2 | ~120 s |" in md
+    assert "| ours (spec + render) | 9999 | 10 / 10 | 8 of 8 | 1.00 s | 16.0 s | 1 | ~60 s |" in md
+    assert "alive, Ray default / ours | 1.25x" in md and "requested, Ray default / ours | 12.00x" in md
+    assert "VM boots deep), Ray default / ours | 2 / 1 = 2.00x" in md
     # A failed comparison is reported as failed, not silently dropped.
     assert "**FAILED:** BenchError: server exited (1)" in md
     assert "| serve | failed | `python -m bench --only serve` |" in md
@@ -264,6 +266,38 @@ def test_serve_check_compares_predictions_and_errors():
                                  "actor_pool": {"predictions": other, "errors": 0}})["outputs_agree"]
     assert not serve_cmp.checks({"sequential": base,
                                  "actor_pool": {"predictions": pred, "errors": 1}})["outputs_agree"]
+
+
+MONITOR_LOG = """\
+2026-11-22 06:01:00,100\tINFO autoscaler.py:1450 -- StandardAutoscaler: Queue 5 new nodes for launch
+2026-11-22 06:01:00,200\tINFO node_launcher.py:177 -- NodeLauncher0: Got 5 nodes to launch.
+2026-11-22 06:01:04,500\tINFO autoscaler.py:1450 -- StandardAutoscaler: Queue 1 new nodes for launch
+2026-11-22 06:01:07,000\tINFO autoscaler.py:1450 -- StandardAutoscaler: Queue 2 new nodes for launch
+"""
+
+
+def test_launch_requests_parsed_from_the_autoscaler_log():
+    import datetime
+
+    from bench.comparisons import scaleup
+
+    reqs = scaleup.parse_launch_requests(MONITOR_LOG)
+    t0 = datetime.datetime(2026, 11, 22, 6, 1, 0).timestamp()
+    assert [(round(t - t0, 1), n) for t, n in reqs] == [(0.1, 5), (4.5, 1), (7.0, 2)]
+    assert scaleup.requested_steps(reqs, t0) == [(0.0, 0), (0.1, 5), (4.5, 6), (7.0, 8)]
+
+
+def test_launch_rounds():
+    from bench.comparisons.scaleup import launch_rounds
+
+    # Ray default from zero: 5 requested at once, the rest only after nodes joined.
+    assert launch_rounds([(0, 0), (0.1, 5), (4.5, 6), (7.0, 8)],
+                         [(0, 0), (4.0, 1), (6.5, 2), (9, 3), (12, 8)]) == 2
+    # Ours: all 8 requested before any node joined: one boot deep.
+    assert launch_rounds([(0, 0), (0.1, 8)], [(0, 0), (4.0, 1), (20, 8)]) == 1
+    # A chain: each node requested after the previous joined.
+    assert launch_rounds([(0, 0), (1, 1), (3, 2), (5, 3)], [(0, 0), (2, 1), (4, 2), (6, 3)]) == 3
+    assert launch_rounds([(0, 0)], [(0, 0)]) == 0
 
 
 def test_first_round_counts_nodes_requested_together():
