@@ -475,6 +475,9 @@ class LocalCluster:
                 # What `ray up` exports for the head; autoscaler v2 matches the
                 # head's Ray node to its cloud instance by these.
                 "RAY_enable_autoscaler_v2": "1" if self.autoscaler_v2 else "0",
+                # Python's own temp files (multiprocessing's pymp-* dirs of the
+                # dashboard) land in our temp dir, which down() removes.
+                "TMPDIR": self._state["temp_dir"],
                 "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID,
                 # Their default ports (44217, 44227) would collide between clusters.
                 "AUTOSCALER_METRIC_PORT": str(self._state["ports"]["autoscaler_metrics"]),
