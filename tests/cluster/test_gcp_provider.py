@@ -11,6 +11,9 @@
 from __future__ import annotations
 
 import copy
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,7 +33,7 @@ from ray.autoscaler.v2.instance_manager.node_provider import NodeProviderAdapter
 
 from cluster import gcp_provider
 from cluster.gcp_provider import BootstrapCheckError, ReadOnlyGCPNodeProvider
-from cluster.render import example_facts, render_gcp
+from cluster.render import example_facts, launch_concurrency, render_gcp
 from cluster.spec import ClusterSpec
 from tests.cluster.fakes import Call, FakeGcp
 
@@ -384,3 +387,34 @@ def test_command_runner_installs_rsync_before_the_first_sync(fake_gcp, cfg, tmp_
     assert flat[1].startswith("rsync ") and flat[2].startswith("rsync ")
     assert len(flat) == 3  # the check runs once per node
     assert "ray@10.0.0.2:~/ray-gcp/" in flat[1]  # the internal IP, no public address
+
+
+def test_launch_concurrency_env_reaches_both_autoscalers():
+    """The head's `ray start` exports the knobs; both autoscalers read them at import."""
+    spec = ClusterSpec.from_settings(max_workers=24)
+    start = render_gcp(spec, FACTS)["head_start_ray_commands"][-1]
+    env = dict(re.findall(r"(AUTOSCALER_\w+)=(\d+)", start))
+    n = launch_concurrency(spec)
+    assert env == {
+        "AUTOSCALER_MAX_LAUNCH_BATCH": str(n),
+        "AUTOSCALER_MAX_CONCURRENT_LAUNCHES": str(n),
+    }
+    probe = (
+        "import inspect\n"
+        "from ray.autoscaler._private.autoscaler import StandardAutoscaler as V1\n"
+        "from ray.autoscaler.v2.instance_manager.node_provider import NodeProviderAdapter as V2\n"
+        "from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig\n"
+        "p1 = inspect.signature(V1.__init__).parameters\n"
+        "p2 = inspect.signature(V2.__init__).parameters\n"
+        "print(p1['max_launch_batch'].default, p1['max_concurrent_launches'].default,\n"
+        "      p2['max_launch_batch_per_type'].default, p2['max_concurrent_launches'].default,\n"
+        "      AutoscalingConfig.get_max_concurrent_launches(None))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == [str(n)] * 5
