@@ -199,6 +199,19 @@ class Run:
         return 0
 
 
+def wait_for_load(threshold: float, max_wait: float, log, poll: float = 15.0) -> float:
+    """Block until the 1-minute load is <= threshold or max_wait passed; returns the load."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        load = machine.load_average()[0]
+        if load <= threshold or time.monotonic() >= deadline:
+            log(f"1-minute load {load} (threshold {threshold}); starting")
+            return load
+        log(f"1-minute load {load} > {threshold}; waiting "
+            f"({deadline - time.monotonic():.0f} s left)")
+        time.sleep(min(poll, max(deadline - time.monotonic(), 0.1)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench",
@@ -212,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tiny sizes for a smoke run; writes to a temp dir unless --results-dir/--md")
     p.add_argument("--results-dir", type=Path, help=f"where the JSON and PNG go (default {RESULTS_DIR})")
     p.add_argument("--md", type=Path, help="the Markdown report (default BENCHMARKS.md)")
+    p.add_argument("--wait-for-load", type=float, metavar="LOAD",
+                   help="before measuring, wait until the 1-minute load average is at most LOAD "
+                        "(at most --max-wait seconds; the load measured at is recorded either way)")
+    p.add_argument("--max-wait", type=float, default=600, help="seconds (default 600)")
     p.add_argument("--render-only", action="store_true",
                    help="measure nothing; rebuild the report and plot from the saved JSON")
     return p
@@ -235,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         run.write_reports()
         print(f"wrote {md} and {run.png_path}")
         return 0
+    if args.wait_for_load is not None:
+        wait_for_load(args.wait_for_load, args.max_wait, run.log)
+        run.doc["machine"] = machine.describe()
     workdir = Path(tempfile.mkdtemp(prefix="rgb-work-", dir="/tmp"))
     try:
         return run.execute(workdir)

@@ -338,3 +338,12 @@ def test_annotate_comparison_end_to_end_on_the_shared_cluster(local_cluster, tmp
     assert checks["outputs_agree"], checks["detail"]
     text, heads = report.annotate_section(data)
     assert "Ray tasks, local cluster" in text and len(heads) == 3
+
+
+def test_wait_for_load_returns_at_once_when_quiet_and_gives_up_after_max_wait():
+    logs = []
+    assert cli.wait_for_load(1e9, 600, logs.append) <= 1e9
+    assert "starting" in logs[-1]
+    logs.clear()
+    load = cli.wait_for_load(-1.0, 0.2, logs.append, poll=0.05)  # never quiet enough
+    assert load >= 0 and "waiting" in logs[0] and "starting" in logs[-1]
