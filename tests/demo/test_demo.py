@@ -1,0 +1,50 @@
+"""`make demo` end to end, small: one spec rendered twice, the offline
+`pulumi up` listing, a local autoscaling cluster, annotate.py, clean stop."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.cluster
+def test_demo_runs_the_whole_flow_and_leaves_nothing_running(tmp_path):
+    out = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "demo", "--out", str(out), "--count", "24",
+         "--no-scale-down-wait"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+
+    # 1. Both renderings of one spec: same node types.
+    local = yaml.safe_load((out / "local-cluster.yaml").read_text())
+    gcp = yaml.safe_load((out / "gcp-cluster.yaml").read_text())
+    # (fake_multinode insists on naming the head type ray.head.default)
+    def workers(cfg):
+        return {name: {k: v for k, v in t["resources"].items() if k in ("CPU", "GPU")}
+                for name, t in cfg["available_node_types"].items()
+                if name != cfg["head_node_type"]}
+
+    assert workers(local) == workers(gcp) != {}
+    assert gcp["provider"]["type"] == "external"
+    # 2. The offline `pulumi up` listing names the provider VM and the secrets.
+    listing = (out / "pulumi-resources.txt").read_text()
+    assert "gcp:compute/instance:Instance" in listing
+    assert "gcp:secretmanager/secret:Secret" in listing
+    # 4/5. The job ran on autoscaled workers; the sample's 4 planted failures are reported.
+    summary = json.loads((out / "annotated" / "_summary.json").read_text())
+    assert (summary["processed"], summary["failed"]) == (20, 4), summary
+    assert "worker node(s) alive" in log
+    assert "peak worker nodes: 0" not in log
+    # 6. Stopped: the state file is gone, so nothing of it is recorded as running.
+    assert not (out / "cluster-state" / "state.json").exists()
+    assert "cluster stopped" in log
