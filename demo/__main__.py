@@ -25,12 +25,11 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # `python -m demo` from elsewhere still finds the packages
+from cluster.local import LocalCluster
+from cluster.render import example_gcp_facts, render_gcp, render_local, to_yaml
+from cluster.spec import ClusterSpec, local_default_spec
 
-from cluster.local import LocalCluster  # noqa: E402
-from cluster.render import example_gcp_facts, render_gcp, render_local, to_yaml  # noqa: E402
-from cluster.spec import ClusterSpec, local_default_spec  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def banner(text: str) -> None:
@@ -48,7 +47,7 @@ def render_configs(out: Path, spec: ClusterSpec) -> tuple[Path, Path]:
 
 def pulumi_preview(out: Path) -> Path:
     """Run infra/ offline under Pulumi's mocks and list what it would create."""
-    from infra.offline import default_config, run_isolated, inventory_lines
+    from infra.offline import default_config, inventory_lines, run_isolated
 
     result = run_isolated(default_config())
     lines = inventory_lines(result)
