@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,10 +118,15 @@ class FakeGcp:
     def _insert(self, kw: dict) -> dict:
         body = kw["body"]
         with self._lock:
+            nics = [
+                {**nic, "networkIP": f"10.0.0.{len(self.instances) + 2}"}
+                for nic in body["networkInterfaces"]
+            ]
             self.instances[body["name"]] = {
                 **body,
                 "status": "RUNNING",
-                "networkInterfaces": [{"networkIP": f"10.0.0.{len(self.instances) + 2}"}],
+                "networkInterfaces": nics,
+                "labelFingerprint": "fp-0",
             }
             return {"name": f"op-{next(self._op_ids)}", "status": "RUNNING"}
 
@@ -133,7 +139,23 @@ class FakeGcp:
         return self.instances[kw["instance"]]
 
     def _list(self, kw: dict) -> dict:
-        return {"items": list(self.instances.values())}
+        # Only the `(labels.KEY = VALUE)` terms GCPCompute.list_instances sends.
+        wanted = re.findall(r"\(labels\.([\w-]+) = ([^\s)]+)\)", kw.get("filter") or "")
+        return {
+            "items": [
+                i
+                for i in self.instances.values()
+                if all(i.get("labels", {}).get(k) == v for k, v in wanted)
+            ]
+        }
+
+    def _set_labels(self, kw: dict) -> dict:
+        with self._lock:
+            instance = self.instances[kw["instance"]]
+            assert kw["body"]["labelFingerprint"] == instance["labelFingerprint"]
+            instance["labels"] = dict(kw["body"]["labels"])
+            instance["labelFingerprint"] = f"fp-{next(self._op_ids)}"
+            return {"name": f"op-{next(self._op_ids)}", "status": "RUNNING"}
 
 
 _HANDLERS: dict[tuple[str, str], Callable[[FakeGcp, dict], Any]] = {
@@ -144,4 +166,20 @@ _HANDLERS: dict[tuple[str, str], Callable[[FakeGcp, dict], Any]] = {
     ("compute", "zoneOperations.get"): FakeGcp._operation_get,
     ("compute", "instances.list"): FakeGcp._list,
     ("compute", "instances.get"): FakeGcp._get_instance,
+    ("compute", "instances.setLabels"): FakeGcp._set_labels,
 }
+
+
+class RecordingProcessRunner:
+    """Stands in for the `subprocess` module SSHCommandRunner uses."""
+
+    def __init__(self):
+        self.commands: list[list[str]] = []
+
+    def check_call(self, cmd, *args, **kwargs):
+        self.commands.append(list(cmd))
+        return 0
+
+    def check_output(self, cmd, *args, **kwargs):
+        self.commands.append(list(cmd))
+        return b""

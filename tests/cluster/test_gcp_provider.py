@@ -26,52 +26,18 @@ from ray.autoscaler._private.node_launcher import BaseNodeLauncher
 from ray.autoscaler._private.node_provider_availability_tracker import (
     NodeProviderAvailabilityTracker,
 )
-from ray.autoscaler._private.providers import _get_node_provider, _provider_instances
+from ray.autoscaler._private.providers import _get_node_provider
 from ray.autoscaler.tags import TAG_RAY_NODE_KIND, TAG_RAY_USER_NODE_TYPE
 from ray.autoscaler.v2.instance_manager.config import FileConfigReader
 from ray.autoscaler.v2.instance_manager.node_provider import NodeProviderAdapter
 
-from cluster import gcp_provider
 from cluster.gcp_provider import BootstrapCheckError, ReadOnlyGCPNodeProvider
 from cluster.render import example_facts, launch_concurrency, render_gcp
 from cluster.spec import ClusterSpec
-from tests.cluster.fakes import Call, FakeGcp
+from tests.cluster.fakes import Call, FakeGcp, RecordingProcessRunner
 
 FACTS = example_facts()
 SUBNET_KEY = f"{FACTS.project}/{FACTS.region}/{FACTS.subnetwork_name}"
-
-
-@pytest.fixture
-def fake_gcp(monkeypatch, tmp_path) -> FakeGcp:
-    """The project `pulumi up` creates; Ray's own client factory is booby-trapped."""
-    fake = FakeGcp(
-        project=FACTS.project,
-        service_accounts={FACTS.head_service_account, FACTS.worker_service_account},
-        subnetworks={SUBNET_KEY},
-    )
-    monkeypatch.setattr(gcp_provider, "construct_clients_from_provider_config", fake.clients)
-
-    def rays_own(*_a, **_k):
-        raise AssertionError("Ray's own GCP client factory (bootstrap_gcp path) was used")
-
-    import ray.autoscaler._private.gcp.config as ray_gcp_config
-    import ray.autoscaler._private.gcp.node_provider as ray_gcp_node_provider
-
-    monkeypatch.setattr(ray_gcp_config, "construct_clients_from_provider_config", rays_own)
-    monkeypatch.setattr(ray_gcp_node_provider, "construct_clients_from_provider_config", rays_own)
-    # _bootstrap_config caches the resolved config in tempfile.gettempdir().
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    _provider_instances.clear()
-    yield fake
-    _provider_instances.clear()
-
-
-@pytest.fixture
-def launcher_key(tmp_path) -> Path:
-    key = tmp_path / "ray-launcher-key"
-    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nfake\n")
-    key.chmod(0o600)
-    return key
 
 
 @pytest.fixture
@@ -345,22 +311,9 @@ def test_v2_adapter_launches_a_burst_from_the_head_config(fake_gcp, cfg, tmp_pat
 # ---- rsync is ensured before Ray's first file-mount sync -----------------------------------
 
 
-class RecordingProcessRunner:
-    """Stands in for the `subprocess` module SSHCommandRunner uses."""
-
-    def __init__(self):
-        self.commands: list[list[str]] = []
-
-    def check_call(self, cmd, *args, **kwargs):
-        self.commands.append(list(cmd))
-        return 0
-
-    def check_output(self, cmd, *args, **kwargs):
-        self.commands.append(list(cmd))
-        return b""
-
-
-def test_command_runner_installs_rsync_before_the_first_sync(fake_gcp, cfg, tmp_path, monkeypatch):
+def test_command_runner_installs_rsync_before_the_first_sync(
+    fake_gcp, cfg, tmp_path, monkeypatch, ssh_control_dirs
+):
     resolved = bootstrap(cfg)
     provider = _get_node_provider(resolved["provider"], resolved["cluster_name"])
     provider.create_node(

@@ -1,0 +1,143 @@
+"""`ray up` end to end, offline: Ray's own create path with our provider and config.
+
+``commands._bootstrap_config`` + ``commands.get_or_create_head_node`` (what
+``ray up`` runs on the provider VM, autoscaler v2 by default) against the
+recording GCP fakes and a recording process runner in place of ssh/rsync.
+Checks the GCP calls (4 reads, then only the head's insert and labels), the
+order of what Ray runs on the head (rsync ensured, file mounts, init, setup,
+the node check, `ray start`) and the config the head's autoscaler receives.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.autoscaler._private import commands
+
+from cluster import layout
+from cluster.bundle import build_bundle
+from cluster.render import PROVIDER_MODULE, example_gcp_facts, render_gcp
+from cluster.spec import ClusterSpec
+from tests.cluster.fakes import RecordingProcessRunner
+
+ROOT = Path(__file__).resolve().parents[2]
+FACTS = example_gcp_facts()
+
+
+class CapturingRunner(RecordingProcessRunner):
+    """Also keeps what each rsync uploads (Ray deletes its temp files afterwards)."""
+
+    def __init__(self):
+        super().__init__()
+        self.uploads: dict[str, str] = {}
+
+    def check_call(self, cmd, *args, **kwargs):
+        if cmd[0] == "rsync":
+            source, target = cmd[-2], cmd[-1].split(":", 1)[1]
+            if Path(source).is_file():
+                self.uploads[target] = Path(source).read_text()
+            else:
+                self.uploads[target] = "<dir>"
+        return super().check_call(cmd, *args, **kwargs)
+
+
+@pytest.fixture
+def provider_vm(tmp_path, launcher_key):
+    """The provider VM's files (infra/'s boot script makes them) under tmp_path."""
+    src = tmp_path / "opt-ray-gcp-src"
+    src.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(build_bundle(ROOT)), mode="r:gz") as tar:
+        tar.extractall(src, filter="data")
+    token = tmp_path / "ray-auth-token"
+    token.write_text("0" * 64)
+    token.chmod(0o600)
+    cfg = render_gcp(ClusterSpec(), FACTS)
+    assert cfg["file_mounts"] == {
+        layout.NODE_SRC: layout.PROVIDER_SRC,
+        layout.NODE_AUTH_TOKEN: layout.OPERATOR_AUTH_TOKEN,
+    }
+    cfg["file_mounts"] = {layout.NODE_SRC: str(src), layout.NODE_AUTH_TOKEN: str(token)}
+    cfg["auth"]["ssh_private_key"] = str(launcher_key)
+    yield cfg
+    shutil.rmtree(src, ignore_errors=True)
+
+
+def test_ray_up_creates_a_private_head_and_runs_our_commands(
+    fake_gcp, provider_vm, monkeypatch, ssh_control_dirs
+):
+    monkeypatch.delenv("RAY_UP_enable_autoscaler_v2", raising=False)  # Ray's default: v2
+    runner = CapturingRunner()
+    config = commands._bootstrap_config(provider_vm, no_config_cache=True)
+    commands.get_or_create_head_node(
+        config,
+        printable_config_file="/etc/ray-gcp/cluster.yaml",
+        no_restart=False,
+        restart_only=False,
+        yes=True,
+        override_cluster_name=None,
+        _runner=runner,
+    )
+
+    # -- GCP: the bootstrap's four reads, then only the head's own instance calls.
+    methods = fake_gcp.methods()
+    assert methods[:4] == [
+        ("crm", "projects.get"),
+        ("iam", "projects.serviceAccounts.get"),
+        ("iam", "projects.serviceAccounts.get"),
+        ("compute", "subnetworks.get"),
+    ]
+    assert set(methods[4:]) <= {
+        ("compute", "instances.list"),
+        ("compute", "instances.get"),
+        ("compute", "instances.insert"),
+        ("compute", "instances.setLabels"),
+        ("compute", "zoneOperations.get"),
+    }
+    (insert,) = [c for c in fake_gcp.calls if c.method == "instances.insert"]
+    body = insert.kwargs["body"]
+    assert body["name"].startswith("ray-ray-gcp-head-")
+    assert body["serviceAccounts"][0]["email"] == FACTS.head_service_account
+    assert "accessConfigs" not in str(body["networkInterfaces"])
+    assert body["labels"]["ray-gcp-role"] == "head"
+    (head,) = fake_gcp.instances.values()
+    assert head["labels"]["ray-node-type"] == "head"  # TAG_RAY_NODE_KIND
+    assert head["labels"]["ray-node-status"] == "up-to-date"
+
+    # -- What Ray ran, in order, all over ssh to the head's internal IP.
+    flat = [" ".join(c) for c in runner.commands]
+    assert all("10.0.0.2" in c for c in flat)
+
+    def first(needle: str) -> int:
+        return next(i for i, c in enumerate(flat) if needle in c)
+
+    order = [
+        first("uptime"),
+        first("for p in rsync; do dpkg-query"),  # our runner, before the first rsync
+        first(f"ray@10.0.0.2:{layout.NODE_SRC}/"),
+        first(f"ray@10.0.0.2:{layout.NODE_AUTH_TOKEN}"),
+        first("for p in rsync python3-venv; do dpkg-query"),  # initialization_commands
+        first(f"uv=={layout.UV_VERSION}"),
+        first("pip sync --require-hashes"),
+        first("chmod 600 ~/.ray/auth_token"),
+        first("-m cluster.node_check --ray 2.60.0 --python 3.11 --head"),
+        first("ray stop"),
+        first("ray start --head"),
+    ]
+    assert order == sorted(order), flat
+    start = flat[first("ray start --head")]
+    assert "export RAY_enable_autoscaler_v2=1" in start  # `ray up` runs the head on v2
+    assert "RAY_AUTH_MODE=token" in start and "--dashboard-host=127.0.0.1" in start
+
+    # -- The config the head's autoscaler reads (~/ray_bootstrap_config.yaml).
+    on_head = yaml.safe_load(runner.uploads["~/ray_bootstrap_config.yaml"])
+    assert on_head["provider"]["module"] == PROVIDER_MODULE
+    assert on_head["auth"]["ssh_private_key"] == "~/ray_bootstrap_key.pem"
+    assert on_head["file_mounts"][layout.NODE_SRC] == layout.NODE_SRC  # head -> workers
+    assert on_head["file_mounts"][layout.NODE_AUTH_TOKEN] == layout.NODE_AUTH_TOKEN
+    assert runner.uploads["~/ray_bootstrap_key.pem"].startswith("-----BEGIN OPENSSH")
+    assert runner.uploads[layout.NODE_AUTH_TOKEN] == "0" * 64
