@@ -257,8 +257,13 @@ class LocalCluster:
             return False
         return bool(self._owned_pids()) and _port_open(self._state["ports"]["gcs"])
 
-    def up(self, timeout: float = 90.0) -> LocalCluster:
-        """Start the head (idempotent); wait until GCS and the dashboard answer."""
+    def up(self, timeout: float = 90.0, attempts: int = 2) -> LocalCluster:
+        """Start the head (idempotent); wait until GCS and the dashboard answer.
+
+        A failed start is stopped and retried once with fresh ports (another
+        cluster on the machine may grab a port between choosing and binding).
+        On final failure Ray's logs are kept in ``state_dir/failed-logs``.
+        """
         self._load_state()
         if self.is_up():
             self._wait_ready(timeout)
@@ -267,6 +272,27 @@ class LocalCluster:
             # Leftovers of a crashed or half-stopped run: clear them first.
             self.down()
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_head(timeout)
+                self._wait_ready(timeout)
+                return self
+            except LocalClusterError:
+                if attempt == attempts:
+                    self._keep_logs()
+                    self.down()
+                    raise
+                self.down()
+        raise AssertionError("unreachable")
+
+    def _keep_logs(self) -> None:
+        logs = Path(self._state.get("temp_dir", "/nonexistent")) / "session_latest" / "logs"
+        if logs.is_dir():
+            dest = self.state_dir / "failed-logs"
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(logs, dest, ignore_dangling_symlinks=True, dirs_exist_ok=True)
+
+    def _start_head(self, timeout: float) -> None:
         self._ensure_token()
         ports = dict(zip(_PORT_NAMES, _free_ports(len(_PORT_NAMES)), strict=True))
         temp_dir = tempfile.mkdtemp(prefix="rg-", dir="/tmp")
@@ -317,18 +343,14 @@ class LocalCluster:
             try:
                 rc = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.down()
                 raise LocalClusterError(
                     f"`ray start --head` did not return in {timeout:.0f}s; "
                     f"see {self.state_dir / LOG_FILE}"
                 ) from None
         if rc != 0:
-            self.down()
             raise LocalClusterError(
                 f"`ray start --head` failed (exit {rc}); see {self.state_dir / LOG_FILE}"
             )
-        self._wait_ready(timeout)
-        return self
 
     def down(self, grace: float = 5.0) -> list[int]:
         """Stop only what up() started; remove our temp dir. Returns the pids signalled.
@@ -557,5 +579,5 @@ class LocalCluster:
         raise LocalClusterError(
             f"cluster did not answer within {timeout:.0f}s (GCS {self.address}, dashboard "
             f"{self.dashboard_url}): {last_err}; see {self.state_dir / LOG_FILE} and "
-            f"{self._state['temp_dir']}/session_latest/logs"
+            f"{self.state_dir / 'failed-logs'}"
         )
