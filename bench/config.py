@@ -6,13 +6,14 @@ import copy
 
 FULL = {
     # Photo-like sizes (640-1280 px) so decoding/resizing, not the per-file fsync, dominates.
-    "annotate": {"count": 160, "min_side": 640, "max_side_sample": 1280, "max_side": 512,
-                 "batch": 8, "reps": 3, "timeout": 600},
+    "annotate": {"count": 200, "min_side": 640, "max_side_sample": 1280, "max_side": 512,
+                 "batch": 8, "reps": 5, "timeout": 600},
     "granularity": {"count": 400, "min_side": 32, "max_side_sample": 64, "max_side": 1024,
-                    "batch": 32, "reps": 3, "timeout": 600},
+                    "batch": 32, "reps": 5, "timeout": 600},
     "scaleup": {"workers": 8, "timeout": 240},
     "node_setup": {"timeout": 240},
-    "serve": {"rows": 64, "features": 8, "concurrency": 8, "duration": 20.0,
+    # Two request sizes: overhead-bound (64 rows) and more work per request (2048 rows).
+    "serve": {"rows": [64, 2048], "features": 8, "concurrency": 8, "duration": 15.0,
               "warmup_seconds": 3.0, "max_requests": 20000, "timeout": 240},
     "tree_reduce": {"size": 8_000_000, "chunks": 64, "bins": 64, "reps": 7, "seed": 0,
                     "timeout": 600},
@@ -24,7 +25,7 @@ QUICK = {
     "granularity": {**FULL["granularity"], "count": 16, "reps": 1, "batch": 8},
     "scaleup": {"workers": 2, "timeout": 180},
     "node_setup": {"timeout": 120, "spec": "six==1.17.0"},
-    "serve": {**FULL["serve"], "rows": 8, "concurrency": 2, "duration": 2.0,
+    "serve": {**FULL["serve"], "rows": [8], "concurrency": 2, "duration": 2.0,
               "warmup_seconds": 0.5, "max_requests": 200},
     "tree_reduce": {**FULL["tree_reduce"], "size": 100_000, "chunks": 8, "reps": 1},
 }

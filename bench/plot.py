@@ -85,12 +85,25 @@ def _node_setup(ax, d):
 
 
 def _serve(ax, d):
-    a, b = d["sequential"], d["actor_pool"]
-    _bars(ax, ["sequential\nFlask", f"actor pool\n({d['actors']} actors)"], [a["rps"], b["rps"]],
-          "requests per second",
-          f"serve: {d['concurrency']} clients, {d['rows_per_request']} rows/request\n"
-          f"p50 {a['p50_ms']:.0f} vs {b['p50_ms']:.0f} ms, p99 {a['p99_ms']:.0f} vs "
-          f"{b['p99_ms']:.0f} ms", ratio_base=0, higher_is_better=True)
+    sizes = d["rows_per_request"]
+    width = 0.38
+    for i, (key, label, c) in enumerate((("sequential", "sequential Flask", COLORS[0]),
+                                         ("actor_pool", f"actor pool ({d['actors']})", COLORS[1]))):
+        vals = [d[key][str(s)]["rps"] for s in sizes]
+        xs = [j + (i - 0.5) * width for j in range(len(sizes))]
+        bars = ax.bar(xs, vals, width, color=c, label=label)
+        for j, (b, v) in enumerate(zip(bars, vals)):
+            base = d["sequential"][str(sizes[j])]
+            text = f"{v:.0f}\np99 {d[key][str(sizes[j])]['p99_ms']:.0f} ms"
+            if key == "actor_pool":
+                text += f"\n{v / base['rps']:.2f}x"
+            ax.text(b.get_x() + b.get_width() / 2, v, text, ha="center", va="bottom", fontsize=7)
+    top = max(d[k][str(s)]["rps"] for k in ("sequential", "actor_pool") for s in sizes)
+    ax.set_ylim(0, top * 1.35)
+    ax.set_xticks(range(len(sizes)), [f"{s} rows/request" for s in sizes], fontsize=8)
+    ax.set_ylabel("requests per second")
+    ax.set_title(f"serve: {d['concurrency']} concurrent clients\n(higher is better)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper right")
 
 
 def _tree(ax, d):

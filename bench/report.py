@@ -141,21 +141,24 @@ def node_setup_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
 
 
 def serve_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
-    a, b = d["sequential"], d["actor_pool"]
-    rows = []
-    for r, label in ((a, "sequential Flask (model in-process, one request at a time)"),
-                     (b, f"Flask threaded + Ray actor pool ({d['actors']} actors)")):
-        rows.append([label, f"{r['rps']:.1f}", f"{r['p50_ms']:.1f} ms", f"{r['p99_ms']:.1f} ms",
-                     f"{r['ok']} / {r['errors']}", fmt_ratio(r["rps"] / a["rps"])])
-    text = (f"POST /predict with {d['rows_per_request']} rows per request; {d['concurrency']} "
-            f"concurrent clients on 127.0.0.1 for {d['duration']:g} s (at most "
-            f"{d['max_requests']} requests) after a short warm-up.\n\n"
-            + _table(["server", "requests/s", "p50", "p99", "ok / failed", "throughput vs sequential"],
-                     rows))
-    return text, [("serve: requests/s, actor pool / sequential Flask",
-                   fmt_ratio(b["rps"] / a["rps"])),
-                  ("serve: p50 latency, sequential / actor pool",
-                   fmt_ratio(a["p50_ms"] / b["p50_ms"]))]
+    rows, heads = [], []
+    for size in d["rows_per_request"]:
+        a, b = d["sequential"][str(size)], d["actor_pool"][str(size)]
+        for r, label in ((a, "sequential Flask (model in-process, one request at a time)"),
+                         (b, f"Flask threaded + Ray actor pool ({d['actors']} actors)")):
+            rows.append([size, label, f"{r['rps']:.1f}", f"{r['p50_ms']:.1f} ms",
+                         f"{r['p99_ms']:.1f} ms", f"{r['ok']} / {r['errors']}",
+                         fmt_ratio(r["rps"] / a["rps"])])
+        heads.append((f"serve ({size} rows/request): requests/s, actor pool / sequential Flask",
+                      fmt_ratio(b["rps"] / a["rps"])))
+        heads.append((f"serve ({size} rows/request): p99 latency, sequential / actor pool",
+                      fmt_ratio(a["p99_ms"] / b["p99_ms"])))
+    text = (f"POST /predict; {d['concurrency']} concurrent clients on 127.0.0.1 for "
+            f"{d['duration']:g} s per request size (at most {d['max_requests']} requests) after a "
+            "short warm-up. Same app (`workloads.serve.create_app`), same IsolationForest.\n\n"
+            + _table(["rows/request", "server", "requests/s", "p50", "p99", "ok / failed",
+                      "throughput vs sequential"], rows))
+    return text, heads
 
 
 def tree_reduce_section(d: dict) -> tuple[str, list[tuple[str, str]]]:

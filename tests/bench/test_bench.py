@@ -215,6 +215,12 @@ DOC = {
         "serve": {"title": "serve", "command": "python -m bench --only serve", "started": "t",
                   "load_at_start": [1, 1, 1], "wall_seconds": 50,
                   "error": "BenchError: server exited (1)"},
+        "tree_reduce": {
+            "title": "tree", "command": "python -m bench --only tree_reduce", "started": "t",
+            "load_at_start": [1, 1, 1], "wall_seconds": 9,
+            "data": {"seconds": {"chain": [0.3, 0.2, 0.4], "tree": [0.1, 0.1, 0.2]},
+                     "depth": {"chain": 63, "tree": 6}, "map_seconds": 0.5, "chunks": 64,
+                     "problems": [], "cluster_cpus": 2, "size": 1000}},
     },
 }
 
@@ -246,6 +252,7 @@ def test_report_computes_ratios_efficiency_and_flags_failures():
     assert "| serve | failed | `python -m bench --only serve` |" in md
     assert "load average at start 0.4, 0.5, 0.6" in md
     assert report.headline_value(_with_checks(DOC), "annotate: Pool vs sequential") == "2.00x"
+    assert "| tree | 6 | 100 ms (100 ms to 200 ms, n=3) | 3.00x |" in md
 
 
 def test_report_flags_disagreeing_outputs():
@@ -258,14 +265,12 @@ def test_report_flags_disagreeing_outputs():
 
 
 def test_serve_check_compares_predictions_and_errors():
-    pred = [{"score": 0.1, "anomaly": False}, {"score": -0.2, "anomaly": True}]
-    base = {"predictions": pred, "errors": 0}
-    assert serve_cmp.checks({"sequential": base, "actor_pool": dict(base)})["outputs_agree"]
-    other = [{"score": 0.1, "anomaly": False}, {"score": -0.3, "anomaly": True}]
-    assert not serve_cmp.checks({"sequential": base,
-                                 "actor_pool": {"predictions": other, "errors": 0}})["outputs_agree"]
-    assert not serve_cmp.checks({"sequential": base,
-                                 "actor_pool": {"predictions": pred, "errors": 1}})["outputs_agree"]
+    base = {"64": {"predictions_digest": "d1", "errors": 0}}
+    assert serve_cmp.checks({"sequential": base, "actor_pool": copy.deepcopy(base)})["outputs_agree"]
+    assert not serve_cmp.checks({"sequential": base, "actor_pool": {
+        "64": {"predictions_digest": "d2", "errors": 0}}})["outputs_agree"]
+    assert not serve_cmp.checks({"sequential": base, "actor_pool": {
+        "64": {"predictions_digest": "d1", "errors": 1}}})["outputs_agree"]
 
 
 MONITOR_LOG = """\
@@ -306,11 +311,34 @@ def test_first_round_counts_nodes_requested_together():
     assert report.first_round([[0, 0]]) == 0
 
 
+SERVE_DATA = {
+    "rows_per_request": [64, 2048], "concurrency": 8, "duration": 15.0, "max_requests": 100,
+    "actors": 2,
+    "sequential": {k: {"rps": 100.0, "p50_ms": 50.0, "p99_ms": 200.0, "ok": 1500, "errors": 0,
+                       "predictions_digest": "x"} for k in ("64", "2048")},
+    "actor_pool": {"64": {"rps": 80.0, "p50_ms": 60.0, "p99_ms": 100.0, "ok": 1200, "errors": 0,
+                          "predictions_digest": "x"},
+                   "2048": {"rps": 150.0, "p50_ms": 40.0, "p99_ms": 80.0, "ok": 2250,
+                            "errors": 0, "predictions_digest": "x"}},
+}
+
+
+def test_serve_section_reports_each_request_size():
+    text, heads = report.serve_section(SERVE_DATA)
+    assert "| 64 | Flask threaded + Ray actor pool (2 actors) | 80.0 | 60.0 ms | 100.0 ms | " \
+           "1200 / 0 | 0.80x |" in text
+    assert ("serve (2048 rows/request): requests/s, actor pool / sequential Flask", "1.50x") in heads
+    assert ("serve (64 rows/request): p99 latency, sequential / actor pool", "2.00x") in heads
+
+
 def test_plot_writes_a_png_with_missing_and_failed_panels(tmp_path):
     from bench import plot
 
-    out = plot.render(_with_checks(DOC), tmp_path / "p.png")
+    doc = _with_checks(DOC)
+    out = plot.render(doc, tmp_path / "p.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc["comparisons"]["serve"] = {"title": "s", "data": SERVE_DATA}
+    assert plot.render(doc, tmp_path / "q.png").stat().st_size > 10_000
 
 
 def test_results_file_round_trip_and_schema(tmp_path):
