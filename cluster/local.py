@@ -51,6 +51,10 @@ TOKEN_FILE = "auth_token"
 CONFIG_FILE = "local-cluster.yaml"
 LOG_FILE = "ray-start.log"
 HOST = "127.0.0.1"
+# Ray replaces 127.0.0.1 in an address with the machine's own interface IP
+# (services.resolve_ip_for_localhost) unless clusters are "disabled", which
+# for Ray only means: stay on loopback. A one-machine cluster never needs more.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # The head keeps a small object store; fake workers get theirs from render_local.
 HEAD_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 _PORT_NAMES = (
@@ -249,6 +253,7 @@ class LocalCluster:
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(self.token_path),
             "RAY_USAGE_STATS_ENABLED": "0",
+            **LOOPBACK_ENV,
         }
 
     def is_up(self) -> bool:
@@ -504,6 +509,9 @@ class LocalCluster:
                 # Their default ports (44217, 44227) would collide between clusters.
                 "AUTOSCALER_METRIC_PORT": str(self._state["ports"]["autoscaler_metrics"]),
                 "DASHBOARD_METRIC_PORT": str(self._state["ports"]["dashboard_metrics"]),
+                # `ray job submit -- python x.py` runs this venv's python, as on a node.
+                "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+                **LOOPBACK_ENV,
             }
         )
         env.pop("AUTOSCALER_MAX_NUM_FAILURES", None)
