@@ -93,8 +93,9 @@ class Run:
                                           "wall_seconds": 0.0, "data": {}})
         return st
 
-    def _phase(self, name, fn) -> bool:
+    def _phase(self, name, fn, phase: str = "run") -> bool:
         st = self._begin(name)
+        st.setdefault("phase_loads", {})[phase] = machine.load_average()
         t0 = time.monotonic()
         try:
             st["data"] = fn(st["data"]) or {}
@@ -117,6 +118,7 @@ class Run:
         mod, st = ALL[name], self.state[name]
         entry = {"title": mod.TITLE, "command": mod.COMMAND, "started": st["started"],
                  "load_at_start": st["load_at_start"], "wall_seconds": round(st["wall_seconds"], 1),
+                 "phase_loads": st.get("phase_loads", {}),
                  "params": self.sizes[name], "quick": self.quick}
         if "error" in st:
             entry["error"] = st["error"]
@@ -165,7 +167,8 @@ class Run:
                 if self._phase(name, lambda d, m=mod, p=p, n=name: m.standalone(ctx(n), p)):
                     self._record(name)
             elif hasattr(mod, "local"):
-                if self._phase(name, lambda d, m=mod, p=p, n=name: m.local(ctx(n), p)):
+                if self._phase(name, lambda d, m=mod, p=p, n=name: m.local(ctx(n), p),
+                               "without Ray"):
                     on_cluster.append(name)
             else:
                 on_cluster.append(name)
@@ -176,7 +179,7 @@ class Run:
                     for name in on_cluster:
                         mod, p = ALL[name], self.sizes[name]
                         if self._phase(name, lambda d, m=mod, p=p, n=name:
-                                       m.on_cluster(ctx(n), p, lc, d)):
+                                       m.on_cluster(ctx(n), p, lc, d), "on the Ray cluster"):
                             self._record(name)
                         finished.add(name)
             except Exception as e:  # noqa: BLE001 - the cluster itself failed

@@ -105,8 +105,9 @@ def _measure(ctx, p, args: list[str], what: str) -> dict:
             uv_cmd = [uv, "pip", "install", "-q", "--python", str(tmp / "uv-venv/bin/python"),
                       *args]
         t_inst = _timed(uv_cmd, uv_env, p["timeout"], ctx.log)
-        res["uv_command"] = " ".join(c if not c.startswith(str(tmp)) else c.replace(str(tmp), "$TMP")
-                                     for c in uv_cmd[1:])
+        res["uv_command"] = " ".join(
+            ["uv", *(c.replace(str(tmp), "$TMP").replace(f"{REPO}/", "")
+                     for c in uv_cmd[1:] if c != "-q")])
         res["uv"] = {"bootstrap": t_boot, "venv": t_venv, "install": t_inst,
                      "total": t_boot + t_venv + t_inst}
         ctx.log(f"uv: {t_inst:.1f} s install (+{t_venv:.1f} s venv, {t_boot:.1f} s bootstrap)")

@@ -189,6 +189,7 @@ DOC = {
         "annotate": {
             "title": "annotate", "command": "python -m bench --only annotate",
             "started": "t", "load_at_start": [0.4, 0.5, 0.6], "wall_seconds": 60,
+            "phase_loads": {"without Ray": [0.4, 0.5, 0.6], "on the Ray cluster": [1.2, 0.7, 0.6]},
             "data": {"cores": 2, "items": 100, "ray_cluster_cpus": 2, "ray_tasks": 13,
                      "seconds": {"sequential": [10.0, 12.0, 11.0], "pool": [6.0, 5.0, 5.5],
                                  "ray": [8.0, 8.0, 8.0]},
@@ -250,7 +251,8 @@ def test_report_computes_ratios_efficiency_and_flags_failures():
     # A failed comparison is reported as failed, not silently dropped.
     assert "**FAILED:** BenchError: server exited (1)" in md
     assert "| serve | failed | `python -m bench --only serve` |" in md
-    assert "load average at start 0.4, 0.5, 0.6" in md
+    assert ("each part: without Ray: 0.4, 0.5, 0.6; on the Ray cluster: 1.2, 0.7, 0.6" in md)
+    assert "load average at start 1, 1, 1" in md  # one-part comparisons
     assert report.headline_value(_with_checks(DOC), "annotate: Pool vs sequential") == "2.00x"
     assert "| tree | 6 | 100 ms (100 ms to 200 ms, n=3) | 3.00x |" in md
 
