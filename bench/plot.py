@@ -57,7 +57,7 @@ def _scaleup(ax, d):
             if not steps:
                 continue
             xs = [t for t, _ in steps] + [max(t for t, _ in r["joined"])]
-            ys = [n for _, n in steps] + [steps[-1][1]]
+            ys = [min(n, d["workers"]) for _, n in steps] + [min(steps[-1][1], d["workers"])]
             ax.step(xs, ys, where="post", linestyle=style, color=c, label=f"{label} ({sp}) {what}")
     ax.set_xlabel("seconds since the burst of demand")
     ax.set_ylabel("workers")

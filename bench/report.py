@@ -84,7 +84,7 @@ def scaleup_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
                  if env else "5 / 10 (Ray default)")
         req_all = r["seconds_to_all_requested"]
         rows.append([label, f"{r['upscaling_speed']:g}", batch,
-                     f"{first_round(r['requested'])} of {n}",
+                     f"{min(first_round(r['requested']), n)} of {n}",
                      fmt_seconds(req_all) if req_all is not None else "not reached",
                      fmt_seconds(r["seconds_to_all"]) if r["seconds_to_all"] is not None
                      else "not reached",
@@ -202,7 +202,8 @@ TRANSFER = {
         "round. `ray up` on GCP runs autoscaler v2 by default, which launches at most "
         "max(1, ceil(upscaling_speed x running)) per reconcile round (5 s by default): with 1.0 "
         "from zero that is one VM per round, so the gap is larger there. v2 is not measured "
-        "here (with the fake_multinode provider it did not scale up in our attempt)."),
+        "here: LocalCluster's `ray start --autoscaling-config` runs v1 (even with "
+        "RAY_enable_autoscaler_v2=1 in its environment, as we checked in monitor.log)."),
     "node_setup": (
         "Both download from PyPI over this machine's link; a GCP VM behind Cloud NAT has a "
         "different link, so absolute times differ, but uv's parallel download and install "

@@ -82,14 +82,16 @@ def requested_steps(requests: list[tuple[float, int]], t0: float) -> list[tuple[
     return steps
 
 
-def launch_rounds(requested: list, joined: list) -> int:
+def launch_rounds(requested: list, joined: list, workers: int | None = None) -> int:
     """How many VM boot times deep the scale-up was.
 
     Nodes join in the order they were requested. A node requested before any
     node joined is in round 1; a node requested only after others joined is
     one round after the latest of those (it waited for them to boot). On GCP,
     where a VM boots in ~60 s and in parallel, the time to all workers is
-    about rounds x boot time.
+    about rounds x boot time. Only the first `workers` requests count: v1 may
+    queue extra launches while slow (fake) nodes are still being created, and
+    those never serve the burst.
     """
     def times(steps):
         out, prev = [], 0
@@ -99,6 +101,8 @@ def launch_rounds(requested: list, joined: list) -> int:
         return out
 
     req, join = times(requested), times(joined)
+    if workers is not None:
+        req = req[:workers]
     rounds: list[int] = []
     for i, t_req in enumerate(req):
         before = [rounds[j] for j in range(min(i, len(join))) if join[j] < t_req]
@@ -134,7 +138,7 @@ def _one(ctx, p, speed: float | None) -> dict:
             "seconds_to_all": res["seconds_to_all"], "reached": res["reached"],
             "seconds_to_all_requested": next(
                 (t for t, n in requested if n >= p["workers"]), None),
-            "launch_rounds": launch_rounds(requested, joined)}
+            "launch_rounds": launch_rounds(requested, joined, p["workers"])}
 
 
 def standalone(ctx, p) -> dict:
