@@ -24,7 +24,7 @@ from pathlib import Path
 from cluster import layout
 
 BUNDLE_DIRS = ("cluster", "workloads")
-REQUIREMENTS_PATH = "cluster/requirements-node.txt"
+REQUIREMENTS_PATH = layout.NODE_REQUIREMENTS
 # Base64 grows by 4/3; keep the encoded value well under GCE's 256 KB per value.
 MAX_BUNDLE_BYTES = 160 * 1024
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"}

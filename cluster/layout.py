@@ -12,6 +12,10 @@ PYTHON_MINOR = "3.11"
 # uv installs the nodes' packages; pinned like everything else we run remotely.
 UV_VERSION = "0.13.8"
 
+# The nodes' exact packages (exported from uv.lock), relative to the project
+# root and so to the bundle's root.
+NODE_REQUIREMENTS = "cluster/requirements-node.txt"
+
 # ---- provider VM (runs `ray up`) -------------------------------------------
 PROVIDER_ROOT = "/opt/ray-gcp"
 PROVIDER_VENV = "/opt/ray-gcp/venv"
@@ -26,6 +30,7 @@ OPERATOR_GROUP = "ray-operators"
 OPERATOR_DIR = "~/.ray-gcp"
 OPERATOR_SSH_KEY = "~/.ray-gcp/ray-launcher-key"
 OPERATOR_AUTH_TOKEN = "~/.ray-gcp/ray-auth-token"
+OPERATOR_SA_KEY = "~/.ray-gcp/service-account-key.json"  # credentialMode=key only
 
 # Instance metadata keys on the provider VM (none of them secret).
 META_CLUSTER_CONFIG = "ray-cluster-config"

@@ -25,7 +25,7 @@ from cluster.spec import ClusterSpec, GcpFacts, NodeTypeSpec
 
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 PROVIDER_MODULE = "cluster.gcp_provider.ReadOnlyGCPNodeProvider"
-BUNDLE_REQUIREMENTS = "cluster/requirements-node.txt"  # inside the bundle
+BUNDLE_REQUIREMENTS = layout.NODE_REQUIREMENTS  # inside the bundle
 
 # Ray's ports on the nodes (pinned, so the firewall and docs can name them).
 GCS_PORT = 6379

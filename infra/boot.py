@@ -31,11 +31,9 @@ OPERATOR_HELPER = f"{layout.PROVIDER_ROOT}/sbin/ray-gcp-operator-credentials"
 OPERATOR_SUDOERS = "/etc/sudoers.d/ray-gcp-operators"  # no dot: sudo skips such names
 LOGIN_PROFILE = "/etc/profile.d/ray-gcp.sh"
 # The per-operator copy of the service-account key (credential mode "key").
-OPERATOR_SA_KEY = getattr(
-    layout, "OPERATOR_SA_KEY", f"{layout.OPERATOR_DIR}/service-account-key.json"
-)
+OPERATOR_SA_KEY = layout.OPERATOR_SA_KEY
 # Inside the bundle (metadata key layout.META_BUNDLE): the nodes' exact pins.
-BUNDLE_REQUIREMENTS = "cluster/requirements-node.txt"
+BUNDLE_REQUIREMENTS = layout.NODE_REQUIREMENTS
 # Ray's file sync needs rsync; python3-venv bootstraps uv; curl for operators.
 SYSTEM_PACKAGES = ("rsync", "python3-venv", "curl")
 
