@@ -48,8 +48,10 @@ def _run_driver(code: str, env: dict[str, str], timeout: float = 180) -> str:
 
 
 def test_driver_demand_launches_workers_and_idle_ones_go_away(local_cluster, driver_env):
+    # The session's cluster is shared: start from no workers (earlier tests'
+    # idle ones leave after the test spec's 15 s idle timeout).
+    local_cluster.wait_for_workers(0, timeout=120, exact=True)
     # The head has CPU 0: 4 one-CPU tasks can only run on autoscaled workers.
-    assert local_cluster.status().worker_count == 0
     out = _run_driver(SCALE_DRIVER, driver_env)
     nodes_line = next(line for line in out.splitlines() if line.startswith("NODES"))
     n_nodes = int(nodes_line.split()[1])
