@@ -51,9 +51,9 @@ TOKEN_FILE = "auth_token"
 CONFIG_FILE = "local-cluster.yaml"
 LOG_FILE = "ray-start.log"
 HOST = "127.0.0.1"
-# Ray replaces 127.0.0.1 in an address with the machine's own interface IP
-# (services.resolve_ip_for_localhost) unless clusters are "disabled", which
-# for Ray only means: stay on loopback. A one-machine cluster never needs more.
+# A driver's ray.init replaces 127.0.0.1 in RAY_ADDRESS with the machine's own
+# interface IP (services.resolve_ip_for_localhost) unless clusters are
+# "disabled", which for a driver only means: stay on loopback.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # The head keeps a small object store; fake workers get theirs from render_local.
 HEAD_OBJECT_STORE_BYTES = 256 * 1024 * 1024
@@ -510,8 +510,9 @@ class LocalCluster:
                 "AUTOSCALER_METRIC_PORT": str(self._state["ports"]["autoscaler_metrics"]),
                 "DASHBOARD_METRIC_PORT": str(self._state["ports"]["dashboard_metrics"]),
                 # `ray job submit -- python x.py` runs this venv's python, as on a node.
+                # (No LOOPBACK_ENV here: fake nodes are told apart by their
+                # node-id "IPs", which it would collapse into 127.0.0.1.)
                 "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-                **LOOPBACK_ENV,
             }
         )
         env.pop("AUTOSCALER_MAX_NUM_FAILURES", None)
