@@ -1,7 +1,7 @@
 """Fixtures for the infra tests: the Pulumi program run offline, once per scenario.
 
 Each scenario runs in a fresh Pulumi runtime (a forked child, see
-infra_harness.py) and is cached for the session, so every test module can
+infra/offline.py) and is cached for the session, so every test module can
 assert on the same recording without re-running the program.
 """
 
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import infra_harness as harness
 import pytest
+
+from infra import offline as harness
 
 # Stack settings per scenario (ray-gcp:/gcp: keys, as `pulumi config set` would store them).
 SCENARIOS: dict[str, dict[str, Any]] = {

@@ -15,10 +15,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import infra_harness as harness
 import yaml
 
 from cluster import layout
+from infra import offline as harness
 
 INVENTORY_DIR = Path(__file__).parent / "inventory"
 PLACEHOLDERS = {

@@ -7,9 +7,9 @@ import subprocess
 import sys
 import textwrap
 
-import infra_harness as harness
 from conftest import SCENARIOS
 
+from infra import offline as harness
 from infra.program import render_cluster_yaml
 from infra.settings import parse_settings
 
@@ -109,9 +109,8 @@ def test_runs_like_the_language_host_without_the_project_root_on_sys_path(tmp_pa
         assert root not in sys.path and "" not in sys.path, sys.path
         import infra.program, cluster.spec
         assert infra.program.__file__.startswith(root + "/infra/")
-        sys.path.append({str(harness.PROJECT_ROOT / "tests" / "infra")!r})  # the harness only
-        import infra_harness
-        rec = infra_harness.run_program(infra_harness.engine_config({{}}))
+        from infra import offline
+        rec = offline.run_program(offline.engine_config({{}}))
         print(json.dumps({{"error": rec["error"],
                            "resources": sorted((r["type"], r["name"]) for r in rec["resources"])}}))
     """))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import shlex
 
-import infra_harness as harness
 from test_infra_program import STACK_OUTPUTS
 
+from infra import offline as harness
 from infra.components.identity import GRANTS
 from infra.settings import parse_settings
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import infra_harness as harness
 import pytest
 
+from infra import offline as harness
 from infra.regions import REGION_ZONES, zones_of
 from infra.settings import NAMESPACE, Settings, SettingsError, parse_settings
 

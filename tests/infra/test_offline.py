@@ -1,8 +1,7 @@
 """`python -m infra.offline`: the resource listing `make demo` prints."""
 
-import infra_harness as harness
-
 from infra import offline
+from infra import offline as harness
 
 
 def test_inventory_lists_every_resource_once_under_its_component():

@@ -8,11 +8,11 @@ import io
 import json
 import tarfile
 
-import infra_harness as harness
 import pytest
 
 from cluster import layout
 from cluster.bundle import build_bundle
+from infra import offline as harness
 from infra.boot import render_boot_script
 from infra.components.provider_vm import METADATA_VALUE_LIMIT, provider_metadata
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import infra_harness as harness
-
 from cluster import layout
+from infra import offline as harness
 
 SECRET = "gcp:secretmanager/secret:Secret"
 VERSION = "gcp:secretmanager/secretVersion:SecretVersion"
