@@ -81,9 +81,11 @@ def scaleup_spec(workers: int, upscaling_speed: float | None) -> ClusterSpec:
 
 @contextlib.contextmanager
 def local_cluster(spec: ClusterSpec, *, workers: int = 0, timeout: float = 240,
-                  log: Callable[[str], None] = print) -> Iterator[LocalCluster]:
+                  log: Callable[[str], None] = print,
+                  autoscaler_v2: bool = False) -> Iterator[LocalCluster]:
     root = tempfile.mkdtemp(prefix="rgb-", dir="/tmp")
-    lc = LocalCluster(Path(root) / "state", spec)
+    lc = (LocalCluster(Path(root) / "state", spec, autoscaler_v2=True) if autoscaler_v2
+          else LocalCluster(Path(root) / "state", spec))
     try:
         t0 = time.monotonic()
         lc.up(timeout=timeout)

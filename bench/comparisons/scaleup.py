@@ -56,9 +56,11 @@ def launch_env(spec, ours: bool) -> dict[str, str]:
     return dict.fromkeys(LAUNCH_ENV, n)
 
 
-# Autoscaler v1 logs every launch decision (autoscaler.py: launch_new_node).
+# Every launch decision in monitor.log: v1's autoscaler.py launch_new_node ("Queue N new
+# nodes for launch") and v2's NodeProviderAdapter ("Launching N nodes of type T.").
 _QUEUE_RE = re.compile(
-    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}).*StandardAutoscaler: Queue (\d+) new nodes for launch"
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}).*"
+    r"(?:StandardAutoscaler: Queue (\d+) new nodes for launch|Launching (\d+) nodes of type )"
 )
 
 
@@ -69,7 +71,7 @@ def parse_launch_requests(monitor_log: str) -> list[tuple[float, int]]:
         m = _QUEUE_RE.match(line)
         if m:
             ts = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            out.append((ts, int(m.group(2))))
+            out.append((ts, int(m.group(2) or m.group(3))))
     return out
 
 
@@ -110,12 +112,14 @@ def launch_rounds(requested: list, joined: list, workers: int | None = None) -> 
     return max(rounds, default=0)
 
 
-def _one(ctx, p, speed: float | None) -> dict:
+def _one(ctx, p, speed: float | None, v2: bool = False) -> dict:
     spec = scaleup_spec(p["workers"], speed)
     env = launch_env(spec, ours=speed is None)
-    label = f"upscaling_speed={spec.upscaling_speed:g} {env or 'Ray default launch batching'}"
+    label = (f"autoscaler {'v2' if v2 else 'v1'}, upscaling_speed={spec.upscaling_speed:g} "
+             f"{env or 'Ray default launch batching'}")
     ctx.log(f"{label}: starting a cluster with 0 of at most {p['workers']} one-CPU workers")
-    with _launch_settings(env), local_cluster(spec, timeout=p["timeout"], log=ctx.log) as lc:
+    with _launch_settings(env), local_cluster(spec, timeout=p["timeout"], log=ctx.log,
+                                              autoscaler_v2=v2) as lc:
         # The held tasks die with the driver by design; no "unhandled error" noise for that.
         denv = {**driver_env(lc), "RAY_IGNORE_UNHANDLED_ERRORS": "1"}
         drv = DriverProcess(NAME, {"workers": p["workers"], "timeout": p["timeout"]}, denv)
@@ -141,21 +145,40 @@ def _one(ctx, p, speed: float | None) -> dict:
             "launch_rounds": launch_rounds(requested, joined, p["workers"])}
 
 
-def standalone(ctx, p) -> dict:
-    ours = local_default_spec().upscaling_speed
+def _pair(ctx, p, v2: bool) -> dict:
     runs = {}
     for key, speed in (("ray_default", RAY_DEFAULT_SPEED), ("ours", None)):
-        runs[key] = _one(ctx, p, speed)
+        runs[key] = _one(ctx, p, speed, v2)
         r = runs[key]
-        ctx.log(f"{key}: all {p['workers']} requested after {r['seconds_to_all_requested']} s, "
-                f"alive after {r['seconds_to_all']} s")
-    return {"workers": p["workers"], "ours_upscaling_speed": ours, "runs": runs,
-            "autoscaler": "v1 (ray start --autoscaling-config)",
-            "update_interval_s": 1}
+        ctx.log(f"{'v2' if v2 else 'v1'} {key}: all {p['workers']} requested after "
+                f"{r['seconds_to_all_requested']} s, alive after {r['seconds_to_all']} s, "
+                f"{r['launch_rounds']} launch round(s)")
+    return runs
+
+
+def standalone(ctx, p) -> dict:
+    ours = local_default_spec().upscaling_speed
+    data = {"workers": p["workers"], "ours_upscaling_speed": ours,
+            "runs": _pair(ctx, p, v2=False),
+            "autoscaler": "v1 (ray start --autoscaling-config)", "update_interval_s": 1}
+    if p.get("v2", True):
+        # What `ray up` runs on GCP. Kept apart: a v2 failure must not hide the v1 result.
+        try:
+            data["v2"] = {"runs": _pair(ctx, p, v2=True)}
+        except Exception as e:  # noqa: BLE001 - recorded and reported as failed
+            ctx.log(f"autoscaler v2 run failed: {type(e).__name__}: {e}")
+            data["v2"] = {"error": f"{type(e).__name__}: {e}"}
+    return data
 
 
 def checks(data) -> dict:
-    ok = all(r["reached"] for r in data["runs"].values())
+    runs = list(data["runs"].values())
+    v2 = data.get("v2")
+    if v2 is not None:
+        if "error" in v2:
+            return {"outputs_agree": False, "detail": f"autoscaler v2 run failed: {v2['error']}"}
+        runs += list(v2["runs"].values())
+    ok = all(r["reached"] for r in runs)
     return {"outputs_agree": ok,
-            "detail": f"both runs reached {data['workers']} alive workers" if ok
+            "detail": f"all {len(runs)} runs reached {data['workers']} alive workers" if ok
             else "a run did not reach all workers before the timeout"}

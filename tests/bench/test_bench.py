@@ -244,10 +244,12 @@ def test_report_computes_ratios_efficiency_and_flags_failures():
     assert "| annotate: Ray vs Pool | 0.69x |" in md
     assert "69%" in md and "Check: outputs agree" in md
     # scale-up: first launch round 5 of 8 vs 8 of 8; alive 20 / 16 = 1.25x; requested 12x
-    assert "| Ray default | 1 | 5 / 10 (Ray default) | 5 of 8 | 12.0 s | 20.0 s | 2 | ~120 s |" in md
-    assert "| ours (spec + render) | 9999 | 10 / 10 | 8 of 8 | 1.00 s | 16.0 s | 1 | ~60 s |" in md
+    assert "| v1 | Ray default | 1 | 5 / 10 (Ray default) | 5 of 8 | 12.0 s | 20.0 s | 2 | ~120 s |" \
+        in md
+    assert "| v1 | ours (spec + render) | 9999 | 10 / 10 | 8 of 8 | 1.00 s | 16.0 s | 1 | ~60 s |" \
+        in md
     assert "alive, Ray default / ours | 1.25x" in md and "requested, Ray default / ours | 12.00x" in md
-    assert "VM boots deep), Ray default / ours | 2 / 1 = 2.00x" in md
+    assert "scale-up v1: launch rounds (VM boots deep), Ray default / ours | 2 / 1 = 2.00x" in md
     # A failed comparison is reported as failed, not silently dropped.
     assert "**FAILED:** BenchError: server exited (1)" in md
     assert "| serve | failed | `python -m bench --only serve` |" in md
@@ -278,6 +280,7 @@ def test_serve_check_compares_predictions_and_errors():
 MONITOR_LOG = """\
 2026-11-22 06:01:00,100\tINFO autoscaler.py:1450 -- StandardAutoscaler: Queue 5 new nodes for launch
 2026-11-22 06:01:00,200\tINFO node_launcher.py:177 -- NodeLauncher0: Got 5 nodes to launch.
+2026-11-22 06:01:03,000\tINFO node_launcher.py:177 -- NodeLauncher0: Launching 5 nodes, type w.
 2026-11-22 06:01:04,500\tINFO autoscaler.py:1450 -- StandardAutoscaler: Queue 1 new nodes for launch
 2026-11-22 06:01:07,000\tINFO autoscaler.py:1450 -- StandardAutoscaler: Queue 2 new nodes for launch
 """
@@ -292,6 +295,30 @@ def test_launch_requests_parsed_from_the_autoscaler_log():
     t0 = datetime.datetime(2026, 11, 22, 6, 1, 0).timestamp()
     assert [(round(t - t0, 1), n) for t, n in reqs] == [(0.1, 5), (4.5, 1), (7.0, 2)]
     assert scaleup.requested_steps(reqs, t0) == [(0.0, 0), (0.1, 5), (4.5, 6), (7.0, 8)]
+
+
+def test_v2_launch_lines_count_too():
+    from bench.comparisons import scaleup
+
+    log = ("2026-11-22 06:01:02,000\tINFO node_provider.py:485 -- Launching 1 nodes of type "
+           "cpu-worker.\n2026-11-22 06:01:03,000\tINFO node_provider.py:489 -- Launched 1 nodes "
+           "of type cpu-worker.\n")
+    assert [n for _, n in scaleup.parse_launch_requests(log)] == [1]
+
+
+def test_scaleup_check_fails_when_the_v2_runs_failed():
+    from bench.comparisons import scaleup
+
+    data = copy.deepcopy(DOC["comparisons"]["scaleup"]["data"])
+    assert scaleup.checks(data)["outputs_agree"]
+    data["v2"] = {"runs": copy.deepcopy(data["runs"])}
+    assert scaleup.checks(data)["detail"].startswith("all 4 runs reached")
+    text, heads = report.scaleup_section(data)
+    assert "| v2 | ours (spec + render) |" in text and len(heads) == 5
+    assert "| 1 | see note |" in text
+    data["v2"] = {"error": "TimeoutError: waited"}
+    assert not scaleup.checks(data)["outputs_agree"]
+    assert "The autoscaler v2 runs FAILED: TimeoutError: waited." in report.scaleup_section(data)[0]
 
 
 def test_launch_rounds():
