@@ -61,7 +61,8 @@ def _scaleup(ax, d):
             ax.step(xs, ys, where="post", linestyle=style, color=c, label=f"{label} ({sp}) {what}")
     ax.set_xlabel("seconds since the burst of demand")
     ax.set_ylabel("workers")
-    ax.set_title(f"scale-up to {d['workers']} fake nodes\n(dashed: requested, solid: alive)",
+    ax.set_title(f"scale-up to {d['workers']} fake nodes, autoscaler v1\n"
+                 "(dashed: requested, solid: alive)",
                  fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
 
