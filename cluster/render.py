@@ -109,10 +109,7 @@ def render_local(
             "max_workers": t.max_workers,
         }
     return {
-        "cluster_name": spec.cluster_name,
-        "max_workers": spec.max_workers,
-        "upscaling_speed": spec.upscaling_speed,
-        "idle_timeout_minutes": spec.idle_timeout_minutes,
+        **_scaling(spec),
         "provider": {
             # Ray's fake provider through the external loader: prepare_config
             # (run by autoscaler v2) would otherwise read fake_multi_node/example.yaml,
@@ -139,6 +136,16 @@ def render_local(
 
 
 # ---- GCP ----------------------------------------------------------------------
+
+
+def _scaling(spec: ClusterSpec) -> dict[str, Any]:
+    """The autoscaling keys both renderings share, so local behaves like GCP."""
+    return {
+        "cluster_name": spec.cluster_name,
+        "max_workers": spec.max_workers,
+        "upscaling_speed": spec.upscaling_speed,
+        "idle_timeout_minutes": spec.idle_timeout_minutes,
+    }
 
 
 def launch_concurrency(spec: ClusterSpec) -> int:
@@ -359,10 +366,7 @@ def render_gcp(spec: ClusterSpec, facts: GcpFacts) -> dict[str, Any]:
             )
         types[name] = entry
     return {
-        "cluster_name": spec.cluster_name,
-        "max_workers": spec.max_workers,
-        "upscaling_speed": spec.upscaling_speed,
-        "idle_timeout_minutes": spec.idle_timeout_minutes,
+        **_scaling(spec),
         "provider": {
             "type": "external",
             "module": PROVIDER_MODULE,
