@@ -38,6 +38,20 @@ def _cluster_cpus(ray) -> int:
     return int(sum(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]))
 
 
+def _warm_chunk_task(p: dict, warmup_prefix: str):
+    """Connect, and warm one worker per CPU (starts the processes, imports cv2),
+    so the timed runs measure the work, not Ray's start-up."""
+    from bench import work
+
+    ray = _connect()
+    task = ray.remote(work.process_chunk).options(num_cpus=1, max_retries=0)
+    items = work.discover(p["src"])
+    cpus = _cluster_cpus(ray)
+    ray.get([task.remote(items[:1], p["src"], f"{p['out_root']}/{warmup_prefix}-{i}",
+                         p["max_side"]) for i in range(max(cpus, 1))])
+    return ray, task, items, cpus
+
+
 # ------------------------------------------------------------- annotate ------
 
 
@@ -45,13 +59,7 @@ def annotate(p: dict) -> dict:
     """p: src, out_root, max_side, batch, reps. Batched tasks of bench.work.process_chunk."""
     from bench import work
 
-    ray = _connect()
-    task = ray.remote(work.process_chunk).options(num_cpus=1, max_retries=0)
-    items = work.discover(p["src"])
-    cpus = _cluster_cpus(ray)
-    # Warm-up: one tiny task per CPU starts the worker processes and imports cv2.
-    ray.get([task.remote(items[:1], p["src"], f"{p['out_root']}/ray-warmup-{i}", p["max_side"])
-             for i in range(max(cpus, 1))])
+    ray, task, items, cpus = _warm_chunk_task(p, "ray-warmup")
     times, outcomes, dst = [], None, None
     for rep in range(p["reps"]):
         dst = f"{p['out_root']}/ray-{rep}"
@@ -73,12 +81,7 @@ def granularity(p: dict) -> dict:
     """p: src, out_root, max_side, batch, reps. One task per file vs tasks of `batch` files."""
     from bench import work
 
-    ray = _connect()
-    task = ray.remote(work.process_chunk).options(num_cpus=1, max_retries=0)
-    items = work.discover(p["src"])
-    cpus = _cluster_cpus(ray)
-    ray.get([task.remote(items[:1], p["src"], f"{p['out_root']}/warmup-{i}", p["max_side"])
-             for i in range(max(cpus, 1))])
+    ray, task, items, cpus = _warm_chunk_task(p, "warmup")
     variants = {"per_file": 1, "batched": p["batch"]}
     times: dict[str, list[float]] = {k: [] for k in variants}
     digests: dict[str, str] = {}
