@@ -50,12 +50,7 @@ def gcs_emulator():
                 time.sleep(0.2)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc, timeout=10)
 
 
 @pytest.fixture
@@ -63,3 +58,13 @@ def emulated_gcs(gcs_emulator, monkeypatch):
     """STORAGE_EMULATOR_HOST set for this test; yields the bucket name."""
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
     return EMULATOR_BUCKET
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM the group a test started (start_new_session=True), SIGKILL if it lingers."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -26,7 +26,7 @@ import pytest
 
 from workloads import annotate, common, serve
 
-from .conftest import REPO, WORKLOADS, free_port
+from .conftest import REPO, WORKLOADS, free_port, stop_process_group
 
 pytestmark = pytest.mark.cluster
 
@@ -326,12 +326,7 @@ def test_serve_answers_every_request_while_an_actor_dies(driver_env):
         status, body = call("/predict", {"instances": [[1, 2]]})
         assert status == 400 and "expects 8" in body["error"]
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc, timeout=30)
 
 
 def test_tree_reduce_agrees_with_numpy(driver_env):
