@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     banner("1. One spec, two renderings")
     local_path, gcp_path = render_configs(out, spec)
-    print(f"   local (fake nodes on this machine): {local_path}")
+    print(f"   local (fake nodes on this machine; preview, ports picked at start): {local_path}")
     print(f"   GCP (for `ray up` on the provider VM, example facts): {gcp_path}")
 
     if not args.skip_preview:
@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster.up()
         print(f"   head up at {cluster.address}; dashboard {cluster.dashboard_url} "
               f"(needs the token in {cluster.token_path})")
+        print(f"   running config (same spec, its free ports): {cluster.config_path}")
 
         banner(f"4. annotate.py on a generated sample of {args.count} images")
         sample = out / "sample"
