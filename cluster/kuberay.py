@@ -366,6 +366,15 @@ def _upscaling_mode(spec: ClusterSpec) -> str:
 def raycluster_spec(spec: ClusterSpec, facts: KubeFacts) -> dict[str, Any]:
     """The ``spec`` of a RayCluster; also RayJob's rayClusterSpec and RayService's
     rayClusterConfig (one renderer for all three)."""
+    type_max = sum(t.max_workers for t in spec.worker_types.values())
+    if spec.max_workers < type_max:
+        # Ray's KubeRay autoscaler caps the cluster at the sum of the groups'
+        # maxReplicas (kuberay/autoscaling_config.py): no cluster-wide cap.
+        raise SpecError(
+            f"max_workers = {spec.max_workers} < {type_max}, the sum of the worker types' "
+            "max_workers: KubeRay has no cluster-wide cap; lower the types' max_workers "
+            f"or set max_workers = {type_max}"
+        )
     head_params = ray_start.head_params(spec, dashboard_host="0.0.0.0")
     workers = []
     for name, t in sorted(spec.worker_types.items()):
