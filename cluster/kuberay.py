@@ -239,8 +239,8 @@ def pod_resources(t: NodeTypeSpec, *, head: bool, field: str) -> dict[str, str]:
     if cpu < 500 or mem < 2048:
         raise SpecError(
             f"{field} = {t.machine_type!r}: leaves {cpu}m CPU / {mem}Mi memory for the Ray "
-            "pod after GKE's reservations; use a machine with at least 4 vCPUs for the head "
-            "or 2 for workers"
+            "pod after GKE's reservations and system pods (at least 500m / 2048Mi needed); "
+            "use a larger machine type"
         )
     return {"cpu": f"{cpu}m", "memory": f"{mem}Mi"}
 

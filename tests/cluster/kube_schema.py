@@ -39,7 +39,9 @@ from jsonschema import Draft4Validator, ValidationError, validators
 CRD_DIR = Path(__file__).resolve().parent / "kuberay_crds"
 PLURALS = {"RayCluster": "rayclusters", "RayJob": "rayjobs", "RayService": "rayservices"}
 
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
 _QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
@@ -117,7 +119,7 @@ def _int64(value: object) -> bool:
 @_format_checker.checks("date-time", raises=ValueError)
 def _date_time(value: object) -> bool:
     if isinstance(value, str):
-        datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        datetime.datetime.fromisoformat(value)
     return True
 
 
@@ -170,7 +172,9 @@ def crd_errors(obj: dict[str, Any]) -> list[str]:
     """Every schema and metadata error of a KubeRay custom resource ([] = valid)."""
     group, _, version = obj.get("apiVersion", "").partition("/")
     if group != "ray.io" or obj.get("kind") not in PLURALS:
-        return [f"not a KubeRay resource: apiVersion={obj.get('apiVersion')} kind={obj.get('kind')}"]
+        return [
+            f"not a KubeRay resource: apiVersion={obj.get('apiVersion')} kind={obj.get('kind')}"
+        ]
     v = crd_validator(obj["kind"], version)
     errs = [
         f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
@@ -186,5 +190,5 @@ def core_errors(obj: dict[str, Any], k8s_minor: str) -> list[str]:
     try:
         kubernetes_validate.validate(obj, k8s_minor, strict=True)
     except kubernetes_validate.ValidationError as e:
-        return [f"{'/'.join(map(str, e.caused_by.absolute_path))}: {e.caused_by.message}"]
+        return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"]
     return metadata_errors(obj)
