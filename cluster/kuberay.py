@@ -375,6 +375,12 @@ def raycluster_spec(spec: ClusterSpec, facts: KubeFacts) -> dict[str, Any]:
             "max_workers: KubeRay has no cluster-wide cap; lower the types' max_workers "
             f"or set max_workers = {type_max}"
         )
+    if spec.head.is_gpu:
+        raise SpecError(
+            f"node_types[{spec.head_node_type!r}].accelerator_count = "
+            f"{spec.head.accelerator_count}: on GKE the head runs on the system pool, which "
+            "has no GPUs; allowed: 0 (put GPUs on a worker type)"
+        )
     head_params = ray_start.head_params(spec, dashboard_host="0.0.0.0")
     workers = []
     for name, t in sorted(spec.worker_types.items()):
