@@ -99,6 +99,12 @@ def test_every_manifest_is_valid_against_the_pinned_kuberay_crds(scenario, kind)
     obj = KINDS[kind](SCENARIOS[scenario], FACTS)
     assert obj["apiVersion"] == "ray.io/v1" and obj["kind"] == kind
     assert crd_errors(obj) == []
+    # Rules of KubeRay's own validation.go (beyond the CRD) that we must respect.
+    cs = cluster_spec_of(obj)
+    for group in [cs["headGroupSpec"], *cs["workerGroupSpecs"]]:
+        assert "labels" not in group["rayStartParams"]  # use the group's labels field
+        assert "resources" not in group  # not together with num-cpus in rayStartParams
+        assert group["template"]["spec"]["containers"]  # at least one container
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
