@@ -92,6 +92,15 @@ WORKLOADS_VOLUME = "workloads"
 GPU_RESOURCE = "nvidia.com/gpu"
 SERVE_IMPORT_PATH = "serve_app:app"  # workloads/serve_app.py, see the module docstring
 SERVE_PORT = 8000
+# KubeRay's port names (ray-operator/controllers/ray/utils/constant.go): the
+# operator finds the dashboard ("dashboard") and Serve ("serve") by name.
+HEAD_SERVICE_PORTS = {
+    "gcs-server": ray_start.GCS_PORT,
+    "dashboard": ray_start.DASHBOARD_PORT,
+    "client": ray_start.CLIENT_SERVER_PORT,
+    "serve": SERVE_PORT,
+    "metrics": 8080,  # KubeRay's default metrics-export-port
+}
 # Packages the drivers need that the rayproject/ray image lacks, installed per
 # job by Ray's runtime env; versions equal to uv.lock's (a test checks).
 WORKLOAD_PIP = ("opencv-python-headless==5.0.0.93", "google-cloud-storage==3.17.1")
@@ -297,11 +306,9 @@ def _pod_template(
     limits: dict[str, Any] = dict(resources)
     if t.is_gpu:
         limits[GPU_RESOURCE] = t.accelerator_count
-    ports = [
-        {"name": "gcs", "containerPort": ray_start.GCS_PORT},
-        {"name": "dashboard", "containerPort": ray_start.DASHBOARD_PORT},
-        {"name": "client", "containerPort": ray_start.CLIENT_SERVER_PORT},
-    ]
+    # The head Service gets exactly these (service.go getPortsFromCluster), so
+    # they carry KubeRay's port names and the ports rayStartParams give Ray.
+    ports = [{"name": name, "containerPort": port} for name, port in HEAD_SERVICE_PORTS.items()]
     if not head:
         ports = []
     env = {

@@ -245,6 +245,28 @@ def test_dashboard_binds_all_interfaces_so_token_auth_and_network_policy_protect
     assert len(rules) == 2
 
 
+def test_head_ports_carry_kuberays_names_and_the_ports_ray_starts_on():
+    """KubeRay builds the head Service from the head container's ports and finds the
+    dashboard and Serve by name; it is on us to keep them equal to rayStartParams."""
+    for kind, render in KINDS.items():
+        cs = cluster_spec_of(render(SCENARIOS["gpu-pool"], FACTS))
+        params = cs["headGroupSpec"]["rayStartParams"]
+        ports = {
+            p["name"]: p["containerPort"]
+            for p in cs["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]
+        }
+        assert ports["gcs-server"] == int(params["port"]), kind
+        assert ports["dashboard"] == int(params["dashboard-port"])
+        assert ports["client"] == int(params["ray-client-server-port"])
+        assert (
+            ports["serve"]
+            == yaml.safe_load(
+                kuberay.render_rayservice(SCENARIOS["gpu-pool"], FACTS)["spec"]["serveConfigV2"]
+            )["http_options"]["port"]
+        )
+        assert ports["metrics"] == 8080  # KubeRay's default metrics-export-port
+
+
 def test_no_service_is_exposed_outside_the_cluster():
     for spec in SCENARIOS.values():
         text = to_yaml_documents(
