@@ -80,7 +80,9 @@ MAX_RAYCLUSTER_NAME = 53
 MAX_RAYJOB_NAME = MAX_RAYCLUSTER_NAME - 6
 MAX_RAYSERVICE_NAME = MAX_RAYCLUSTER_NAME - 6
 
-# Our label on every Ray pod (all three kinds); the NetworkPolicy selects by it.
+# Our label on every Ray pod (all three kinds), valued the spec's cluster_name;
+# the NetworkPolicy selects by it, so the clusters of one spec in one
+# namespace (RayCluster, RayJob's, RayService's) are one trust zone.
 CLUSTER_LABEL = "ray-gcp/cluster"
 # KubeRay's labels on the RayJob submitter pods (rayjob_controller.go getSubmitterTemplate).
 SUBMITTER_LABELS = {
