@@ -1,4 +1,9 @@
-"""The bundle is deterministic and self-contained; requirements-node.txt matches uv.lock."""
+"""The bundle is normalised and self-contained; requirements-node.txt matches uv.lock.
+
+That it is the same bytes in every process (hash seed, clock, file order) is
+tests/infra/test_vm_inputs_reproducible.py, against the reviewed digest in
+tests/infra/inventory/.
+"""
 
 from __future__ import annotations
 
@@ -32,9 +37,8 @@ def members(blob: bytes) -> list[tarfile.TarInfo]:
         return tar.getmembers()
 
 
-def test_bundle_is_deterministic_and_small():
+def test_bundle_is_normalised_sorted_and_small():
     blob = build_bundle(ROOT)
-    assert blob == build_bundle(ROOT)
     assert len(blob) <= MAX_BUNDLE_BYTES
     assert len(base64.b64encode(blob)) < 256 * 1024  # one GCE metadata value
     names = [m.name for m in members(blob)]

@@ -239,10 +239,6 @@ def test_render_substitutes_every_placeholder_with_layout_values():
     assert boot.render_boot_script(ray_version="9.9.9") != text
 
 
-def test_render_is_pure_and_deterministic():
-    assert boot.render_boot_script() == boot.render_boot_script()
-
-
 @pytest.mark.parametrize(
     ("field", "value"),
     [
