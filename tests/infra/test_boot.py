@@ -131,6 +131,8 @@ class Sandbox:
             "GCE_METADATA_HOST": self.metadata.address,
             "SECRETMANAGER_ENDPOINT": f"http://{self.sm.address}",
             "RAY_GCP_RETRY_BASE_DELAY": "0.01",
+            # Temp files of the boot and its tools stay in the sandbox, where tests can look.
+            "TMPDIR": str(self.base / "tmp"),
         }
         env.update(extra)
         return env
@@ -168,6 +170,7 @@ def new_sandbox(factory: pytest.TempPathFactory, script: Path, started: list, mo
     started.append(sm)
     sb = Sandbox(base, base / "root", base / "bin", base / "state", script, metadata, sm, values)
     sb.root.mkdir()
+    (base / "tmp").mkdir()
     install_stubs(sb.bin, sb.state)
     sb.set_mode(mode)
     return sb
@@ -740,7 +743,6 @@ def test_corrupted_payload_checksum_fails_the_boot(make_sandbox):
             make_bundle(REQUIREMENTS.replace(layout.RAY_VERSION, "2.59.0")),
             "pins ray==2.59.0, but cluster/layout.py RAY_VERSION is",
         ),
-        (layout.META_BUNDLE, make_bundle(extra={"../evil": "x"}), "escapes the bundle"),
         (layout.META_CLUSTER_CONFIG, None, f"'{layout.META_CLUSTER_CONFIG}' is missing"),
     ],
 )
@@ -752,7 +754,35 @@ def test_bad_metadata_fails_with_a_clear_message(make_sandbox, key, value, needl
         sb.metadata.attributes[key] = value
     assert_failed_loudly(sb.boot(), sb, needle)
     assert sb.sm.requests == []  # refused before any secret was read
-    assert not (sb.root.parent / "evil").exists()
+
+
+# The bundle unpacks into <root>/opt/ray-gcp/.boot-staging/src, which the exit
+# trap removes: an entry one level up would vanish with it, so these escape far
+# enough (or absolutely) to land in the sandbox outside the VM's root, where the
+# test can see whether it was written.
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "../{marker}",
+        "../../../../../{marker}",
+        "cluster/../../../../../../{marker}",
+        "workloads/./../../../../../../{marker}",
+        "{base}/{marker}",
+    ],
+)
+def test_bundle_entries_escaping_the_bundle_are_refused_and_written_nowhere(make_sandbox, entry):
+    sb = make_sandbox("metadata")
+    marker = f"escaped-{pysecrets.token_hex(6)}"
+    name = entry.format(marker=marker, base=sb.base)
+    sb.metadata.attributes[layout.META_BUNDLE] = make_bundle(extra={name: "planted\n"})
+    with tarfile.open(fileobj=io.BytesIO(base64.b64decode(
+            sb.metadata.attributes[layout.META_BUNDLE]))) as tar:
+        assert name in tar.getnames()  # the entry really is in the bundle as written
+    result = sb.boot()
+    assert [str(p) for p in sb.base.rglob(f"*{marker}*")] == [], "an entry escaped the bundle"
+    assert not Path("/", marker).exists()
+    assert_failed_loudly(result, sb, "escapes the bundle")
+    assert sb.sm.requests == []
 
 
 def test_python_minor_mismatch_is_refused_before_anything_happens(make_sandbox):
@@ -768,20 +798,29 @@ def test_python_minor_mismatch_is_refused_before_anything_happens(make_sandbox):
 # ---- no secret material outside the secrets' own files ------------------------------
 
 
-def test_no_secret_material_in_the_script_logs_or_other_files(key_first_boot):
+def test_no_secret_material_in_any_output_of_a_boot_that_read_them(key_first_boot):
+    """Everything a boot that held all three secrets produced: its stdout and
+    stderr, every file it or its tools wrote anywhere in the sandbox (VM root,
+    HOME, TMPDIR, the stubs' records of every command line and logger call),
+    and every request it sent. Only the secrets' own files may hold them."""
     sb, result = key_first_boot
     markers = secret_markers(sb.values)
-    text = sb.script.read_bytes() + result.stdout.encode() + result.stderr.encode()
-    text += (sb.state / "calls.jsonl").read_bytes()
-    text += json.dumps(sb.metadata.attributes).encode()
-    assert not any(m in text for m in markers)
     secrets_dir = sb.p(layout.PROVIDER_SECRETS_DIR)
-    for path in sb.root.rglob("*"):
+    # The run did hold each secret (else finding none below would prove nothing).
+    for name, value in sb.values.items():
+        assert (secrets_dir / name).read_bytes() == value
+        assert any(m in value for m in markers)
+    outputs = {"stdout": result.stdout.encode(), "stderr": result.stderr.encode()}
+    for path in sb.base.rglob("*"):
         if path.is_file() and not path.is_symlink() and secrets_dir not in path.parents:
-            data = path.read_bytes()
-            assert not any(m in data for m in markers), path
-    # The test's own secrets reach the VM only through Secret Manager.
-    assert all(m not in boot.render_boot_script().encode() for m in markers)
+            outputs[str(path.relative_to(sb.base))] = path.read_bytes()
+    assert "state/calls.jsonl" in outputs and any(k.startswith("root/") for k in outputs)
+    for server in (sb.metadata, sb.sm):
+        for i, request in enumerate(server.requests):
+            outputs[f"{type(server).__name__} request {i}"] = json.dumps(
+                [request.method, request.path, request.headers]).encode()
+    leaked = sorted(where for where, data in outputs.items() if any(m in data for m in markers))
+    assert leaked == [], f"secret material in {leaked}"
 
 
 def test_fake_metadata_server_rejects_requests_without_the_flavor_header(make_sandbox):
