@@ -129,3 +129,14 @@ def test_requirements_file_is_the_uv_export_of_the_lock():
 def test_layout_versions_match_the_lock_and_this_interpreter():
     assert lock_versions()["ray"] == layout.RAY_VERSION
     assert f"{sys.version_info[0]}.{sys.version_info[1]}" == layout.PYTHON_MINOR
+
+
+def test_the_makefile_installs_the_uv_version_the_nodes_and_the_vm_pin():
+    """`make setup` installs uv from the Makefile's UV_VERSION (it exports the
+    lock into requirements-node.txt); the nodes and the provider VM install
+    layout.UV_VERSION. One version, written twice: they must agree."""
+    makefile = (ROOT / "Makefile").read_text()
+    assigned = re.findall(r"^UV_VERSION\s*[:?]?=\s*(\S+)\s*$", makefile, re.MULTILINE)
+    assert assigned == [layout.UV_VERSION], (
+        f"Makefile UV_VERSION {assigned} but cluster/layout.py UV_VERSION is {layout.UV_VERSION}")
+    assert "uv==$(UV_VERSION)" in makefile  # and that is the version it installs

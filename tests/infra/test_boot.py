@@ -310,13 +310,50 @@ def test_first_boot_installs_secrets_root_only_0600(first_boot):
         path = secrets_dir / name
         assert path.read_bytes() == sb.values[name]
         assert mode_of(path) == 0o600
-        assert path.stat().st_uid == os.getuid()
     # Exactly the named versions, fetched with the metadata server's token.
     assert sorted(sb.sm.accessed()) == sorted(
         VERSION_NAMES[k] for k in (layout.SECRET_SSH_PRIVATE_KEY, layout.SECRET_RAY_AUTH_TOKEN)
     )
     assert {r.headers["authorization"] for r in sb.sm.requests} == {f"Bearer {sb.metadata.token}"}
     assert sb.metadata.bad_flavor_requests == 0
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="the sandbox boot runs as the test's user: root ownership shows only when tests run "
+    "as root (as in the CI container); the refusal to run as non-root is tested below",
+)
+def test_first_boot_secrets_are_owned_by_root(first_boot):
+    """BOOT.md: the secrets are root-owned. The boot runs as root (the VM's
+    startup-script) and creates them itself, so root (uid 0, gid 0) owns them."""
+    sb, _ = first_boot
+    secrets_dir = sb.p(layout.PROVIDER_SECRETS_DIR)
+    owned = [secrets_dir, *sorted(secrets_dir.iterdir())]
+    assert len(owned) == 3
+    assert {str(p): (p.stat().st_uid, p.stat().st_gid) for p in owned} == {
+        str(p): (0, 0) for p in owned}
+
+
+def test_boot_outside_a_sandbox_refuses_to_run_as_a_non_root_user(make_sandbox):
+    """Root ownership of the secrets rests on this: as any other user (and no
+    RAY_GCP_ROOT), the script stops before it reads metadata or writes a file.
+    Run as `nobody` when the tests run as root; it cannot write /etc either way."""
+    sb = make_sandbox("metadata")
+    env = sb.env()
+    del env["RAY_GCP_ROOT"]
+    argv = ["bash", "-s"]  # the script on stdin: nobody cannot open files in pytest's tmp
+    if os.geteuid() == 0:
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+        env["HOME"] = "/nonexistent"
+    with sb.script.open("rb") as script:
+        result = subprocess.run(argv, env=env, stdin=script, capture_output=True, text=True,
+                                timeout=60, check=False)
+    assert result.returncode != 0
+    failed = [line for line in result.stderr.splitlines()
+              if line.startswith("ray-gcp-boot: FAILED")]
+    assert len(failed) == 1 and "must run as root" in failed[0], result.stderr
+    assert sb.metadata.requests == [] and sb.sm.requests == []
+    assert not Path(layout.PROVIDER_SECRETS_DIR).exists()
 
 
 def test_first_boot_writes_cluster_yaml_from_metadata(first_boot):
