@@ -32,7 +32,6 @@ import textwrap
 from pathlib import Path
 
 import yaml
-
 from test_infra_inventory import INVENTORY_DIR, LARGE_VM_INPUTS, vm_input_digests
 
 ROOT = Path(__file__).resolve().parents[2]
