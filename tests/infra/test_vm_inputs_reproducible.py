@@ -5,20 +5,20 @@ provider VM: if any byte of them depended on the process that ran `pulumi up`
 (hash seed, clock, time zone, the order the file system lists a directory), each
 `pulumi up` would rewrite the VM's metadata unnoticed. Calling the functions
 twice in one process cannot show that, so this test runs the whole program
-(infra.offline.run_program, as the language host runs it) in two separate
-interpreters that differ in all of these:
+(infra.offline.run_program, as the language host runs it) in a separate
+interpreter that differs from the test process in all of these:
 
-- PYTHONHASHSEED 1 and 2;
-- TZ UTC and Pacific/Kiritimati (UTC+14), SOURCE_DATE_EPOCH unset and set;
-- the clock: the second process's time.time()/time_ns() run three years and
-  some seconds ahead (a sitecustomize shim; no faketime here);
-- file order: the second process reads a copy of the project whose files were
-  created in reverse order, and both shims shuffle every os.listdir/os.scandir
-  result with their own seed.
+- PYTHONHASHSEED (2 there; the test process draws its own);
+- TZ (Pacific/Kiritimati, UTC+14) and SOURCE_DATE_EPOCH (set there);
+- the clock: its time.time()/time_ns() run three years and some seconds ahead
+  (a sitecustomize shim; no faketime here);
+- file order: it reads a copy of the project whose files were created in
+  reverse order, and its shim shuffles every os.listdir/os.scandir result.
 
-Both must produce the digests in the reviewed inventory
-(tests/infra/inventory/default.yaml), and each process reports what its shim
-changed, so the test also shows that the two really differed.
+Its three values must equal the test process's own run (the `default`
+scenario) and the digests in the reviewed inventory
+(tests/infra/inventory/default.yaml). The child reports what its shim
+changed, so the test also shows that the two processes really differed.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import yaml
@@ -139,38 +140,41 @@ def start_child(tmp: Path, name: str, project: Path, env: dict[str, str]) -> sub
     )
 
 
-def test_startup_script_bundle_and_cluster_yaml_are_the_same_bytes_in_two_processes(tmp_path):
+def test_startup_script_bundle_and_cluster_yaml_are_the_same_bytes_in_two_processes(
+    tmp_path, default
+):
     copy = tmp_path / "project-copy"
     copy_in_reverse_order(ROOT, copy)
-    children = {
-        "a": start_child(tmp_path, "a", ROOT, {
-            "PYTHONHASHSEED": "1", "TZ": "UTC", "REPRO_CLOCK_SHIFT": "0",
-            "REPRO_LISTING_SEED": "a"}),
-        "b": start_child(tmp_path, "b", copy, {
-            "PYTHONHASHSEED": "2", "TZ": "Pacific/Kiritimati", "SOURCE_DATE_EPOCH": "1",
-            "REPRO_CLOCK_SHIFT": str(THREE_YEARS), "REPRO_LISTING_SEED": "b"}),
+    child = start_child(tmp_path, "other", copy, {
+        "PYTHONHASHSEED": "2", "TZ": "Pacific/Kiritimati", "SOURCE_DATE_EPOCH": "1",
+        "REPRO_CLOCK_SHIFT": str(THREE_YEARS), "REPRO_LISTING_SEED": "other"})
+    out, err = child.communicate(timeout=180)
+    assert child.returncode == 0, err[-3000:]
+    other = json.loads(out)
+    here = {
+        "project_root": str(ROOT),
+        "metadata": {k: default.one(INSTANCE)["inputs"]["metadata"][k] for k in LARGE_VM_INPUTS},
+        "hash_of_a_string": hash("ray-gcp"),
+        "clock": time.time(),
+        "listing": os.listdir(ROOT / "cluster"),
     }
-    reports = {}
-    for name, child in children.items():
-        out, err = child.communicate(timeout=180)
-        assert child.returncode == 0, err[-3000:]
-        reports[name] = json.loads(out)
-    a, b = reports["a"], reports["b"]
 
     # The two processes really differed (hash seed, clock, file order, project copy).
-    assert a["project_root"] == str(ROOT) and b["project_root"] == str(copy)
-    assert a["hash_of_a_string"] != b["hash_of_a_string"]
-    assert b["clock"] - a["clock"] > THREE_YEARS - 600
-    assert a["listing"] != b["listing"] and sorted(a["listing"]) == sorted(b["listing"])
+    assert other["project_root"] == str(copy)
+    assert here["hash_of_a_string"] != other["hash_of_a_string"]
+    assert other["clock"] - here["clock"] > THREE_YEARS - 600
+    assert here["listing"] != other["listing"]
+    assert sorted(here["listing"]) == sorted(other["listing"])
 
-    digests = {name: vm_input_digests(report["metadata"]) for name, report in reports.items()}
+    digests = {"here": vm_input_digests(here["metadata"]),
+               "other": vm_input_digests(other["metadata"])}
     for key in LARGE_VM_INPUTS:
-        assert digests["a"][key] == digests["b"][key], f"metadata {key} differs between processes"
+        assert digests["here"][key] == digests["other"][key], (
+            f"metadata {key} differs between processes")
 
     # ... and they are the bytes the reviewed inventory snapshot names.
     reviewed = yaml.safe_load((INVENTORY_DIR / "default.yaml").read_text())
     (vm,) = [r for r in reviewed["resources"] if r["type"] == INSTANCE]
-    for name in reports:
-        assert digests[name] == {
-            key: vm["inputs"]["metadata"][key] for key in LARGE_VM_INPUTS
-        }, f"process {name}: the VM inputs differ from tests/infra/inventory/default.yaml"
+    for name, digest in digests.items():
+        assert digest == {key: vm["inputs"]["metadata"][key] for key in LARGE_VM_INPUTS}, (
+            f"process {name}: the VM inputs differ from tests/infra/inventory/default.yaml")
