@@ -141,16 +141,14 @@ def describe_update(path: Path, old: str, new: str) -> str:
     return f"UPDATE_INVENTORY: {path.name}: " + (f"rewritten:\n{diff}" if diff else "unchanged")
 
 
-def test_update_prints_the_diff_it_writes(tmp_path):
-    """UPDATE_INVENTORY=1 against a copy whose default.yaml is stale: the run
-    rewrites it and prints exactly the lines it changed."""
+def test_update_prints_the_diff_it_writes(tmp_path, default):
+    """UPDATE_INVENTORY=1 against a directory whose default.yaml is stale by one
+    line: the run rewrites it and prints exactly the lines it changed."""
     import subprocess
     import sys
 
-    for path in (Path(__file__).parent / "inventory").glob("*.yaml"):
-        (tmp_path / path.name).write_text(path.read_text())
     stale = tmp_path / "default.yaml"
-    current = stale.read_text()
+    current = _dump(inventory(default))  # what the program declares now
     assert "  cluster_name: ray-gcp\n" in current
     stale.write_text(current.replace("  cluster_name: ray-gcp\n", "  cluster_name: stale-name\n"))
     proc = subprocess.run(
