@@ -341,12 +341,12 @@ def test_pth_and_node_check_commands_work_in_a_sandbox(tmp_path):
     assert "refusing to start Ray" in check.stderr
 
 
-# ---- determinism ---------------------------------------------------------------
+# ---- YAML text -------------------------------------------------------------------
+# That the text is the same in every process: tests/infra/test_vm_inputs_reproducible.py.
 
 
-def test_yaml_is_deterministic_and_round_trips(cfg, spec):
+def test_yaml_round_trips_without_anchors(cfg):
     text = to_yaml(cfg)
-    assert text == to_yaml(render_gcp(spec, FACTS))
     assert yaml.safe_load(text) == cfg
     assert "&id" not in text and "*id" not in text  # no anchors/aliases
 

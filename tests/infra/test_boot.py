@@ -131,6 +131,8 @@ class Sandbox:
             "GCE_METADATA_HOST": self.metadata.address,
             "SECRETMANAGER_ENDPOINT": f"http://{self.sm.address}",
             "RAY_GCP_RETRY_BASE_DELAY": "0.01",
+            # Temp files of the boot and its tools stay in the sandbox, where tests can look.
+            "TMPDIR": str(self.base / "tmp"),
         }
         env.update(extra)
         return env
@@ -168,6 +170,7 @@ def new_sandbox(factory: pytest.TempPathFactory, script: Path, started: list, mo
     started.append(sm)
     sb = Sandbox(base, base / "root", base / "bin", base / "state", script, metadata, sm, values)
     sb.root.mkdir()
+    (base / "tmp").mkdir()
     install_stubs(sb.bin, sb.state)
     sb.set_mode(mode)
     return sb
@@ -239,10 +242,6 @@ def test_render_substitutes_every_placeholder_with_layout_values():
     assert boot.render_boot_script(ray_version="9.9.9") != text
 
 
-def test_render_is_pure_and_deterministic():
-    assert boot.render_boot_script() == boot.render_boot_script()
-
-
 @pytest.mark.parametrize(
     ("field", "value"),
     [
@@ -311,13 +310,50 @@ def test_first_boot_installs_secrets_root_only_0600(first_boot):
         path = secrets_dir / name
         assert path.read_bytes() == sb.values[name]
         assert mode_of(path) == 0o600
-        assert path.stat().st_uid == os.getuid()
     # Exactly the named versions, fetched with the metadata server's token.
     assert sorted(sb.sm.accessed()) == sorted(
         VERSION_NAMES[k] for k in (layout.SECRET_SSH_PRIVATE_KEY, layout.SECRET_RAY_AUTH_TOKEN)
     )
     assert {r.headers["authorization"] for r in sb.sm.requests} == {f"Bearer {sb.metadata.token}"}
     assert sb.metadata.bad_flavor_requests == 0
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="the sandbox boot runs as the test's user: root ownership shows only when tests run "
+    "as root (as in the CI container); the refusal to run as non-root is tested below",
+)
+def test_first_boot_secrets_are_owned_by_root(first_boot):
+    """BOOT.md: the secrets are root-owned. The boot runs as root (the VM's
+    startup-script) and creates them itself, so root (uid 0, gid 0) owns them."""
+    sb, _ = first_boot
+    secrets_dir = sb.p(layout.PROVIDER_SECRETS_DIR)
+    owned = [secrets_dir, *sorted(secrets_dir.iterdir())]
+    assert len(owned) == 3
+    assert {str(p): (p.stat().st_uid, p.stat().st_gid) for p in owned} == {
+        str(p): (0, 0) for p in owned}
+
+
+def test_boot_outside_a_sandbox_refuses_to_run_as_a_non_root_user(make_sandbox):
+    """Root ownership of the secrets rests on this: as any other user (and no
+    RAY_GCP_ROOT), the script stops before it reads metadata or writes a file.
+    Run as `nobody` when the tests run as root; it cannot write /etc either way."""
+    sb = make_sandbox("metadata")
+    env = sb.env()
+    del env["RAY_GCP_ROOT"]
+    argv = ["bash", "-s"]  # the script on stdin: nobody cannot open files in pytest's tmp
+    if os.geteuid() == 0:
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+        env["HOME"] = "/nonexistent"
+    with sb.script.open("rb") as script:
+        result = subprocess.run(argv, env=env, stdin=script, capture_output=True, text=True,
+                                timeout=60, check=False)
+    assert result.returncode != 0
+    failed = [line for line in result.stderr.splitlines()
+              if line.startswith("ray-gcp-boot: FAILED")]
+    assert len(failed) == 1 and "must run as root" in failed[0], result.stderr
+    assert sb.metadata.requests == [] and sb.sm.requests == []
+    assert not Path(layout.PROVIDER_SECRETS_DIR).exists()
 
 
 def test_first_boot_writes_cluster_yaml_from_metadata(first_boot):
@@ -744,7 +780,6 @@ def test_corrupted_payload_checksum_fails_the_boot(make_sandbox):
             make_bundle(REQUIREMENTS.replace(layout.RAY_VERSION, "2.59.0")),
             "pins ray==2.59.0, but cluster/layout.py RAY_VERSION is",
         ),
-        (layout.META_BUNDLE, make_bundle(extra={"../evil": "x"}), "escapes the bundle"),
         (layout.META_CLUSTER_CONFIG, None, f"'{layout.META_CLUSTER_CONFIG}' is missing"),
     ],
 )
@@ -756,7 +791,35 @@ def test_bad_metadata_fails_with_a_clear_message(make_sandbox, key, value, needl
         sb.metadata.attributes[key] = value
     assert_failed_loudly(sb.boot(), sb, needle)
     assert sb.sm.requests == []  # refused before any secret was read
-    assert not (sb.root.parent / "evil").exists()
+
+
+# The bundle unpacks into <root>/opt/ray-gcp/.boot-staging/src, which the exit
+# trap removes: an entry one level up would vanish with it, so these escape far
+# enough (or absolutely) to land in the sandbox outside the VM's root, where the
+# test can see whether it was written.
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "../{marker}",
+        "../../../../../{marker}",
+        "cluster/../../../../../../{marker}",
+        "workloads/./../../../../../../{marker}",
+        "{base}/{marker}",
+    ],
+)
+def test_bundle_entries_escaping_the_bundle_are_refused_and_written_nowhere(make_sandbox, entry):
+    sb = make_sandbox("metadata")
+    marker = f"escaped-{pysecrets.token_hex(6)}"
+    name = entry.format(marker=marker, base=sb.base)
+    sb.metadata.attributes[layout.META_BUNDLE] = make_bundle(extra={name: "planted\n"})
+    with tarfile.open(fileobj=io.BytesIO(base64.b64decode(
+            sb.metadata.attributes[layout.META_BUNDLE]))) as tar:
+        assert name in tar.getnames()  # the entry really is in the bundle as written
+    result = sb.boot()
+    assert [str(p) for p in sb.base.rglob(f"*{marker}*")] == [], "an entry escaped the bundle"
+    assert not Path("/", marker).exists()
+    assert_failed_loudly(result, sb, "escapes the bundle")
+    assert sb.sm.requests == []
 
 
 def test_python_minor_mismatch_is_refused_before_anything_happens(make_sandbox):
@@ -772,20 +835,29 @@ def test_python_minor_mismatch_is_refused_before_anything_happens(make_sandbox):
 # ---- no secret material outside the secrets' own files ------------------------------
 
 
-def test_no_secret_material_in_the_script_logs_or_other_files(key_first_boot):
+def test_no_secret_material_in_any_output_of_a_boot_that_read_them(key_first_boot):
+    """Everything a boot that held all three secrets produced: its stdout and
+    stderr, every file it or its tools wrote anywhere in the sandbox (VM root,
+    HOME, TMPDIR, the stubs' records of every command line and logger call),
+    and every request it sent. Only the secrets' own files may hold them."""
     sb, result = key_first_boot
     markers = secret_markers(sb.values)
-    text = sb.script.read_bytes() + result.stdout.encode() + result.stderr.encode()
-    text += (sb.state / "calls.jsonl").read_bytes()
-    text += json.dumps(sb.metadata.attributes).encode()
-    assert not any(m in text for m in markers)
     secrets_dir = sb.p(layout.PROVIDER_SECRETS_DIR)
-    for path in sb.root.rglob("*"):
+    # The run did hold each secret (else finding none below would prove nothing).
+    for name, value in sb.values.items():
+        assert (secrets_dir / name).read_bytes() == value
+        assert any(m in value for m in markers)
+    outputs = {"stdout": result.stdout.encode(), "stderr": result.stderr.encode()}
+    for path in sb.base.rglob("*"):
         if path.is_file() and not path.is_symlink() and secrets_dir not in path.parents:
-            data = path.read_bytes()
-            assert not any(m in data for m in markers), path
-    # The test's own secrets reach the VM only through Secret Manager.
-    assert all(m not in boot.render_boot_script().encode() for m in markers)
+            outputs[str(path.relative_to(sb.base))] = path.read_bytes()
+    assert "state/calls.jsonl" in outputs and any(k.startswith("root/") for k in outputs)
+    for server in (sb.metadata, sb.sm):
+        for i, request in enumerate(server.requests):
+            outputs[f"{type(server).__name__} request {i}"] = json.dumps(
+                [request.method, request.path, request.headers]).encode()
+    leaked = sorted(where for where, data in outputs.items() if any(m in data for m in markers))
+    assert leaked == [], f"secret material in {leaked}"
 
 
 def test_fake_metadata_server_rejects_requests_without_the_flavor_header(make_sandbox):

@@ -1,17 +1,25 @@
 """Reviewed inventory snapshots: every resource of each scenario, compared exactly.
 
 tests/infra/inventory/<scenario>.yaml lists each resource's type, name,
-parent and inputs (secrets masked; the three large metadata values replaced by
-what produces them, each of which has its own tests). Any change to what
-`pulumi up` would create shows up as a diff of these files. After reviewing a
-change, regenerate with:
+parent and inputs (secrets masked). The three large metadata values of the
+provider VM (startup script, bundle, cluster YAML) appear as their sha256 and
+size, the bundle also with the sha256 of every file in it, so a change to any
+byte the VM boots from shows up in the reviewed diff (and a value that changes
+from one process to the next fails here and in test_vm_inputs_reproducible.py).
+Any change to what `pulumi up` would create shows up as a diff of these files.
+After reviewing a change, regenerate with (it prints the diff it writes):
 
     UPDATE_INVENTORY=1 .venv/bin/python -m pytest tests/infra -q
 """
 
 from __future__ import annotations
 
+import base64
+import difflib
+import hashlib
+import io
 import os
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +28,32 @@ import yaml
 from cluster import layout
 from infra import offline as harness
 
-INVENTORY_DIR = Path(__file__).parent / "inventory"
-PLACEHOLDERS = {
-    "startup-script": "<infra.boot.render_boot_script()>",
-    layout.META_BUNDLE: "<base64 of cluster.bundle.build_bundle(project root)>",
-    layout.META_CLUSTER_CONFIG: "<stack output clusterConfig>",
-}
+# Overridable so a test can run the update against a copy (test_update_prints_the_diff...).
+INVENTORY_DIR = Path(os.environ.get("RAY_GCP_INVENTORY_DIR") or Path(__file__).parent / "inventory")
+# The provider VM's metadata values too large to list: snapshotted as digests.
+LARGE_VM_INPUTS = ("startup-script", layout.META_BUNDLE, layout.META_CLUSTER_CONFIG)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def large_value_digest(key: str, value: str) -> dict[str, Any]:
+    """sha256 and size of a metadata value; for the bundle also of each file in it."""
+    digest: dict[str, Any] = {"sha256": sha256(value.encode()), "bytes": len(value.encode())}
+    if key == layout.META_BUNDLE:
+        raw = base64.b64decode(value)
+        files = {}
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
+            for member in tar.getmembers():
+                data = tar.extractfile(member).read() if member.isfile() else b""
+                files[member.name] = f"{oct(member.mode)} {sha256(data)}"
+        digest["files"] = files
+    return digest
+
+
+def vm_input_digests(metadata: dict[str, Any]) -> dict[str, Any]:
+    return {key: large_value_digest(key, metadata[key]) for key in LARGE_VM_INPUTS}
 
 
 def _mask(value: Any) -> Any:
@@ -66,9 +94,8 @@ def inventory(rec) -> dict[str, Any]:
     for r in rec.resources:
         props = _mask(r["inputs"])
         if r["type"] == "gcp:compute/instance:Instance":
-            props["metadata"] = {
-                k: PLACEHOLDERS.get(k, v) for k, v in props["metadata"].items()
-            }
+            digests = vm_input_digests(props["metadata"])
+            props["metadata"] = {k: digests.get(k, v) for k, v in props["metadata"].items()}
         entries.append(
             {"type": r["type"], "name": r["name"], "parent": rec.parent_name(r), "inputs": props}
         )
@@ -90,14 +117,52 @@ def _dump(doc: dict[str, Any]) -> str:
     return yaml.safe_dump(doc, sort_keys=True, width=100, default_flow_style=False)
 
 
-def test_inventory_matches_the_reviewed_snapshot(each_scenario):
+def test_inventory_matches_the_reviewed_snapshot(each_scenario, capsys):
     path = INVENTORY_DIR / f"{each_scenario.scenario}.yaml"
     text = _dump(inventory(each_scenario))
     if os.environ.get("UPDATE_INVENTORY") == "1":
+        old = path.read_text() if path.exists() else ""
         INVENTORY_DIR.mkdir(exist_ok=True)
         path.write_text(text)
+        with capsys.disabled():  # on the terminal even though pytest captures output
+            print("\n" + describe_update(path, old, text))
     assert path.exists(), f"no snapshot {path}: run with UPDATE_INVENTORY=1 and review it"
     assert path.read_text() == text, (
         f"{path.name} differs from what the program declares now; review the change, then "
         "regenerate with UPDATE_INVENTORY=1 .venv/bin/python -m pytest tests/infra"
     )
+
+
+def describe_update(path: Path, old: str, new: str) -> str:
+    """The unified diff UPDATE_INVENTORY=1 writes into `path` (or that nothing changed)."""
+    diff = "".join(difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True),
+        fromfile=f"a/{path.name}", tofile=f"b/{path.name}"))
+    return f"UPDATE_INVENTORY: {path.name}: " + (f"rewritten:\n{diff}" if diff else "unchanged")
+
+
+def test_update_prints_the_diff_it_writes(tmp_path, default):
+    """UPDATE_INVENTORY=1 against a directory whose default.yaml is stale by one
+    line: the run rewrites it and prints exactly the lines it changed."""
+    import subprocess
+    import sys
+
+    stale = tmp_path / "default.yaml"
+    current = _dump(inventory(default))  # what the program declares now
+    assert "  cluster_name: ray-gcp\n" in current
+    stale.write_text(current.replace("  cluster_name: ray-gcp\n", "  cluster_name: stale-name\n"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+         "-k", "test_inventory_matches_the_reviewed_snapshot and default"],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "UPDATE_INVENTORY": "1", "RAY_GCP_INVENTORY_DIR": str(tmp_path)},
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert stale.read_text() == current
+    out = proc.stdout
+    assert "UPDATE_INVENTORY: default.yaml: rewritten:" in out, out
+    assert "--- a/default.yaml\n+++ b/default.yaml\n" in out
+    assert "-  cluster_name: stale-name\n+  cluster_name: ray-gcp\n" in out
+    changed = [line for line in out.splitlines() if line[:1] in "+-" and line[:3] not in "+++---"]
+    assert changed == ["-  cluster_name: stale-name", "+  cluster_name: ray-gcp"], out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from infra import offline as harness
@@ -145,19 +147,31 @@ def test_all_problems_are_reported_at_once():
         assert key in str(info.value)
 
 
-# One representative per kind of bad setting, run through the whole program.
+# More bad settings, as `pulumi config set` stores typed values (JSON, not strings).
 PROGRAM_BAD = {
     "unknown region": ({"ray-gcp:region": "mars-north1"}, "ray-gcp:region"),
     "zone outside region": ({"ray-gcp:zone": "us-central1-a"}, "ray-gcp:zone"),
     "negative workers": ({"ray-gcp:minWorkers": -1}, "ray-gcp:minWorkers"),
     "inverted workers": ({"ray-gcp:minWorkers": 4, "ray-gcp:maxWorkers": 2}, "ray-gcp:maxWorkers"),
+    "fractional workers": ({"ray-gcp:maxWorkers": 2.5}, "ray-gcp:maxWorkers"),
     "open ssh": ({"ray-gcp:sshSourceRanges": ["0.0.0.0/0"]}, "ray-gcp:sshSourceRanges"),
     "bad cidr": ({"ray-gcp:sshSourceRanges": ["1.2.3/33"]}, "ray-gcp:sshSourceRanges"),
+    "ipv6 ssh range": ({"ray-gcp:sshSourceRanges": ["::/0"]}, "ray-gcp:sshSourceRanges"),
+    "ipv6 subnet": ({"ray-gcp:subnetCidr": "fd00::/64"}, "ray-gcp:subnetCidr"),
     "public subnet": ({"ray-gcp:subnetCidr": "8.8.0.0/16"}, "ray-gcp:subnetCidr"),
     "bad cluster name": ({"ray-gcp:clusterName": "My Cluster"}, "ray-gcp:clusterName"),
     "unknown credential mode": ({"ray-gcp:credentialMode": "json"}, "ray-gcp:credentialMode"),
     "malformed machine type": ({"ray-gcp:workerMachineType": "big"}, "ray-gcp:workerMachineType"),
+    "numeric spot flag": ({"ray-gcp:spotWorkers": 2}, "ray-gcp:spotWorkers"),
     "misspelt key": ({"ray-gcp:spotWorker": True}, "ray-gcp:spotWorker"),
+}
+# ... and every entry of BAD_SETTINGS, as the engine strings parse_settings was given.
+PROGRAM_CASES = {
+    **{case: (overrides, key, None) for case, (overrides, key) in PROGRAM_BAD.items()},
+    **{
+        f"{key} {str(raw)[:50]}": ({f"{NAMESPACE}:{k}": v for k, v in raw.items()}, key, allowed)
+        for raw, key, allowed in BAD_SETTINGS
+    },
 }
 
 
@@ -166,15 +180,32 @@ def warm():
     harness.warm_up()
 
 
-@pytest.mark.parametrize("case", sorted(PROGRAM_BAD))
+def test_program_cases_cover_every_kind_the_readme_names():
+    """IPv6, non-integer, non-boolean and every machine-type key reach the program."""
+    keys = {key for _, key, _ in PROGRAM_CASES.values()}
+    assert {"ray-gcp:headMachineType", "ray-gcp:providerMachineType",
+            "ray-gcp:workerMachineType"} <= keys
+    values = [json.dumps(overrides) for overrides, _, _ in PROGRAM_CASES.values()]
+    for fragment in ("::", "many", "sometimes", "2.5"):
+        assert any(fragment in v for v in values), fragment
+    assert len(PROGRAM_CASES) == len(PROGRAM_BAD) + len(BAD_SETTINGS)
+
+
+@pytest.mark.parametrize("case", sorted(PROGRAM_CASES))
 def test_bad_setting_stops_the_program_before_any_resource(warm, case):
-    overrides, key = PROGRAM_BAD[case]
+    overrides, key, allowed = PROGRAM_CASES[case]
     result = harness.run_isolated(harness.engine_config(overrides))
     error = result["error"]
     assert error is not None, f"{case}: the program accepted {overrides}"
     # RunError: Pulumi shows the message alone, without a Python traceback.
     assert error["is_run_error"], error["traceback"]
     assert key in error["message"]
+    if key in harness.pulumi_yaml()["config"]:  # a declared setting (not a misspelt key)
+        # The value as the engine handed it over (typed values arrive as JSON text).
+        assert f"{key} = {harness.engine_config(overrides)[key]!r}" in error["message"]
+    assert "nothing was created" in error["message"]
+    if allowed is not None:
+        assert allowed in error["message"]
     assert result["new_resource_calls"] == 0
     assert result["resources"] == []
     assert result["invokes"] == []

@@ -42,8 +42,18 @@ def _who(rec, member: str) -> str:
     return found[0]
 
 
+# Every resource that grants a role: its type (the part after the last ':') ends
+# in one of these. Matched without case: pulumi-gcp spells both IAMMember and IamMember.
+GRANT_TYPE = re.compile(r"(IAMMember|IAMBinding|IAMPolicy)$", re.IGNORECASE)
+
+
+def grant_resources(rec) -> list[dict]:
+    """Every registered resource whose type is an IAM member, binding or policy."""
+    return [r for r in rec.resources if GRANT_TYPE.search(r["type"].rsplit(":", 1)[-1])]
+
+
 def all_grants(rec) -> set[tuple[str, str, str]]:
-    """Every role binding of the stack as (who, role, scope)."""
+    """Every role binding of the stack as (who, role, scope); fails on an IAM type it cannot read."""
     emails = rec.outputs["serviceAccounts"]
     account_names = {
         f"projects/ray-gcp-test-1234/serviceAccounts/{email}": who for who, email in emails.items()
@@ -51,21 +61,37 @@ def all_grants(rec) -> set[tuple[str, str, str]]:
     secret_ids = {
         r["urn"]: r["inputs"]["secretId"] for r in rec.of_type("gcp:secretmanager/secret:Secret")
     }
-    grants = set()
-    for r in rec.of_type(PROJECT_MEMBER):
-        assert r["inputs"]["project"] == "ray-gcp-test-1234"
-        grants.add((_who(rec, r["inputs"]["member"]), r["inputs"]["role"], "project"))
-    for r in rec.of_type(SA_MEMBER):
-        scope = "account:" + account_names[r["inputs"]["serviceAccountId"]]
-        grants.add((_who(rec, r["inputs"]["member"]), r["inputs"]["role"], scope))
-    for r in rec.of_type(BUCKET_MEMBER):
-        assert r["inputs"]["bucket"] == rec.outputs["bucket"]
-        grants.add((_who(rec, r["inputs"]["member"]), r["inputs"]["role"], "bucket"))
-    for r in rec.of_type(SECRET_MEMBER):
-        secret = r["inputs"]["secretId"].rsplit("/", 1)[1]
+
+    def project_scope(inputs):
+        assert inputs["project"] == "ray-gcp-test-1234"
+        return "project"
+
+    def bucket_scope(inputs):
+        assert inputs["bucket"] == rec.outputs["bucket"]
+        return "bucket"
+
+    def secret_scope(inputs):
+        secret = inputs["secretId"].rsplit("/", 1)[1]
         assert secret in secret_ids.values()
-        grants.add((_who(rec, r["inputs"]["member"]), r["inputs"]["role"], f"secret:{secret}"))
-    return grants
+        return f"secret:{secret}"
+
+    scope_of = {
+        PROJECT_MEMBER: project_scope,
+        SA_MEMBER: lambda inputs: "account:" + account_names[inputs["serviceAccountId"]],
+        BUCKET_MEMBER: bucket_scope,
+        SECRET_MEMBER: secret_scope,
+    }
+    resources = grant_resources(rec)
+    unknown = sorted({r["type"] for r in resources} - set(scope_of))
+    assert not unknown, (
+        f"IAM resources of types this test does not read: {unknown}. Add each type to "
+        "all_grants (and its grants to EXPECTED_GRANTS) after reviewing them.")
+    grants = [
+        (_who(rec, r["inputs"]["member"]), r["inputs"]["role"], scope_of[r["type"]](r["inputs"]))
+        for r in resources
+    ]
+    assert len(set(grants)) == len(grants), f"a grant is declared twice: {sorted(grants)}"
+    return set(grants)
 
 
 def test_three_accounts(each_scenario):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import gzip
 import io
 import json
 import tarfile
@@ -93,20 +92,41 @@ def test_metadata_names_pinned_secret_versions_only(each_scenario):
             f"projects/{harness.TEST_PROJECT_NUMBER}/secrets/{cluster}-{logical}/versions/1")
 
 
-def _decoded_bundle_text(meta: dict) -> str:
+def _bundle_files(meta: dict) -> dict[str, str]:
     raw = base64.b64decode(meta[layout.META_BUNDLE])
-    return gzip.decompress(raw).decode("latin-1")
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
+        return {m.name: tar.extractfile(m).read().decode("latin-1")
+                for m in tar.getmembers() if m.isfile()}
 
 
-def test_no_secret_material_in_metadata_or_startup_script(each_scenario):
-    meta = vm(each_scenario)["metadata"]
-    haystacks = {key: str(value) for key, value in meta.items()}
-    haystacks["bundle (decoded)"] = _decoded_bundle_text(meta)
-    for key, text in haystacks.items():
-        assert not harness.is_secret(meta.get(key)), f"metadata {key} is a secret value"
-        for secret, needles in harness.SECRET_NEEDLES.items():
-            for needle in needles:
-                assert needle not in text, f"{secret} found in metadata {key}"
+def test_no_secret_material_in_what_a_run_holding_the_secrets_gives_the_vm(each_scenario):
+    """The run generated the secrets (they are in its SecretVersions); none of
+    them is in anything it gives the VM or prints: every VM input (metadata,
+    each file of the decoded bundle, the startup script), the run's log and its
+    invokes."""
+    rec = each_scenario
+    held = json.dumps([harness.unsecret(v["inputs"]["secretData"]) for v in rec.of_type(VERSION)])
+    expected_held = set(harness.SECRET_NEEDLES) - (
+        set() if rec.scenario == "key-mode" else {"service-account key"})
+    for secret in expected_held:
+        assert any(n in held for n in harness.SECRET_NEEDLES[secret]), (
+            f"the run never held the {secret}: searching for it below would prove nothing")
+
+    inputs = vm(rec)
+    meta = inputs["metadata"]
+    haystacks = {f"metadata {key}": str(value) for key, value in meta.items()}
+    haystacks.update({f"bundle file {name}": text for name, text in _bundle_files(meta).items()})
+    haystacks["every other VM input"] = json.dumps(
+        harness.unsecret({k: v for k, v in inputs.items() if k != "metadata"}))
+    haystacks["the run's log"] = "\n".join(rec.data["log"])
+    haystacks["the run's invokes"] = json.dumps(rec.data["invokes"])
+    assert "bundle file cluster/layout.py" in haystacks
+    for key in meta:
+        assert not harness.is_secret(meta[key]), f"metadata {key} is a secret value"
+    leaks = [(secret, where) for where, text in haystacks.items()
+             for secret, needles in harness.SECRET_NEEDLES.items()
+             if any(needle in text for needle in needles)]
+    assert leaks == []
 
 
 def test_metadata_is_not_a_pulumi_secret(each_scenario):
