@@ -48,3 +48,26 @@ NODE_SSH_USER = "ray"
 NODE_SRC = "~/ray-gcp"  # file_mounts target for the bundle
 NODE_VENV = "~/ray-venv"
 NODE_AUTH_TOKEN = "~/.ray/auth_token"  # Ray's default token path
+
+# ---- GKE / KubeRay (platform=gke) --------------------------------------------
+# The KubeRay release: Helm chart `kuberay-operator` of this version (chart
+# version = release tag without the "v"), its CRDs vendored in
+# tests/cluster/kuberay_crds/. 1.7.0 is the newest tag in ray-project/kuberay
+# (fetched snapshot of 2026-08-19; a 1.7.1 bump PR exists, no tag), the first
+# line with token auth via `authOptions.secretName`. Its e2e tests run Ray
+# 2.55.0; Ray 2.60.0 is newer than anything v1.7.0 tests (untested pairing,
+# within KubeRay's "newest Ray minors" support policy; see cluster/README.md).
+KUBERAY_VERSION = "1.7.0"
+KUBERAY_HELM_REPO = "https://ray-project.github.io/kuberay-helm/"
+KUBERAY_CHART = "kuberay-operator"
+# Official Ray images by exact tag, not digest: no registry is reachable here
+# to resolve (and test) a digest offline. The tag names the exact Ray and
+# Python; `-gpu` is the CUDA build of the same release.
+RAY_IMAGE = f"rayproject/ray:{RAY_VERSION}-py{PYTHON_MINOR.replace('.', '')}"
+RAY_GPU_IMAGE = f"{RAY_IMAGE}-gpu"
+# The GKE minor we target (REGULAR channel); core Kubernetes objects are
+# validated against this minor's OpenAPI schemas (kubernetes-validate).
+GKE_MINOR = "1.35"
+# Where the workloads/ ConfigMap is mounted in every Ray pod (and the
+# working_dir of RayJob/RayService), so `import common` works as on a VM.
+KUBE_WORKLOADS_DIR = "/home/ray/ray-gcp/workloads"

@@ -40,6 +40,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from cluster import ray_start
 from cluster.render import LOCAL_HEAD_TYPE, render_local, to_yaml
 from cluster.spec import ClusterSpec, local_default_spec
 
@@ -307,32 +308,7 @@ class LocalCluster:
         self._state = {"ports": ports, "temp_dir": temp_dir, "pgid": None, "started": time.time()}
         self._save_state()
 
-        cmd = [
-            sys.executable,
-            "-m",
-            "ray.scripts.scripts",
-            "start",
-            "--head",
-            f"--node-ip-address={HOST}",
-            f"--port={ports['gcs']}",
-            f"--dashboard-host={HOST}",
-            f"--dashboard-port={ports['dashboard']}",
-            f"--ray-client-server-port={ports['client_server']}",
-            f"--metrics-export-port={ports['metrics_export']}",
-            f"--dashboard-agent-listen-port={ports['dashboard_agent_listen']}",
-            f"--dashboard-agent-grpc-port={ports['dashboard_agent_grpc']}",
-            f"--runtime-env-agent-port={ports['runtime_env_agent']}",
-            f"--node-manager-port={ports['node_manager']}",
-            f"--object-manager-port={ports['object_manager']}",
-            # 0 = let the OS pick worker ports, so parallel clusters cannot collide.
-            "--min-worker-port=0",
-            "--max-worker-port=0",
-            f"--num-cpus={int(self.spec.head.ray_resources().get('CPU', 0))}",
-            f"--object-store-memory={HEAD_OBJECT_STORE_BYTES}",
-            f"--temp-dir={temp_dir}",
-            f"--autoscaling-config={self.config_path}",
-            "--disable-usage-stats",
-        ]
+        cmd = [sys.executable, "-m", "ray.scripts.scripts", *self.head_argv()]
         with open(self.state_dir / LOG_FILE, "ab") as log:
             proc = subprocess.Popen(
                 cmd,
@@ -356,6 +332,38 @@ class LocalCluster:
             raise LocalClusterError(
                 f"`ray start --head` failed (exit {rc}); see {self.state_dir / LOG_FILE}"
             )
+
+    def head_argv(self) -> list[str]:
+        """`ray start` arguments of the head: cluster.ray_start's head parameters
+        (the same as on VMs and pods) with this cluster's free ports, plus the
+        local-only extras (loopback IP, every other port, temp dir)."""
+        state = self._require_state()
+        ports = state["ports"]
+        shared = ray_start.head_params(
+            self.spec,
+            ports=ray_start.RayPorts(
+                gcs=ports["gcs"],
+                dashboard=ports["dashboard"],
+                client_server=ports["client_server"],
+                object_manager=ports["object_manager"],
+            ),
+            dashboard_host=HOST,
+            autoscaling_config=str(self.config_path),
+        )
+        local_only = {
+            "node-ip-address": HOST,
+            "metrics-export-port": ports["metrics_export"],
+            "dashboard-agent-listen-port": ports["dashboard_agent_listen"],
+            "dashboard-agent-grpc-port": ports["dashboard_agent_grpc"],
+            "runtime-env-agent-port": ports["runtime_env_agent"],
+            "node-manager-port": ports["node_manager"],
+            # 0 = let the OS pick worker ports, so parallel clusters cannot collide.
+            "min-worker-port": 0,
+            "max-worker-port": 0,
+            "object-store-memory": HEAD_OBJECT_STORE_BYTES,
+            "temp-dir": state["temp_dir"],
+        }
+        return ["start", "--head", *ray_start.cli_args({**shared, **local_only})]
 
     def down(self, grace: float = 5.0) -> list[int]:
         """Stop only what up() started; remove our temp dir. Returns the pids signalled.
@@ -495,8 +503,12 @@ class LocalCluster:
                 "RAY_FAKE_CLUSTER": "1",
                 "AUTOSCALER_UPDATE_INTERVAL_S": "1",
                 # Token auth for the head and, by inheritance through the
-                # autoscaler that spawns them, every fake worker node.
-                "RAY_AUTH_MODE": "token",
+                # autoscaler that spawns them, every fake worker node
+                # (cluster.ray_start.node_env, as on VMs and pods). The
+                # autoscaler's launch knobs (ray_start.autoscaler_env) stay
+                # opt-in here: the scale-up benchmark compares them with
+                # Ray's defaults.
+                **ray_start.node_env(self.spec),
                 "RAY_AUTH_TOKEN_PATH": str(self.token_path),
                 "RAY_USAGE_STATS_ENABLED": "0",
                 # What `ray up` exports for the head; autoscaler v2 matches the

@@ -12,13 +12,12 @@ No I/O, no clock, no randomness: the same input gives byte-identical YAML.
 
 from __future__ import annotations
 
-import json
 import shlex
 from typing import Any
 
 import yaml
 
-from cluster import layout
+from cluster import layout, ray_start
 from cluster.spec import ClusterSpec, GcpFacts, NodeTypeSpec
 
 # ---- shared -------------------------------------------------------------------
@@ -27,11 +26,13 @@ CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 PROVIDER_MODULE = "cluster.gcp_provider.ReadOnlyGCPNodeProvider"
 BUNDLE_REQUIREMENTS = layout.NODE_REQUIREMENTS  # inside the bundle
 
-# Ray's ports on the nodes (pinned, so the firewall and docs can name them).
-GCS_PORT = 6379
-DASHBOARD_PORT = 8265
-CLIENT_SERVER_PORT = 10001
-OBJECT_MANAGER_PORT = 8076
+# Ray's ports on the nodes (pinned, so the firewall and docs can name them);
+# `ray start` parameters and env of every platform live in cluster.ray_start.
+GCS_PORT = ray_start.GCS_PORT
+DASHBOARD_PORT = ray_start.DASHBOARD_PORT
+CLIENT_SERVER_PORT = ray_start.CLIENT_SERVER_PORT
+OBJECT_MANAGER_PORT = ray_start.OBJECT_MANAGER_PORT
+launch_concurrency = ray_start.launch_concurrency
 
 # Where the pinned uv lives on a node (a tiny venv of its own, like the provider VM).
 NODE_TOOLS = "~/.ray-gcp-tools"
@@ -146,15 +147,6 @@ def _scaling(spec: ClusterSpec) -> dict[str, Any]:
         "upscaling_speed": spec.upscaling_speed,
         "idle_timeout_minutes": spec.idle_timeout_minutes,
     }
-
-
-def launch_concurrency(spec: ClusterSpec) -> int:
-    """Nodes the autoscaler may launch at once: a whole burst up to max_workers.
-
-    Ray's defaults (AUTOSCALER_MAX_LAUNCH_BATCH=5, ..._CONCURRENT_LAUNCHES=10)
-    would split a 0 -> max_workers burst into several rounds.
-    """
-    return max(spec.max_workers, 10)
 
 
 def _node_metadata(facts: GcpFacts) -> dict[str, Any]:
@@ -302,47 +294,30 @@ def _node_check(spec: ClusterSpec, *, head: bool) -> str:
 
 
 def head_start_commands(spec: ClusterSpec) -> list[str]:
-    res = spec.head.ray_resources()
-    custom = {k: v for k, v in res.items() if k not in ("CPU", "GPU")}
-    args = [
-        "--head",
-        f"--port={GCS_PORT}",
-        f"--object-manager-port={OBJECT_MANAGER_PORT}",
-        f"--ray-client-server-port={CLIENT_SERVER_PORT}",
-        # Dashboard and Jobs API on loopback only: reached through `ray dashboard`
-        # (an SSH tunnel from the provider VM), never from the network.
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={DASHBOARD_PORT}",
-        "--autoscaling-config=~/ray_bootstrap_config.yaml",
-        "--disable-usage-stats",
-        f"--num-cpus={res.get('CPU', 0)}",
-    ]
-    if "GPU" in res:
-        args.append(f"--num-gpus={res['GPU']}")
-    if custom:
-        args.append(f"--resources={shlex.quote(json.dumps(custom, sort_keys=True))}")
-    n = launch_concurrency(spec)
-    env = (
-        "export RAY_AUTH_MODE=token "
-        f"AUTOSCALER_MAX_LAUNCH_BATCH={n} AUTOSCALER_MAX_CONCURRENT_LAUNCHES={n}"
+    # Dashboard and Jobs API on loopback only: reached through `ray dashboard`
+    # (an SSH tunnel from the provider VM), never from the network.
+    params = ray_start.head_params(
+        spec, dashboard_host="127.0.0.1", autoscaling_config="~/ray_bootstrap_config.yaml"
     )
+    env = " ".join(f"{k}={v}" for k, v in ray_start.autoscaler_env(spec).items())
     return [
         _node_check(spec, head=True),
         # A dedicated VM: stop a previous Ray of this node so `ray up` can restart it.
         f"{NODE_RAY} stop",
-        f"{env}; ulimit -n 65536; {NODE_RAY} start " + " ".join(args),
+        f"export {env}; ulimit -n 65536; {NODE_RAY} start --head " + ray_start.shell_args(params),
     ]
 
 
 def worker_start_commands(spec: ClusterSpec) -> list[str]:
     # Resources come from the node type: the autoscaler passes RAY_OVERRIDE_RESOURCES.
+    env = " ".join(f"{k}={v}" for k, v in ray_start.node_env(spec).items())
     return [
         _node_check(spec, head=False),
         f"{NODE_RAY} stop",
         (
-            "export RAY_AUTH_MODE=token; ulimit -n 65536; "
+            f"export {env}; ulimit -n 65536; "
             f"{NODE_RAY} start --address=$RAY_HEAD_IP:{GCS_PORT} "
-            f"--object-manager-port={OBJECT_MANAGER_PORT} --disable-usage-stats"
+            + ray_start.shell_args(ray_start.worker_params(spec))
         ),
     ]
 
