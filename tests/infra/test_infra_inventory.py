@@ -1,8 +1,11 @@
 """Reviewed inventory snapshots: every resource of each scenario, compared exactly.
 
 tests/infra/inventory/<scenario>.yaml lists each resource's type, name,
-parent and inputs (secrets masked; the three large metadata values replaced by
-what produces them, each of which has its own tests). Any change to what
+parent and inputs (secrets masked; the three large metadata values, the
+RayCluster's spec and the workloads ConfigMap's files replaced by what
+produces them, each of which has its own tests). Settings of the other
+platform (infra.settings.PLATFORM_ONLY) are left out of the settings shown:
+the program cannot read them. Any change to what
 `pulumi up` would create shows up as a diff of these files. After reviewing a
 change, regenerate with:
 
@@ -19,6 +22,7 @@ import yaml
 
 from cluster import layout
 from infra import offline as harness
+from infra.settings import NAMESPACE, PLATFORM_ONLY, Settings
 
 INVENTORY_DIR = Path(__file__).parent / "inventory"
 PLACEHOLDERS = {
@@ -26,6 +30,8 @@ PLACEHOLDERS = {
     layout.META_BUNDLE: "<base64 of cluster.bundle.build_bundle(project root)>",
     layout.META_CLUSTER_CONFIG: "<stack output clusterConfig>",
 }
+RAYCLUSTER_SPEC = "<cluster.kuberay.render_raycluster(spec, facts)['spec']>"
+WORKLOAD_FILES = "<cluster.kuberay.read_workloads()>"
 
 
 def _mask(value: Any) -> Any:
@@ -69,20 +75,31 @@ def inventory(rec) -> dict[str, Any]:
             props["metadata"] = {
                 k: PLACEHOLDERS.get(k, v) for k, v in props["metadata"].items()
             }
+        elif r["type"] == "kubernetes:ray.io/v1:RayCluster":
+            props["spec"] = RAYCLUSTER_SPEC
+        elif r["type"] == "kubernetes:core/v1:ConfigMap":
+            props["data"] = {name: WORKLOAD_FILES for name in props["data"]}
         entries.append(
             {"type": r["type"], "name": r["name"], "parent": rec.parent_name(r), "inputs": props}
         )
     entries.sort(key=lambda e: (e["parent"] != "<stack>", e["parent"], e["type"], e["name"]))
-    return {
+    settings = harness.engine_config(__import__("conftest").SCENARIOS[rec.scenario])
+    platform = settings[f"{NAMESPACE}:platform"]
+    unread = {
+        Settings.config_keys()[field]
+        for other, fields in PLATFORM_ONLY.items() if other != platform for field in fields
+    }
+    doc = {
         "scenario": rec.scenario,
-        "settings": {k: v for k, v in harness.engine_config(
-            __import__("conftest").SCENARIOS[rec.scenario]).items()},
+        "settings": {k: v for k, v in settings.items() if k not in unread},
         "invokes": rec.data["invokes"],
         "outputs": {k: v for k, v in rec.outputs.items() if k != "clusterConfig"},
-        "cluster_config_summary": cluster_config_summary(rec.outputs["clusterConfig"]),
         "resource_count": len(entries),
         "resources": entries,
     }
+    if "clusterConfig" in rec.outputs:
+        doc["cluster_config_summary"] = cluster_config_summary(rec.outputs["clusterConfig"])
+    return doc
 
 
 def _dump(doc: dict[str, Any]) -> str:
