@@ -3,12 +3,18 @@
     python -m cluster local up|down|status [--state-dir DIR] [--autoscaler-v2]
     python -m cluster render --target gcp|local [--spec SPEC.yaml] [--facts FACTS.json]
                              [--project P] [--region R]
+    python -m cluster render --target kuberay --kind raycluster|rayjob|rayservice|core
+                             [--spec SPEC.yaml] [--facts KUBEFACTS.json] [--project P]
     python -m cluster requirements [--check]
 
 ``render --target gcp`` without ``--facts`` uses example facts (project
 ``my-ray-project`` or ``--project``): a preview of what ``pulumi up`` puts on
 the provider VM. ``--facts`` takes a JSON (or YAML) object with GcpFacts'
 fields; ``--spec`` a ClusterSpec as YAML/JSON (default: the default spec).
+``--target kuberay`` prints KubeRay manifests for ``kubectl apply -f -``
+(``--kind core``: Namespace, ServiceAccount, NetworkPolicy and the workloads
+ConfigMap, as a multi-document stream); ``--facts`` then takes KubeFacts'
+fields (default: example facts with bucket ``<project>-ray-workloads``).
 ``requirements`` rewrites cluster/requirements-node.txt from uv.lock
 (``--check`` only compares and exits 1 on drift).
 """
@@ -64,7 +70,9 @@ def _render(args: argparse.Namespace) -> int:
         if args.spec:
             spec = ClusterSpec.model_validate(_load_mapping(args.spec))
         else:
-            spec = ClusterSpec() if args.target == "gcp" else local_default_spec()
+            spec = ClusterSpec() if args.target != "local" else local_default_spec()
+        if args.target == "kuberay":
+            return _render_kuberay(args, spec)
         if args.target == "local":
             cfg = render_local(spec, gcs_port=args.gcs_port)
         else:
@@ -77,6 +85,30 @@ def _render(args: argparse.Namespace) -> int:
         print(f"invalid input:\n{e}", file=sys.stderr)
         return 2
     sys.stdout.write(to_yaml(cfg))
+    return 0
+
+
+def _render_kuberay(args: argparse.Namespace, spec) -> int:
+    from cluster import kuberay
+    from cluster.spec import SpecError
+
+    if args.facts:
+        facts = kuberay.KubeFacts.model_validate(_load_mapping(args.facts))
+    else:
+        facts = kuberay.example_kube_facts(project=args.project)
+    try:
+        if args.kind == "raycluster":
+            objs = [kuberay.render_raycluster(spec, facts)]
+        elif args.kind == "rayjob":
+            objs = [kuberay.render_rayjob(spec, facts)]
+        elif args.kind == "rayservice":
+            objs = [kuberay.render_rayservice(spec, facts)]
+        else:
+            objs = kuberay.render_core_objects(spec, facts, kuberay.read_workloads())
+    except SpecError as e:
+        print(f"invalid input: {e}", file=sys.stderr)
+        return 2
+    sys.stdout.write(kuberay.to_yaml_documents(objs))
     return 0
 
 
@@ -112,10 +144,20 @@ def main(argv: list[str] | None = None) -> int:
     local.add_argument(
         "--autoscaler-v2", action="store_true", help="up: run Ray's v2 autoscaler (as `ray up`)"
     )
-    render = sub.add_parser("render", help="print a Ray autoscaler config as YAML")
-    render.add_argument("--target", choices=["gcp", "local"], required=True)
+    render = sub.add_parser(
+        "render", help="print a Ray autoscaler config or KubeRay manifests as YAML"
+    )
+    render.add_argument("--target", choices=["gcp", "local", "kuberay"], required=True)
+    render.add_argument(
+        "--kind",
+        choices=["raycluster", "rayjob", "rayservice", "core"],
+        default="raycluster",
+        help="kuberay target: which manifest (core = Namespace, KSA, NetworkPolicy, ConfigMap)",
+    )
     render.add_argument("--spec", type=Path, help="ClusterSpec as YAML/JSON")
-    render.add_argument("--facts", type=Path, help="GcpFacts as JSON/YAML (gcp target)")
+    render.add_argument(
+        "--facts", type=Path, help="GcpFacts (gcp) or KubeFacts (kuberay) as JSON/YAML"
+    )
     render.add_argument("--project", default="my-ray-project", help="example facts' project")
     render.add_argument("--region", default="asia-northeast3", help="example facts' region")
     render.add_argument("--gcs-port", type=int, default=6379, help="local target's GCS port")

@@ -92,6 +92,15 @@ WORKLOADS_VOLUME = "workloads"
 GPU_RESOURCE = "nvidia.com/gpu"
 SERVE_IMPORT_PATH = "serve_app:app"  # workloads/serve_app.py, see the module docstring
 SERVE_PORT = 8000
+# KubeRay's port names (ray-operator/controllers/ray/utils/constant.go): the
+# operator finds the dashboard ("dashboard") and Serve ("serve") by name.
+HEAD_SERVICE_PORTS = {
+    "gcs-server": ray_start.GCS_PORT,
+    "dashboard": ray_start.DASHBOARD_PORT,
+    "client": ray_start.CLIENT_SERVER_PORT,
+    "serve": SERVE_PORT,
+    "metrics": 8080,  # KubeRay's default metrics-export-port
+}
 # Packages the drivers need that the rayproject/ray image lacks, installed per
 # job by Ray's runtime env; versions equal to uv.lock's (a test checks).
 WORKLOAD_PIP = ("opencv-python-headless==5.0.0.93", "google-cloud-storage==3.17.1")
@@ -239,8 +248,8 @@ def pod_resources(t: NodeTypeSpec, *, head: bool, field: str) -> dict[str, str]:
     if cpu < 500 or mem < 2048:
         raise SpecError(
             f"{field} = {t.machine_type!r}: leaves {cpu}m CPU / {mem}Mi memory for the Ray "
-            "pod after GKE's reservations; use a machine with at least 4 vCPUs for the head "
-            "or 2 for workers"
+            "pod after GKE's reservations and system pods (at least 500m / 2048Mi needed); "
+            "use a larger machine type"
         )
     return {"cpu": f"{cpu}m", "memory": f"{mem}Mi"}
 
@@ -297,11 +306,9 @@ def _pod_template(
     limits: dict[str, Any] = dict(resources)
     if t.is_gpu:
         limits[GPU_RESOURCE] = t.accelerator_count
-    ports = [
-        {"name": "gcs", "containerPort": ray_start.GCS_PORT},
-        {"name": "dashboard", "containerPort": ray_start.DASHBOARD_PORT},
-        {"name": "client", "containerPort": ray_start.CLIENT_SERVER_PORT},
-    ]
+    # The head Service gets exactly these (service.go getPortsFromCluster), so
+    # they carry KubeRay's port names and the ports rayStartParams give Ray.
+    ports = [{"name": name, "containerPort": port} for name, port in HEAD_SERVICE_PORTS.items()]
     if not head:
         ports = []
     env = {
@@ -366,6 +373,21 @@ def _upscaling_mode(spec: ClusterSpec) -> str:
 def raycluster_spec(spec: ClusterSpec, facts: KubeFacts) -> dict[str, Any]:
     """The ``spec`` of a RayCluster; also RayJob's rayClusterSpec and RayService's
     rayClusterConfig (one renderer for all three)."""
+    type_max = sum(t.max_workers for t in spec.worker_types.values())
+    if spec.max_workers < type_max:
+        # Ray's KubeRay autoscaler caps the cluster at the sum of the groups'
+        # maxReplicas (kuberay/autoscaling_config.py): no cluster-wide cap.
+        raise SpecError(
+            f"max_workers = {spec.max_workers} < {type_max}, the sum of the worker types' "
+            "max_workers: KubeRay has no cluster-wide cap; lower the types' max_workers "
+            f"or set max_workers = {type_max}"
+        )
+    if spec.head.is_gpu:
+        raise SpecError(
+            f"node_types[{spec.head_node_type!r}].accelerator_count = "
+            f"{spec.head.accelerator_count}: on GKE the head runs on the system pool, which "
+            "has no GPUs; allowed: 0 (put GPUs on a worker type)"
+        )
     head_params = ray_start.head_params(spec, dashboard_host="0.0.0.0")
     workers = []
     for name, t in sorted(spec.worker_types.items()):
