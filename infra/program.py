@@ -171,6 +171,10 @@ def build_gke(
         "rayNamespace": ray.namespace,
         "rayCluster": ray.ray_cluster_name,
         "rayServiceAccount": ray.service_account_name,
+        # What `python -m cluster render --target kuberay --spec ... --facts ...`
+        # needs to print this stack's RayJob / RayService (README: the GKE path).
+        "clusterSpec": settings.cluster_spec().model_dump(mode="json"),
+        "kubeFacts": ray.facts.model_dump(mode="json"),
         "serviceAccounts": identity.emails,
         "network": network.network.name,
         "subnetwork": network.subnetwork.name,

@@ -108,6 +108,7 @@ class RayOnGke(Component):
         self.namespace = facts.namespace
         self.service_account_name = facts.service_account
         self.ray_cluster_name = spec.cluster_name
+        self.facts = facts
 
         def in_cluster(*after: pulumi.Resource) -> pulumi.ResourceOptions:
             return self.child(provider=provider, depends_on=list(after))

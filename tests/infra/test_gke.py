@@ -39,6 +39,7 @@ RELEASE = "kubernetes:helm.sh/v3:Release"
 GKE_STACK_OUTPUTS = {
     "platform", "gkeCluster", "gkeLocation", "gkeDnsEndpoint", "getCredentials",
     "kuberayChartVersion", "rayNamespace", "rayCluster", "rayServiceAccount",
+    "clusterSpec", "kubeFacts",
     "serviceAccounts", "network", "subnetwork", "bucket",
 }
 GKE_COMPONENTS = {
@@ -402,6 +403,26 @@ def test_gke_outputs(each_gke_scenario):
         f"--zone {settings.zone} --project {harness.TEST_PROJECT} --dns-endpoint")
     assert set(out["serviceAccounts"]) == {"gke-node"}
     assert out["rayCluster"] == settings.cluster_name
+
+
+def test_stack_outputs_render_this_stacks_rayjob_with_the_cluster_command(
+    each_gke_scenario, tmp_path, capsys
+):
+    """README's RayJob step: `pulumi stack output --json clusterSpec/kubeFacts` fed to
+    `python -m cluster render` gives a RayJob whose cluster is the deployed one's."""
+    from cluster.__main__ import main as cluster_main
+
+    rec = each_gke_scenario
+    (tmp_path / "spec.json").write_text(json.dumps(rec.outputs["clusterSpec"]))
+    (tmp_path / "facts.json").write_text(json.dumps(rec.outputs["kubeFacts"]))
+    assert cluster_main(["render", "--target", "kuberay", "--kind", "rayjob",
+                         "--spec", str(tmp_path / "spec.json"),
+                         "--facts", str(tmp_path / "facts.json")]) == 0
+    (job,) = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert job["kind"] == "RayJob"
+    assert job["metadata"]["namespace"] == rec.outputs["rayNamespace"]
+    assert job["spec"]["rayClusterSpec"] == ints(rec.one(RAYCLUSTER)["inputs"]["spec"])
+    assert f"gs://{rec.outputs['bucket']}/" in json.dumps(job["spec"]["entrypoint"])
 
 
 def test_gke_components_own_every_resource(each_gke_scenario):
