@@ -21,11 +21,11 @@ from cluster.spec import GcpFacts
 from infra.boot import render_boot_script
 from infra.components.apis import ProjectServices
 from infra.components.gke import GkeCluster
-from infra.components.kuberay_operator import KubeRayOperator
-from infra.components.ray_on_gke import RayOnGke
 from infra.components.identity import Identity
+from infra.components.kuberay_operator import KubeRayOperator
 from infra.components.network import ClusterNetwork
 from infra.components.provider_vm import ProviderVm
+from infra.components.ray_on_gke import RayOnGke
 from infra.components.secrets import LauncherSecrets
 from infra.components.storage import WorkloadBucket
 from infra.settings import Settings

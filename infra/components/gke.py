@@ -40,10 +40,10 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 import yaml
 
+from cluster.kuberay import SYSTEM_NODE_POOL, gke_node_pool
 from infra import names
 from infra.components.base import Component, labels
 from infra.components.network import PODS_RANGE, SERVICES_RANGE
-from cluster.kuberay import SYSTEM_NODE_POOL, gke_node_pool
 from infra.settings import Settings
 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
