@@ -486,3 +486,34 @@ def test_a_setting_of_the_other_platform_stops_the_program_before_any_resource(p
     assert "nothing was created" in error["message"]
     assert result["new_resource_calls"] == 0
     assert result["resources"] == [] and result["invokes"] == []
+
+
+# ---- inputs the providers know -------------------------------------------------------
+
+# Maps whose keys are data, not schema fields (labels, GCE metadata, Helm
+# values, Secret/ConfigMap contents, Ray's start parameters, label selectors).
+FREE_FORM = {"labels", "resourceLabels", "metadata", "values", "data", "stringData",
+             "rayStartParams", "matchLabels", "nodeSelector", "annotations"}
+
+
+def _snake_keys(value: Any, path: str = "") -> list[str]:
+    found = []
+    if isinstance(value, dict) and not harness.is_secret(value):
+        for key, sub in value.items():
+            if "_" in key:
+                found.append(f"{path}.{key}")
+            if key not in FREE_FORM:
+                found += _snake_keys(sub, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            found += _snake_keys(sub, f"{path}[{i}]")
+    return found
+
+
+def test_every_input_is_a_field_the_provider_knows(any_scenario):
+    """The SDK turns the fields it knows into camelCase and passes anything else
+    through unchanged (a misspelt `enable_secure_bootx` arrives as is, and the
+    mocks accept it). So no schema key may still contain an underscore."""
+    for r in any_scenario.resources:
+        if r["type"].startswith(("gcp:", "kubernetes:helm.sh")):
+            assert _snake_keys(r["inputs"]) == [], r["name"]
