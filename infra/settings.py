@@ -39,16 +39,18 @@ _PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _RFC1918 = tuple(
     ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 )
-# Accelerators GKE can attach to a node pool (gcloud compute accelerator-types list).
-GKE_GPU_TYPES = (
-    "nvidia-l4",
-    "nvidia-tesla-t4",
-    "nvidia-tesla-v100",
-    "nvidia-tesla-p4",
-    "nvidia-tesla-a100",
-    "nvidia-a100-80gb",
-    "nvidia-h100-80gb",
-)
+# Accelerators of the optional GKE GPU pool, and the machine family each one
+# attaches to (n1 takes T4/V100/P4; L4 comes built into g2). Only families the
+# KubeRay renderer can size Pods for (cluster/kuberay.py MACHINE_FAMILIES).
+GKE_GPU_MACHINE_FAMILY = {
+    "nvidia-l4": "g2-standard",
+    "nvidia-tesla-t4": "n1-standard",
+    "nvidia-tesla-v100": "n1-standard",
+    "nvidia-tesla-p4": "n1-standard",
+}
+GKE_GPU_TYPES = tuple(GKE_GPU_MACHINE_FAMILY)
+# L4 GPUs per g2-standard-<vCPUs> machine (fixed by the machine type).
+G2_L4_PER_MACHINE = {4: 1, 8: 1, 12: 1, 16: 1, 32: 1, 24: 2, 48: 4, 96: 8}
 # An SSH source range shorter than this is "most of the internet", whatever its address.
 _MIN_SSH_PREFIX = 8
 
@@ -408,6 +410,8 @@ def _platform_problems(settings: Settings) -> list[str]:
                     f"and this stack has {keys['platform']} {settings.platform!r} "
                     f"(remove it: pulumi config rm {keys[field]})"
                 )
+    if settings.gpu_pool:
+        problems += _gpu_problems(settings)
     if settings.platform == "gke":
         ranges = {
             "subnet_cidr": settings.subnet_cidr,
@@ -423,6 +427,27 @@ def _platform_problems(settings: Settings) -> list[str]:
                         "the subnet's primary and secondary ranges must be disjoint"
                     )
     return problems
+
+
+def _gpu_problems(settings: Settings) -> list[str]:
+    """The GPU pool's accelerator must fit its machine type (GKE refuses otherwise)."""
+    keys = Settings.config_keys()
+    family = GKE_GPU_MACHINE_FAMILY[settings.gke_gpu_type]
+    machine = settings.gke_gpu_machine_type
+    if machine.rpartition("-")[0] != family:
+        return [
+            f"{keys['gke_gpu_machine_type']} = {machine!r}: {settings.gke_gpu_type} needs a "
+            f"{family}-<vCPUs> machine type"
+        ]
+    vcpus = machine.rpartition("-")[2]
+    if family == "g2-standard" and vcpus.isdigit():
+        built_in = G2_L4_PER_MACHINE.get(int(vcpus))
+        if built_in is not None and built_in != settings.gke_gpu_count:
+            return [
+                f"{keys['gke_gpu_count']} = {settings.gke_gpu_count!r}: {machine} comes with "
+                f"{built_in} L4 GPU(s); set {keys['gke_gpu_count']} {built_in}"
+            ]
+    return []
 
 
 # Which setting a cluster-spec error is about, by the spec's error location.

@@ -150,7 +150,11 @@ BAD_SETTINGS = [
     ({"platform": "gke", "workerMachineType": "e2-standard-1"}, "ray-gcp:workerMachineType",
      "allowed on GKE"),
     ({"platform": "gke", "gkeGpuType": "nvidia-l4", "gkeGpuMachineType": "a2-highgpu-1g"},
-     "ray-gcp:gkeGpuMachineType", "vCPU"),
+     "ray-gcp:gkeGpuMachineType", "g2-standard-<vCPUs>"),
+    ({"platform": "gke", "gkeGpuType": "nvidia-tesla-t4", "gkeGpuMachineType": "g2-standard-8"},
+     "ray-gcp:gkeGpuMachineType", "n1-standard-<vCPUs>"),
+    ({"platform": "gke", "gkeGpuType": "nvidia-l4", "gkeGpuMachineType": "g2-standard-24"},
+     "ray-gcp:gkeGpuCount", "set ray-gcp:gkeGpuCount 2"),
     # a setting of one platform set on the other
     ({"platform": "gke", "credentialMode": "key"}, "ray-gcp:credentialMode",
      "applies only to ray-gcp:platform vm"),
