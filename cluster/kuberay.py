@@ -33,7 +33,8 @@ What every Ray pod gets, on purpose:
   ClusterIP head Service (never a LoadBalancer/NodePort) and the
   NetworkPolicy, which admits traffic to Ray pods only from the same Ray
   cluster's pods, and to the dashboard port also from the operator's
-  namespace and the RayJob submitter pods;
+  namespace and the RayJob submitter pods (Serve's port 8000 too is for the
+  cluster's own pods: clients use ``kubectl port-forward``);
 * CPU/memory requests (= limits) derived from the node type's GCE machine
   type (``machine_shape``; unknown families are a ``SpecError`` naming the
   field), minus what GKE reserves on such a node and a headroom for GKE's
@@ -67,7 +68,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from cluster import layout, ray_start
 from cluster.spec import ClusterSpec, NodeTypeSpec, SpecError
@@ -79,7 +80,9 @@ MAX_RAYCLUSTER_NAME = 53
 MAX_RAYJOB_NAME = MAX_RAYCLUSTER_NAME - 6
 MAX_RAYSERVICE_NAME = MAX_RAYCLUSTER_NAME - 6
 
-# Our label on every Ray pod (all three kinds); the NetworkPolicy selects by it.
+# Our label on every Ray pod (all three kinds), valued the spec's cluster_name;
+# the NetworkPolicy selects by it, so the clusters of one spec in one
+# namespace (RayCluster, RayJob's, RayService's) are one trust zone.
 CLUSTER_LABEL = "ray-gcp/cluster"
 # KubeRay's labels on the RayJob submitter pods (rayjob_controller.go getSubmitterTemplate).
 SUBMITTER_LABELS = {
@@ -139,6 +142,19 @@ class KubeFacts(BaseModel):
     )
     ray_image: str = Field(default=layout.RAY_IMAGE, min_length=1)
     ray_gpu_image: str = Field(default=layout.RAY_GPU_IMAGE, min_length=1)
+
+    @field_validator("ray_image", "ray_gpu_image")
+    @classmethod
+    def _pinned_image(cls, v: str, info: ValidationInfo) -> str:
+        # A mirror or a digest is fine; another Ray or Python is not.
+        tag = layout.RAY_GPU_IMAGE if info.field_name == "ray_gpu_image" else layout.RAY_IMAGE
+        tag = tag.rsplit(":", 1)[1]
+        if not (v.endswith(f":{tag}") or re.search(r"@sha256:[0-9a-f]{64}$", v)):
+            raise ValueError(
+                f"{info.field_name} {v!r}: must be tagged ':{tag}' (Ray {layout.RAY_VERSION}, "
+                f"Python {layout.PYTHON_MINOR}) or pinned by '@sha256:<digest>'"
+            )
+        return v
 
 
 def example_kube_facts(project: str = "my-ray-project") -> KubeFacts:

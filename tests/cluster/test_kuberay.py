@@ -4,6 +4,7 @@ in every scenario; the security and sizing rules of issue 9 hold."""
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 
@@ -196,6 +197,21 @@ def test_ray_and_python_are_pinned_in_version_and_image(kind):
         "cpu-worker": "rayproject/ray:2.60.0-py311",
         "gpu-worker": "rayproject/ray:2.60.0-py311-gpu",
     }
+
+
+def test_facts_refuse_an_image_of_another_ray_or_python():
+    import pydantic
+
+    ok = KubeFacts(bucket="b-1", ray_image="mirror.example/rayproject/ray:2.60.0-py311")
+    assert ok.ray_image.startswith("mirror.example/")
+    KubeFacts(bucket="b-1", ray_gpu_image="rayproject/ray@sha256:" + "a" * 64)
+    for field, value in [
+        ("ray_image", "rayproject/ray:2.59.0-py311"),
+        ("ray_image", "rayproject/ray:latest"),
+        ("ray_gpu_image", "rayproject/ray:2.60.0-py311"),
+    ]:
+        with pytest.raises(pydantic.ValidationError, match=rf"{field} '{re.escape(value)}'"):
+            KubeFacts(bucket="b-1", **{field: value})
 
 
 def test_token_auth_is_explicit_with_the_pulumi_secret():
