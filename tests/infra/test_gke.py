@@ -425,6 +425,32 @@ def test_stack_outputs_render_this_stacks_rayjob_with_the_cluster_command(
     assert f"gs://{rec.outputs['bucket']}/" in json.dumps(job["spec"]["entrypoint"])
 
 
+def test_every_kubernetes_object_pulumi_declares_is_valid_for_its_schema(each_gke_scenario):
+    """The objects as Pulumi would send them (the Secret too, with its value
+    masked): the RayCluster against KubeRay's vendored CRD, core objects
+    against the Kubernetes OpenAPI of the GKE minor we target."""
+    from tests.cluster.kube_schema import core_errors, crd_errors
+
+    for r in k8s_resources(each_gke_scenario):
+        if r["type"] == RELEASE:
+            continue
+        obj = ints(harness.unsecret(r["inputs"]))
+        errors = (crd_errors(obj) if obj["apiVersion"].startswith("ray.io/")
+                  else core_errors(obj, layout.GKE_MINOR))
+        assert errors == [], (r["name"], errors)
+
+
+def test_this_stacks_rayjob_and_rayservice_are_valid_for_the_crds(each_gke_scenario):
+    from cluster.kuberay import KubeFacts, render_rayjob, render_rayservice
+    from cluster.spec import ClusterSpec
+    from tests.cluster.kube_schema import crd_errors
+
+    spec = ClusterSpec.model_validate(each_gke_scenario.outputs["clusterSpec"])
+    facts = KubeFacts.model_validate(each_gke_scenario.outputs["kubeFacts"])
+    for obj in (render_rayjob(spec, facts), render_rayservice(spec, facts)):
+        assert crd_errors(obj) == [], obj["kind"]
+
+
 def test_gke_components_own_every_resource(each_gke_scenario):
     rec = each_gke_scenario
     components = [r for r in rec.resources if not r["custom"]]
