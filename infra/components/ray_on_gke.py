@@ -125,7 +125,11 @@ class RayOnGke(Component):
         )
         self.auth_secret = k8s.core.v1.Secret(
             f"{name}-auth-secret",
-            metadata={"name": facts.auth_secret_name, "namespace": facts.namespace},
+            metadata={
+                "name": facts.auth_secret_name,
+                "namespace": facts.namespace,
+                "labels": {"app.kubernetes.io/part-of": "ray-gcp"},
+            },
             type="Opaque",
             string_data={AUTH_TOKEN_KEY: pulumi.Output.secret(token.result)},
             opts=in_cluster(namespace),
