@@ -435,18 +435,20 @@ def _gpu_problems(settings: Settings) -> list[str]:
     family = GKE_GPU_MACHINE_FAMILY[settings.gke_gpu_type]
     machine = settings.gke_gpu_machine_type
     if machine.rpartition("-")[0] != family:
-        return [
+        problem = (
             f"{keys['gke_gpu_machine_type']} = {machine!r}: {settings.gke_gpu_type} needs a "
             f"{family}-<vCPUs> machine type"
-        ]
+        )
+        return [problem]
     vcpus = machine.rpartition("-")[2]
     if family == "g2-standard" and vcpus.isdigit():
         built_in = G2_L4_PER_MACHINE.get(int(vcpus))
         if built_in is not None and built_in != settings.gke_gpu_count:
-            return [
+            problem = (
                 f"{keys['gke_gpu_count']} = {settings.gke_gpu_count!r}: {machine} comes with "
                 f"{built_in} L4 GPU(s); set {keys['gke_gpu_count']} {built_in}"
-            ]
+            )
+            return [problem]
     return []
 
 
