@@ -217,8 +217,7 @@ class GkeCluster(Component):
 
         self.name = self.cluster.name
         self.dns_endpoint: pulumi.Output[str] = self.cluster.control_plane_endpoints_config.apply(
-            lambda c: c["dns_endpoint_config"]["endpoint"] if isinstance(c, dict)
-            else c.dns_endpoint_config.endpoint
+            lambda c: c.dns_endpoint_config.endpoint
         )
         # Everything Pulumi creates inside the cluster goes through this provider,
         # after the pools exist (the operator and the head need nodes to run on).

@@ -41,15 +41,12 @@ BUCKET_ROLE = "roles/storage.objectUser"
 
 _Maker = Callable[..., pulumi.CustomResource]
 
-
-def _namespaced(cls: type) -> _Maker:
-    return lambda name, m, opts: cls(name, metadata=m["metadata"], opts=opts)
-
-
 # How each rendered kind becomes a Pulumi resource (inputs are the manifest's own
 # fields, camelCase as rendered; the provider sends them to the API unchanged).
+# tests/infra/test_gke.py checks the declared inputs equal the rendered manifests.
 _MAKERS: dict[tuple[str, str], _Maker] = {
-    ("v1", "Namespace"): _namespaced(k8s.core.v1.Namespace),
+    ("v1", "Namespace"): lambda name, m, opts: k8s.core.v1.Namespace(
+        name, metadata=m["metadata"], opts=opts),
     ("v1", "ServiceAccount"): lambda name, m, opts: k8s.core.v1.ServiceAccount(
         name, metadata=m["metadata"],
         automount_service_account_token=m.get("automountServiceAccountToken"), opts=opts),
@@ -63,13 +60,14 @@ _MAKERS: dict[tuple[str, str], _Maker] = {
 def manifest_resource(
     name: str, manifest: dict[str, Any], opts: pulumi.ResourceOptions
 ) -> pulumi.CustomResource:
-    """A Pulumi resource declaring one rendered manifest; CRD kinds (ray.io/v1)
-    as CustomResource."""
+    """A Pulumi resource declaring one rendered manifest: KubeRay's kinds
+    (`ray.io/...`) as CustomResource, the core kinds of _MAKERS as their typed
+    resource; anything else is refused rather than declared half right."""
     key = (manifest["apiVersion"], manifest["kind"])
     if key in _MAKERS:
         return _MAKERS[key](name, manifest, opts)
-    if "." not in manifest["apiVersion"].split("/")[0]:
-        raise ValueError(f"no Pulumi type for core kind {key}; add it to _MAKERS")
+    if not manifest["apiVersion"].startswith("ray.io/"):
+        raise ValueError(f"no Pulumi type for {key}; add one to _MAKERS")
     return k8s.apiextensions.CustomResource(
         name,
         api_version=manifest["apiVersion"],

@@ -307,6 +307,16 @@ def test_ray_objects_are_the_renderers_output(each_gke_scenario):
         assert by_kind[manifest["kind"]] == manifest, manifest["kind"]
 
 
+def test_a_kind_without_a_pulumi_type_is_refused_not_declared_as_a_custom_resource():
+    import pulumi
+
+    from infra.components.ray_on_gke import manifest_resource
+
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}, "spec": {}}
+    with pytest.raises(ValueError, match=r"no Pulumi type for \('v1', 'Service'\)"):
+        manifest_resource("svc", service, pulumi.ResourceOptions())
+
+
 def test_ray_token_auth_uses_the_pulumi_generated_secret(each_gke_scenario):
     rec = each_gke_scenario
     secret = rec.one(SECRET)["inputs"]
