@@ -139,10 +139,23 @@ def _outputs(typ: str, inputs: dict[str, Any]) -> tuple[str | None, dict[str, An
     elif typ == "gcp:serviceaccount/key:Key":
         out = {"privateKey": base64.b64encode(MOCK_SA_KEY_FILE.encode()).decode(),
                "name": "projects/p/serviceAccounts/sa/keys/mockkeyid0123"}
+    elif typ == "gcp:container/cluster:Cluster":
+        rid = f"projects/{project}/locations/{inputs['location']}/clusters/{name}"
+        endpoints = dict(inputs.get("controlPlaneEndpointsConfig") or {})
+        endpoints["dnsEndpointConfig"] = {
+            **endpoints.get("dnsEndpointConfig", {}), "endpoint": mock_dns_endpoint(inputs["location"])}
+        out = {"controlPlaneEndpointsConfig": endpoints, "selfLink": f"https://container.googleapis.com/v1/{rid}"}
+    elif typ == "gcp:container/nodePool:NodePool":
+        rid = f"{inputs['location']}/{inputs['cluster']}/{name}"
     elif typ == "gcp:compute/instance:Instance":
         rid = f"projects/{project}/zones/{inputs['zone']}/instances/{name}"
         out = {"selfLink": f"{GCE}/{rid}", "instanceId": "4000000000000000001"}
     return rid, {**inputs, **out}
+
+
+def mock_dns_endpoint(location: str) -> str:
+    """What GKE reports as a cluster's DNS-based control-plane endpoint."""
+    return f"gke-0123456789abcdef0123456789abcdef-{TEST_PROJECT_NUMBER}.{location}.gke.goog"
 
 
 def _image_result(args: dict[str, Any]) -> dict[str, Any]:
@@ -177,6 +190,10 @@ def _make_classes():
             self.calls.append({"token": args.token, "args": dict(args.args)})
             if args.token == "gcp:compute/getImage:getImage":
                 return _image_result(args.args)
+            if args.token == "gcp:organizations/getProject:getProject":
+                project = args.args.get("projectId", TEST_PROJECT)
+                return {"projectId": project, "number": TEST_PROJECT_NUMBER,
+                        "name": project, "id": f"projects/{project}"}
             raise NotImplementedError(f"no mock for invoke {args.token}")
 
     class RecordingMonitor(MockMonitor):
@@ -325,15 +342,27 @@ def warm_up() -> None:
 
 def _import_program_modules() -> None:
     import pulumi_gcp as gcp
+    import pulumi_kubernetes as k8s
 
     import infra.program  # noqa: F401
 
+    for k8s_module, k8s_names in {
+        k8s: "Provider",
+        k8s.helm.v3: "Release",
+        k8s.core.v1: "Namespace ServiceAccount Secret ConfigMap",
+        k8s.networking.v1: "NetworkPolicy",
+        k8s.apiextensions: "CustomResource",
+    }.items():
+        for k8s_name in k8s_names.split():
+            getattr(k8s_module, k8s_name)
     for module, names in {
         gcp.compute: "Instance Network Subnetwork Router RouterNat Firewall get_image_output",
         gcp.projects: "Service IAMMember",
         gcp.serviceaccount: "Account IAMMember Key",
         gcp.storage: "Bucket BucketIAMMember",
         gcp.secretmanager: "Secret SecretVersion SecretIamMember",
+        gcp.container: "Cluster NodePool",
+        gcp.organizations: "get_project_output",
     }.items():
         for name in names.split():
             getattr(module, name)

@@ -20,9 +20,12 @@ from cluster.render import render_gcp, to_yaml
 from cluster.spec import GcpFacts
 from infra.boot import render_boot_script
 from infra.components.apis import ProjectServices
+from infra.components.gke import GkeCluster
 from infra.components.identity import Identity
+from infra.components.kuberay_operator import KubeRayOperator
 from infra.components.network import ClusterNetwork
 from infra.components.provider_vm import ProviderVm
+from infra.components.ray_on_gke import RayOnGke
 from infra.components.secrets import LauncherSecrets
 from infra.components.storage import WorkloadBucket
 from infra.settings import Settings
@@ -52,7 +55,7 @@ def ssh_command(instance: str, zone: str, project: str) -> str:
 
 def build(settings: Settings) -> dict[str, Any]:
     """Declare every resource; return the stack outputs."""
-    apis = ProjectServices("apis", project=settings.project)
+    apis = ProjectServices("apis", project=settings.project, platform=settings.platform)
     after_apis = [apis]
 
     storage = WorkloadBucket("storage", settings=settings, depends_on=after_apis)
@@ -62,6 +65,8 @@ def build(settings: Settings) -> dict[str, Any]:
     network = ClusterNetwork(
         "network", settings=settings, emails=identity.emails, depends_on=after_apis
     )
+    if settings.platform == "gke":
+        return build_gke(settings, after_apis, storage, identity, network)
     secrets = LauncherSecrets(
         "secrets",
         settings=settings,
@@ -117,4 +122,61 @@ def build(settings: Settings) -> dict[str, Any]:
         "subnetwork": network.subnetwork.name,
         "bucket": storage.name,
         "image": image.self_link,
+    }
+
+
+def get_credentials_command(cluster: str, zone: str, project: str) -> str:
+    return (
+        f"gcloud container clusters get-credentials {cluster} --zone {zone} "
+        f"--project {project} --dns-endpoint"
+    )
+
+
+def build_gke(
+    settings: Settings,
+    after_apis: list[pulumi.Resource],
+    storage: WorkloadBucket,
+    identity: Identity,
+    network: ClusterNetwork,
+) -> dict[str, Any]:
+    """platform gke: the GKE cluster, the KubeRay operator and the Ray objects."""
+    gke = GkeCluster(
+        "gke",
+        settings=settings,
+        network=network.network.id,
+        subnetwork=network.subnetwork.id,
+        node_service_account=identity.emails["gke-node"],
+        # Nodes log and report metrics from their first minute: grants first.
+        depends_on=[*after_apis, identity, network],
+    )
+    operator = KubeRayOperator("kuberay", provider=gke.provider, depends_on=[gke])
+    ray = RayOnGke(
+        "ray",
+        settings=settings,
+        provider=gke.provider,
+        bucket=storage.name,
+        operator_namespace=operator.namespace,
+        # The RayCluster's CRD comes with the operator's chart.
+        depends_on=[operator],
+    )
+    return {
+        "platform": settings.platform,
+        "gkeCluster": gke.name,
+        "gkeLocation": settings.zone,
+        "gkeDnsEndpoint": gke.dns_endpoint,
+        "getCredentials": gke.name.apply(
+            lambda n: get_credentials_command(n, settings.zone, settings.project)
+        ),
+        "kuberayChartVersion": operator.chart_version,
+        "rayNamespace": ray.namespace,
+        "rayCluster": ray.ray_cluster_name,
+        "rayServiceAccount": ray.service_account_name,
+        # What `python -m cluster render --target kuberay --spec ... --facts ...`
+        # needs to print this stack's RayJob / RayService (README: the GKE path).
+        "clusterSpec": settings.cluster_spec().model_dump(mode="json"),
+        "kubeFacts": ray.facts.model_dump(mode="json"),
+        "serviceAccounts": identity.emails,
+        "network": network.network.name,
+        "subnetwork": network.subnetwork.name,
+        "bucket": storage.name,
     }

@@ -21,8 +21,10 @@ from pydantic.alias_generators import to_camel
 from cluster.spec import (
     CLUSTER_NAME_MAX_LEN,
     DEFAULT_CPU_WORKER_TYPE,
+    DEFAULT_GPU_WORKER_TYPE,
     DEFAULT_HEAD_TYPE,
     ClusterSpec,
+    SpecError,
 )
 from infra.regions import REGION_ZONES, zones_of
 
@@ -37,6 +39,18 @@ _PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _RFC1918 = tuple(
     ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 )
+# Accelerators of the optional GKE GPU pool, and the machine family each one
+# attaches to (n1 takes T4/V100/P4; L4 comes built into g2). Only families the
+# KubeRay renderer can size Pods for (cluster/kuberay.py MACHINE_FAMILIES).
+GKE_GPU_MACHINE_FAMILY = {
+    "nvidia-l4": "g2-standard",
+    "nvidia-tesla-t4": "n1-standard",
+    "nvidia-tesla-v100": "n1-standard",
+    "nvidia-tesla-p4": "n1-standard",
+}
+GKE_GPU_TYPES = tuple(GKE_GPU_MACHINE_FAMILY)
+# L4 GPUs per g2-standard-<vCPUs> machine (fixed by the machine type).
+G2_L4_PER_MACHINE = {4: 1, 8: 1, 12: 1, 16: 1, 32: 1, 24: 2, 48: 4, 96: 8}
 # An SSH source range shorter than this is "most of the internet", whatever its address.
 _MIN_SSH_PREFIX = 8
 
@@ -132,6 +146,66 @@ class Settings(BaseModel):
         description="Primary IPv4 range of the cluster subnet (RFC 1918, /8 to /29).",
         **_allowed("a private (RFC 1918) IPv4 CIDR between /8 and /29, e.g. 10.10.0.0/20"),
     )
+    platform: Literal["vm", "gke"] = Field(
+        default="vm",
+        description=(
+            "Where Ray runs. vm: Compute Engine VMs started by `ray up` from the provider VM. "
+            "gke: a private GKE Standard cluster with the KubeRay operator."
+        ),
+        **_allowed("vm or gke"),
+    )
+    gke_pods_cidr: str = Field(
+        default="10.64.0.0/14",
+        description=(
+            "gke only: secondary subnet range for Pod IPs (RFC 1918, /8 to /21, "
+            "not overlapping subnetCidr or gkeServicesCidr)."
+        ),
+        **_allowed("a private (RFC 1918) IPv4 CIDR between /8 and /21, e.g. 10.64.0.0/14"),
+    )
+    gke_services_cidr: str = Field(
+        default="10.68.0.0/20",
+        description=(
+            "gke only: secondary subnet range for Service IPs (RFC 1918, /16 to /27, "
+            "not overlapping subnetCidr or gkePodsCidr)."
+        ),
+        **_allowed("a private (RFC 1918) IPv4 CIDR between /16 and /27, e.g. 10.68.0.0/20"),
+    )
+    gke_release_channel: Literal["RAPID", "REGULAR", "STABLE"] = Field(
+        default="REGULAR",
+        description="gke only: GKE release channel; Google upgrades the control plane and nodes.",
+        **_allowed("RAPID, REGULAR or STABLE"),
+    )
+    gke_deletion_protection: bool = Field(
+        default=True,
+        description=(
+            "gke only: GKE refuses to delete the cluster while true; set false before "
+            "`pulumi destroy`."
+        ),
+        **_allowed("true or false"),
+    )
+    gke_gpu_type: str = Field(
+        default="",
+        description=(
+            "gke only: accelerator of an optional GPU node pool (tainted, drivers installed "
+            "by GKE), e.g. nvidia-l4; empty means no GPU pool."
+        ),
+        **_allowed("empty or one of " + ", ".join(GKE_GPU_TYPES)),
+    )
+    gke_gpu_count: int = Field(
+        default=1,
+        description="gke only: GPUs per node of the GPU pool (1, 2, 4 or 8).",
+        **_allowed("1, 2, 4 or 8"),
+    )
+    gke_gpu_machine_type: str = Field(
+        default="g2-standard-8",
+        description="gke only: machine type of the GPU pool; must accept gkeGpuType.",
+        **_allowed("a GCE machine type name such as g2-standard-8"),
+    )
+    gke_gpu_max_nodes: int = Field(
+        default=2,
+        description="gke only: upper bound of the GPU pool, autoscaled from 0 (1 to 100).",
+        **_allowed("an integer from 1 to 100"),
+    )
 
     # ---- field checks (in declaration order; later ones may read earlier ones) ----
 
@@ -171,7 +245,9 @@ class Settings(BaseModel):
             raise ValueError(_first_message(e)) from None
         return v
 
-    @field_validator("provider_machine_type", "head_machine_type", "worker_machine_type")
+    @field_validator(
+        "provider_machine_type", "head_machine_type", "worker_machine_type", "gke_gpu_machine_type"
+    )
     @classmethod
     def _machine_type(cls, v: str) -> str:
         if not _MACHINE_TYPE_RE.match(v):
@@ -226,6 +302,37 @@ class Settings(BaseModel):
             raise ValueError("GCE subnets are /8 to /29")
         return str(net)
 
+    @field_validator("gke_pods_cidr")
+    @classmethod
+    def _gke_pods_cidr(cls, v: str) -> str:
+        return _private_range(v, 8, 21)
+
+    @field_validator("gke_services_cidr")
+    @classmethod
+    def _gke_services_cidr(cls, v: str) -> str:
+        return _private_range(v, 16, 27)
+
+    @field_validator("gke_gpu_type")
+    @classmethod
+    def _gke_gpu_type(cls, v: str) -> str:
+        if v and v not in GKE_GPU_TYPES:
+            raise ValueError("unknown accelerator type")
+        return v
+
+    @field_validator("gke_gpu_count")
+    @classmethod
+    def _gke_gpu_count(cls, v: int) -> int:
+        if v not in (1, 2, 4, 8):
+            raise ValueError("GPUs per node must be 1, 2, 4 or 8")
+        return v
+
+    @field_validator("gke_gpu_max_nodes")
+    @classmethod
+    def _gke_gpu_max_nodes(cls, v: int) -> int:
+        if not 1 <= v <= 100:
+            raise ValueError("out of range")
+        return v
+
     # ---- derived values ----
 
     @property
@@ -242,7 +349,22 @@ class Settings(BaseModel):
             min_workers=self.min_workers,
             max_workers=self.max_workers,
             spot_workers=self.spot_workers,
+            **(
+                {
+                    "gpu_accelerator_type": self.gke_gpu_type,
+                    "gpu_accelerator_count": self.gke_gpu_count,
+                    "gpu_machine_type": self.gke_gpu_machine_type,
+                    "gpu_max_workers": self.gke_gpu_max_nodes,
+                }
+                if self.gpu_pool
+                else {}
+            ),
         )
+
+    @property
+    def gpu_pool(self) -> bool:
+        """gke: whether the optional GPU node pool exists."""
+        return self.platform == "gke" and bool(self.gke_gpu_type)
 
     @classmethod
     def config_keys(cls) -> dict[str, str]:
@@ -254,13 +376,108 @@ class Settings(BaseModel):
         }
 
 
+# Settings that mean something on one platform only. Set on the other one (to a
+# value other than the default, which is all the program can see: the engine
+# hands it Pulumi.yaml's defaults too), they are an error, not silently ignored.
+PLATFORM_ONLY: dict[str, tuple[str, ...]] = {
+    # The provider VM and its SSH access exist only with `ray up` on VMs.
+    "vm": ("provider_machine_type", "ssh_source_ranges", "credential_mode"),
+    "gke": (
+        "gke_pods_cidr",
+        "gke_services_cidr",
+        "gke_release_channel",
+        "gke_deletion_protection",
+        "gke_gpu_type",
+        "gke_gpu_count",
+        "gke_gpu_machine_type",
+        "gke_gpu_max_nodes",
+    ),
+}
+
+
+def _platform_problems(settings: Settings) -> list[str]:
+    """Settings of the other platform that were changed, and GKE's range overlaps."""
+    keys = Settings.config_keys()
+    problems = []
+    for platform, fields in PLATFORM_ONLY.items():
+        if platform == settings.platform:
+            continue
+        for field in fields:
+            value = getattr(settings, field)
+            if value != Settings.model_fields[field].default:
+                problems.append(
+                    f"{keys[field]} = {value!r}: applies only to {keys['platform']} {platform}, "
+                    f"and this stack has {keys['platform']} {settings.platform!r} "
+                    f"(remove it: pulumi config rm {keys[field]})"
+                )
+    if settings.gpu_pool:
+        problems += _gpu_problems(settings)
+    if settings.platform == "gke":
+        ranges = {
+            "subnet_cidr": settings.subnet_cidr,
+            "gke_pods_cidr": settings.gke_pods_cidr,
+            "gke_services_cidr": settings.gke_services_cidr,
+        }
+        names = list(ranges)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                if ipaddress.IPv4Network(ranges[a]).overlaps(ipaddress.IPv4Network(ranges[b])):
+                    problems.append(
+                        f"{keys[b]} = {ranges[b]!r}: overlaps {keys[a]} ({ranges[a]}); "
+                        "the subnet's primary and secondary ranges must be disjoint"
+                    )
+    return problems
+
+
+def _gpu_problems(settings: Settings) -> list[str]:
+    """The GPU pool's accelerator must fit its machine type (GKE refuses otherwise)."""
+    keys = Settings.config_keys()
+    family = GKE_GPU_MACHINE_FAMILY[settings.gke_gpu_type]
+    machine = settings.gke_gpu_machine_type
+    if machine.rpartition("-")[0] != family:
+        problem = (
+            f"{keys['gke_gpu_machine_type']} = {machine!r}: {settings.gke_gpu_type} needs a "
+            f"{family}-<vCPUs> machine type"
+        )
+        return [problem]
+    vcpus = machine.rpartition("-")[2]
+    if family == "g2-standard" and vcpus.isdigit():
+        built_in = G2_L4_PER_MACHINE.get(int(vcpus))
+        if built_in is not None and built_in != settings.gke_gpu_count:
+            problem = (
+                f"{keys['gke_gpu_count']} = {settings.gke_gpu_count!r}: {machine} comes with "
+                f"{built_in} L4 GPU(s); set {keys['gke_gpu_count']} {built_in}"
+            )
+            return [problem]
+    return []
+
+
 # Which setting a cluster-spec error is about, by the spec's error location.
 _SPEC_LOC_TO_FIELD = {
     "cluster_name": "cluster_name",
     DEFAULT_HEAD_TYPE: "head_machine_type",
     DEFAULT_CPU_WORKER_TYPE: "worker_machine_type",
+    DEFAULT_GPU_WORKER_TYPE: "gke_gpu_machine_type",
     "max_workers": "max_workers",
 }
+
+
+def _kuberay_problems(settings: Settings) -> list[str]:
+    """gke: what only the KubeRay renderer knows (can a Ray Pod be sized for each
+    machine type?), checked now rather than halfway through `pulumi up`."""
+    from cluster.kuberay import example_kube_facts, render_raycluster
+
+    try:
+        render_raycluster(settings.cluster_spec(), example_kube_facts(settings.project))
+    except SpecError as e:
+        message = str(e)
+        field = next(
+            (f for t, f in _SPEC_LOC_TO_FIELD.items() if f"node_types[{t!r}]" in message), None
+        )
+        if field is None:
+            return [f"cluster spec: {message}"]
+        return [f"{Settings.config_keys()[field]} = {getattr(settings, field)!r}: {message}"]
+    return []
 
 
 def parse_settings(raw: Mapping[str, Any], project: str | None) -> Settings:
@@ -288,6 +505,10 @@ def parse_settings(raw: Mapping[str, Any], project: str | None) -> Settings:
     except ValidationError as e:
         raise SettingsError(_report([_describe(err) for err in e.errors()])) from None
 
+    platform_problems = _platform_problems(settings)
+    if platform_problems:
+        raise SettingsError(_report(platform_problems))
+
     # The cluster spec checks what only it knows (vCPUs derivable from a machine type...).
     try:
         settings.cluster_spec()
@@ -301,6 +522,10 @@ def parse_settings(raw: Mapping[str, Any], project: str | None) -> Settings:
             value = getattr(settings, field) if field else None
             lines.append(f"{key} = {value!r}: {_clean(err['msg'])}")
         raise SettingsError(_report(lines)) from None
+    if settings.platform == "gke":
+        kuberay_problems = _kuberay_problems(settings)
+        if kuberay_problems:
+            raise SettingsError(_report(kuberay_problems))
     return settings
 
 
@@ -356,6 +581,15 @@ def _ipv4_network(text: str) -> ipaddress.IPv4Network:
     if str(net) != text:
         raise ValueError(f"{text!r} has host bits set; did you mean {str(net)!r}?")
     return net
+
+
+def _private_range(text: str, shortest: int, longest: int) -> str:
+    net = _ipv4_network(text)
+    if not _is_rfc1918(net):
+        raise ValueError("not inside an RFC 1918 private range")
+    if not shortest <= net.prefixlen <= longest:
+        raise ValueError(f"prefix must be /{shortest} to /{longest}")
+    return str(net)
 
 
 def _clean(msg: str) -> str:

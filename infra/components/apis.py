@@ -21,13 +21,30 @@ SERVICES = (
     "logging.googleapis.com",
     "monitoring.googleapis.com",
 )
+# platform gke: no provider VM (so no IAP SSH) and no Secret Manager (the Ray
+# token is a Kubernetes Secret); the GKE API (clusters, node pools, Workload Identity).
+VM_ONLY_SERVICES = ("iap.googleapis.com", "secretmanager.googleapis.com")
+GKE_SERVICES = ("container.googleapis.com",)
+
+
+def services_for(platform: str) -> tuple[str, ...]:
+    if platform == "gke":
+        return (*(s for s in SERVICES if s not in VM_ONLY_SERVICES), *GKE_SERVICES)
+    return SERVICES
 
 
 class ProjectServices(Component):
-    """Enables SERVICES. Destroying the stack leaves them on: other things in the
+    """Enables services_for(platform). Destroying the stack leaves them on: other things in the
     project may use them, and turning an API off can break those."""
 
-    def __init__(self, name: str, *, project: str, opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self,
+        name: str,
+        *,
+        project: str,
+        platform: str = "vm",
+        opts: pulumi.ResourceOptions | None = None,
+    ):
         super().__init__("ProjectServices", name, opts=opts)
         self.services = [
             gcp.projects.Service(
@@ -38,6 +55,6 @@ class ProjectServices(Component):
                 disable_dependent_services=False,
                 opts=self.child(),
             )
-            for service in SERVICES
+            for service in services_for(platform)
         ]
         self.register_outputs({"services": [s.service for s in self.services]})

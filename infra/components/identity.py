@@ -18,6 +18,20 @@ and as narrow as a predefined role allows:
 | worker   | storage.objectUser              | workload bucket   | tasks read inputs and write results |
 
 Secret Manager access (provider only, per secret) is granted in secrets.py.
+
+On `platform: gke` there are no provider or Ray VMs, so none of the above
+exists. The only account is the GKE nodes' own (never the Compute Engine
+default account, which has Editor on the project in many projects):
+
+| who      | role                            | on                | why |
+|----------|---------------------------------|-------------------|-----|
+| gke-node | logging.logWriter               | project           | kubelet and GKE's logging agent ship node and Pod logs |
+| gke-node | monitoring.metricWriter         | project           | GKE's metrics agent writes node and system metrics |
+
+No Artifact Registry reader: the images (rayproject/ray, quay.io/kuberay)
+come from public registries through Cloud NAT. Ray Pods do not use this
+account: they reach the bucket as their Kubernetes service account through
+Workload Identity (the grant is in gke_ray.py).
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ from infra.components.base import Component
 from infra.settings import Settings
 
 ROLES = ("provider", "head", "worker")
+GKE_ROLES = ("gke-node",)
 
 
 class Grant(NamedTuple):
@@ -75,9 +90,16 @@ GRANTS: tuple[Grant, ...] = (
     Grant("worker", "roles/storage.objectUser", BUCKET),
 )
 
+GKE_GRANTS: tuple[Grant, ...] = (
+    # Node and Pod logs (kubelet, container runtime, Ray's stdout/stderr).
+    Grant("gke-node", "roles/logging.logWriter", PROJECT),
+    # Node and system metrics from GKE's monitoring agent.
+    Grant("gke-node", "roles/monitoring.metricWriter", PROJECT),
+)
+
 
 class Identity(Component):
-    """The three service accounts and GRANTS."""
+    """The three service accounts and GRANTS (vm), or the GKE node account and GKE_GRANTS."""
 
     def __init__(
         self,
@@ -93,7 +115,9 @@ class Identity(Component):
             "provider": "runs `ray up` on the provider VM",
             "head": "Ray head: the autoscaler creates worker VMs",
             "worker": "Ray workers: logs, metrics, workload bucket",
+            "gke-node": "GKE nodes: logs and metrics only",
         }
+        gke = settings.platform == "gke"
         self.accounts: dict[str, gcp.serviceaccount.Account] = {
             who: gcp.serviceaccount.Account(
                 f"{name}-{who}",
@@ -103,7 +127,7 @@ class Identity(Component):
                 description=f"ray-gcp cluster {settings.cluster_name}: {descriptions[who]}",
                 opts=self.child(),
             )
-            for who in ROLES
+            for who in (GKE_ROLES if gke else ROLES)
         }
         self.emails: dict[str, pulumi.Output[str]] = {
             who: account.email for who, account in self.accounts.items()
@@ -113,7 +137,7 @@ class Identity(Component):
         }
 
         self.grants: list[pulumi.CustomResource] = []
-        for grant in GRANTS:
+        for grant in GKE_GRANTS if gke else GRANTS:
             member = self.members[grant.who]
             short_role = grant.role.removeprefix("roles/").replace(".", "-")
             resource_name = f"{name}-{grant.who}-{short_role}-on-{grant.scope}"

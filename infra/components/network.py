@@ -1,5 +1,10 @@
 """Private network of the cluster: custom-mode VPC, one subnet, NAT, and a closed firewall.
 
+On `platform: gke` the subnet also carries the Pod and Service secondary
+ranges (VPC-native cluster), and the VM firewall rules are not created: there
+are no provider or Ray VMs, GKE writes the rules its nodes need, and Ray's
+ports are guarded inside the cluster by a NetworkPolicy.
+
 Nothing inbound from outside the VPC except SSH (22) to the provider VM, from
 IAP's range and from `sshSourceRanges`. Ray's ports (GCS 6379, dashboard 8265,
 client 10001, ...) are reachable only from inside: Ray's job API runs code, so
@@ -17,6 +22,9 @@ from infra import names
 from infra.components.base import Component
 from infra.settings import IAP_SOURCE_RANGE, Settings
 
+# Names of the subnet's secondary ranges on gke (the cluster refers to them by name).
+PODS_RANGE = "gke-pods"
+SERVICES_RANGE = "gke-services"
 ALL_PROTOCOLS = [{"protocol": "all"}]
 SSH = [{"protocol": "tcp", "ports": ["22"]}]
 # Firewall rule logs for the only doors from outside: who connected, when.
@@ -41,6 +49,12 @@ class ClusterNetwork(Component):
     ):
         super().__init__("ClusterNetwork", name, depends_on=depends_on, opts=opts)
         cluster, project, region = settings.cluster_name, settings.project, settings.region
+        secondary: dict = {}
+        if settings.platform == "gke":
+            secondary["secondary_ip_ranges"] = [
+                {"range_name": PODS_RANGE, "ip_cidr_range": settings.gke_pods_cidr},
+                {"range_name": SERVICES_RANGE, "ip_cidr_range": settings.gke_services_cidr},
+            ]
 
         self.network = gcp.compute.Network(
             f"{name}-vpc",
@@ -62,6 +76,7 @@ class ClusterNetwork(Component):
             # Secret Manager, Logging) anyway.
             private_ip_google_access=True,
             opts=self.child(),
+            **secondary,
         )
         # Cloud NAT: outbound-only internet for private VMs (uv/pip installs, apt).
         router = gcp.compute.Router(
@@ -87,6 +102,22 @@ class ClusterNetwork(Component):
             opts=self.child(),
         )
 
+        self.firewalls: list[gcp.compute.Firewall] = []
+        if settings.platform == "vm":
+            self._vm_firewall(name, settings, emails)
+
+        self.register_outputs(
+            {
+                "network": self.network.name,
+                "subnetwork": self.subnetwork.name,
+                "subnetworkSelfLink": self.subnetwork.self_link,
+            }
+        )
+
+    def _vm_firewall(
+        self, name: str, settings: Settings, emails: Mapping[str, pulumi.Input[str]]
+    ) -> None:
+        cluster, project = settings.cluster_name, settings.project
         nodes = [emails["head"], emails["worker"]]
 
         def rule(suffix: str, description: str, **kwargs) -> gcp.compute.Firewall:
@@ -141,11 +172,3 @@ class ClusterNetwork(Component):
                     log_config=_LOG,
                 )
             )
-
-        self.register_outputs(
-            {
-                "network": self.network.name,
-                "subnetwork": self.subnetwork.name,
-                "subnetworkSelfLink": self.subnetwork.self_link,
-            }
-        )

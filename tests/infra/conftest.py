@@ -28,6 +28,34 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "ray-gcp:providerMachineType": "e2-small",
     },
 }
+# platform gke (infra/components/gke.py, kuberay_operator.py, ray_on_gke.py).
+GKE_SCENARIOS: dict[str, dict[str, Any]] = {
+    "gke": {"ray-gcp:platform": "gke"},
+    "gke-spot": {
+        "ray-gcp:platform": "gke",
+        "ray-gcp:spotWorkers": True,
+        "ray-gcp:minWorkers": 2,
+        "ray-gcp:maxWorkers": 8,
+        "ray-gcp:gkeReleaseChannel": "STABLE",
+    },
+    "gke-gpu": {
+        "ray-gcp:platform": "gke",
+        "ray-gcp:region": "us-central1",
+        "ray-gcp:zone": "us-central1-a",
+        "ray-gcp:clusterName": "vision",
+        "ray-gcp:minWorkers": 1,
+        "ray-gcp:workerMachineType": "n2-standard-8",
+        "ray-gcp:gkeGpuType": "nvidia-l4",
+        "ray-gcp:gkeGpuCount": 1,
+        "ray-gcp:gkeGpuMachineType": "g2-standard-8",
+        "ray-gcp:gkeGpuMaxNodes": 3,
+        "ray-gcp:gkeDeletionProtection": False,
+        "ray-gcp:gkePodsCidr": "172.24.0.0/14",
+        "ray-gcp:gkeServicesCidr": "172.28.0.0/20",
+    },
+}
+# The VM scenarios above stay what every VM test runs (each_scenario).
+ALL_SCENARIOS: dict[str, dict[str, Any]] = {**SCENARIOS, **GKE_SCENARIOS}
 
 
 class Recording:
@@ -69,7 +97,7 @@ class Programs:
 
     def __call__(self, scenario: str) -> Recording:
         if scenario not in self._cache:
-            data = harness.run_isolated(harness.engine_config(SCENARIOS[scenario]))
+            data = harness.run_isolated(harness.engine_config(ALL_SCENARIOS[scenario]))
             rec = Recording(scenario, data)
             assert rec.error is None, f"scenario {scenario} failed:\n{rec.error['traceback']}"
             self._cache[scenario] = rec
@@ -85,6 +113,17 @@ def programs() -> Programs:
 
 @pytest.fixture(scope="session", params=sorted(SCENARIOS))
 def each_scenario(request: pytest.FixtureRequest, programs: Programs) -> Recording:
+    return programs(request.param)
+
+
+@pytest.fixture(scope="session", params=sorted(GKE_SCENARIOS))
+def each_gke_scenario(request: pytest.FixtureRequest, programs: Programs) -> Recording:
+    return programs(request.param)
+
+
+@pytest.fixture(scope="session", params=sorted(ALL_SCENARIOS))
+def any_scenario(request: pytest.FixtureRequest, programs: Programs) -> Recording:
+    """Every scenario of both platforms (the inventory snapshots)."""
     return programs(request.param)
 
 

@@ -6,7 +6,11 @@ provider VM (startup script, bundle, cluster YAML) appear as their sha256 and
 size, the bundle also with the sha256 of every file in it, so a change to any
 byte the VM boots from shows up in the reviewed diff (and a value that changes
 from one process to the next fails here and in test_vm_inputs_reproducible.py).
-Any change to what `pulumi up` would create shows up as a diff of these files.
+On GKE the workloads ConfigMap's files appear as sha256 digests the same
+way; the RayCluster is listed in full. Settings of the other platform
+(infra.settings.PLATFORM_ONLY) are left out of the settings shown: the program
+cannot read them. Any change to what `pulumi up` would create shows up as a
+diff of these files.
 After reviewing a change, regenerate with (it prints the diff it writes):
 
     UPDATE_INVENTORY=1 .venv/bin/python -m pytest tests/infra -q
@@ -27,6 +31,7 @@ import yaml
 
 from cluster import layout
 from infra import offline as harness
+from infra.settings import NAMESPACE, PLATFORM_ONLY, Settings
 
 # Overridable so a test can run the update against a copy (test_update_prints_the_diff...).
 INVENTORY_DIR = Path(os.environ.get("RAY_GCP_INVENTORY_DIR") or Path(__file__).parent / "inventory")
@@ -96,20 +101,33 @@ def inventory(rec) -> dict[str, Any]:
         if r["type"] == "gcp:compute/instance:Instance":
             digests = vm_input_digests(props["metadata"])
             props["metadata"] = {k: digests.get(k, v) for k, v in props["metadata"].items()}
+        elif r["type"] == "kubernetes:core/v1:ConfigMap":
+            props["data"] = {
+                name: {"sha256": sha256(text.encode())} for name, text in props["data"].items()
+            }
         entries.append(
             {"type": r["type"], "name": r["name"], "parent": rec.parent_name(r), "inputs": props}
         )
     entries.sort(key=lambda e: (e["parent"] != "<stack>", e["parent"], e["type"], e["name"]))
-    return {
+    settings = harness.engine_config(__import__("conftest").ALL_SCENARIOS[rec.scenario])
+    platform = settings[f"{NAMESPACE}:platform"]
+    unread = {
+        Settings.config_keys()[field]
+        for other, fields in PLATFORM_ONLY.items()
+        if other != platform
+        for field in fields
+    }
+    doc = {
         "scenario": rec.scenario,
-        "settings": {k: v for k, v in harness.engine_config(
-            __import__("conftest").SCENARIOS[rec.scenario]).items()},
+        "settings": {k: v for k, v in settings.items() if k not in unread},
         "invokes": rec.data["invokes"],
         "outputs": {k: v for k, v in rec.outputs.items() if k != "clusterConfig"},
-        "cluster_config_summary": cluster_config_summary(rec.outputs["clusterConfig"]),
         "resource_count": len(entries),
         "resources": entries,
     }
+    if "clusterConfig" in rec.outputs:
+        doc["cluster_config_summary"] = cluster_config_summary(rec.outputs["clusterConfig"])
+    return doc
 
 
 def _dump(doc: dict[str, Any]) -> str:
@@ -117,9 +135,9 @@ def _dump(doc: dict[str, Any]) -> str:
     return yaml.safe_dump(doc, sort_keys=True, width=100, default_flow_style=False)
 
 
-def test_inventory_matches_the_reviewed_snapshot(each_scenario, capsys):
-    path = INVENTORY_DIR / f"{each_scenario.scenario}.yaml"
-    text = _dump(inventory(each_scenario))
+def test_inventory_matches_the_reviewed_snapshot(any_scenario, capsys):
+    path = INVENTORY_DIR / f"{any_scenario.scenario}.yaml"
+    text = _dump(inventory(any_scenario))
     if os.environ.get("UPDATE_INVENTORY") == "1":
         old = path.read_text() if path.exists() else ""
         INVENTORY_DIR.mkdir(exist_ok=True)
@@ -135,9 +153,14 @@ def test_inventory_matches_the_reviewed_snapshot(each_scenario, capsys):
 
 def describe_update(path: Path, old: str, new: str) -> str:
     """The unified diff UPDATE_INVENTORY=1 writes into `path` (or that nothing changed)."""
-    diff = "".join(difflib.unified_diff(
-        old.splitlines(keepends=True), new.splitlines(keepends=True),
-        fromfile=f"a/{path.name}", tofile=f"b/{path.name}"))
+    diff = "".join(
+        difflib.unified_diff(
+            old.splitlines(keepends=True),
+            new.splitlines(keepends=True),
+            fromfile=f"a/{path.name}",
+            tofile=f"b/{path.name}",
+        )
+    )
     return f"UPDATE_INVENTORY: {path.name}: " + (f"rewritten:\n{diff}" if diff else "unchanged")
 
 
@@ -152,11 +175,23 @@ def test_update_prints_the_diff_it_writes(tmp_path, default):
     assert "  cluster_name: ray-gcp\n" in current
     stale.write_text(current.replace("  cluster_name: ray-gcp\n", "  cluster_name: stale-name\n"))
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-         "-k", "test_inventory_matches_the_reviewed_snapshot and default"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            "-k",
+            "test_inventory_matches_the_reviewed_snapshot and default",
+        ],
         cwd=Path(__file__).resolve().parents[2],
         env={**os.environ, "UPDATE_INVENTORY": "1", "RAY_GCP_INVENTORY_DIR": str(tmp_path)},
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert stale.read_text() == current

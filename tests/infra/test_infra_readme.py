@@ -8,7 +8,8 @@ import shlex
 from test_infra_program import STACK_OUTPUTS
 
 from infra import offline as harness
-from infra.components.identity import GRANTS
+from infra.components.identity import GKE_GRANTS, GRANTS
+from infra.components.ray_on_gke import BUCKET_ROLE
 from infra.settings import parse_settings
 
 README = (harness.PROJECT_ROOT / "infra" / "README.md").read_text()
@@ -52,6 +53,45 @@ def test_iam_table_matches_the_grants():
     expected = {(g.who, g.role, scopes[g.scope]) for g in GRANTS}
     expected.add(("provider", "roles/secretmanager.secretAccessor", "each secret"))
     assert documented == expected
+
+
+def test_gke_iam_table_matches_the_grants():
+    documented = set()
+    for who, roles, scope, _ in _table_after("### GKE IAM"):
+        for role in re.findall(r"`([a-zA-Z.0-9]+)`", roles):
+            documented.add((who.split(" (")[0], f"roles/{role}", scope))
+    expected = {(g.who, g.role, "project") for g in GKE_GRANTS}
+    expected.add(("KSA `ray/ray-workloads`", BUCKET_ROLE, "workload bucket"))
+    assert documented == expected
+
+
+def test_gke_example_commands_are_valid_settings():
+    settings = _example_settings("## GKE example")
+    assert settings.platform == "gke" and settings.gpu_pool and settings.spot_workers
+
+
+def _example_settings(heading: str):
+    block = README.split(heading, 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    raw: dict = {}
+    project = None
+    for line in block.splitlines():
+        line = line.split("  #", 1)[0].strip()
+        if line.startswith("pulumi config set"):
+            key, value = shlex.split(line)[3:]
+            if key == "gcp:project":
+                project = value
+                continue
+            raw[key.removeprefix("ray-gcp:")] = value
+        elif "pulumi stack output" in line:
+            name = re.search(r"stack output (\w+)", line).group(1)
+            assert name in _gke_outputs(), name
+    return parse_settings(raw, project)
+
+
+def _gke_outputs() -> set[str]:
+    from test_gke import GKE_STACK_OUTPUTS
+
+    return GKE_STACK_OUTPUTS
 
 
 def test_example_commands_are_valid_settings():

@@ -47,6 +47,21 @@ def test_defaults():
     assert s.subnet_cidr == "10.10.0.0/20"
 
 
+def test_gke_defaults_and_the_gpu_pool_in_the_spec():
+    s = parse_settings({"platform": "gke"}, PROJECT)
+    assert s.platform == "gke" and not s.gpu_pool
+    assert (s.gke_pods_cidr, s.gke_services_cidr) == ("10.64.0.0/14", "10.68.0.0/20")
+    assert (s.gke_release_channel, s.gke_deletion_protection) == ("REGULAR", True)
+    assert set(s.cluster_spec().worker_types) == {"cpu-worker"}
+    s = parse_settings({"platform": "gke", "gkeGpuType": "nvidia-tesla-t4", "gkeGpuCount": "2",
+                        "gkeGpuMachineType": "n1-standard-8", "gkeGpuMaxNodes": "4"}, PROJECT)
+    gpu = s.cluster_spec().worker_types["gpu-worker"]
+    assert (gpu.accelerator_type, gpu.accelerator_count, gpu.machine_type, gpu.max_workers) == (
+        "nvidia-tesla-t4", 2, "n1-standard-8", 4)
+    # The VM path never gets a GPU type from these settings (they are refused there).
+    assert set(parse_settings({}, PROJECT).cluster_spec().worker_types) == {"cpu-worker"}
+
+
 def test_values_arrive_as_engine_strings():
     s = parse_settings(
         {
@@ -119,6 +134,37 @@ BAD_SETTINGS = [
     ({"headMachineType": "N2-STANDARD-4"}, "ray-gcp:headMachineType", "machine type"),
     ({"workerMachineType": "n2-standard"}, "ray-gcp:workerMachineType", "vCPU"),
     ({"maxWorker": "3"}, "ray-gcp:maxWorker", "ray-gcp:maxWorkers"),
+    # platform and the GKE settings
+    ({"platform": "k8s"}, "ray-gcp:platform", "vm or gke"),
+    ({"platform": "gke", "gkePodsCidr": "34.0.0.0/14"}, "ray-gcp:gkePodsCidr", "RFC 1918"),
+    ({"platform": "gke", "gkePodsCidr": "10.64.0.0/24"}, "ray-gcp:gkePodsCidr", "/8 to /21"),
+    ({"platform": "gke", "gkeServicesCidr": "10.96.0.0/12"}, "ray-gcp:gkeServicesCidr",
+     "/16 to /27"),
+    ({"platform": "gke", "gkeServicesCidr": "10.64.0.0/20"}, "ray-gcp:gkeServicesCidr",
+     "overlaps ray-gcp:gkePodsCidr"),
+    ({"platform": "gke", "gkePodsCidr": "10.8.0.0/13"}, "ray-gcp:gkePodsCidr",
+     "overlaps ray-gcp:subnetCidr"),
+    ({"platform": "gke", "gkeGpuType": "nvidia-rtx"}, "ray-gcp:gkeGpuType", "nvidia-l4"),
+    ({"platform": "gke", "gkeGpuCount": "3"}, "ray-gcp:gkeGpuCount", "1, 2, 4 or 8"),
+    ({"platform": "gke", "gkeGpuMaxNodes": "0"}, "ray-gcp:gkeGpuMaxNodes", "1 to 100"),
+    ({"platform": "gke", "gkeReleaseChannel": "regular"}, "ray-gcp:gkeReleaseChannel",
+     "RAPID, REGULAR or STABLE"),
+    ({"platform": "gke", "workerMachineType": "e2-standard-1"}, "ray-gcp:workerMachineType",
+     "allowed on GKE"),
+    ({"platform": "gke", "gkeGpuType": "nvidia-l4", "gkeGpuMachineType": "a2-highgpu-1g"},
+     "ray-gcp:gkeGpuMachineType", "g2-standard-<vCPUs>"),
+    ({"platform": "gke", "gkeGpuType": "nvidia-tesla-t4", "gkeGpuMachineType": "g2-standard-8"},
+     "ray-gcp:gkeGpuMachineType", "n1-standard-<vCPUs>"),
+    ({"platform": "gke", "gkeGpuType": "nvidia-l4", "gkeGpuMachineType": "g2-standard-24"},
+     "ray-gcp:gkeGpuCount", "set ray-gcp:gkeGpuCount 2"),
+    # a setting of one platform set on the other
+    ({"platform": "gke", "credentialMode": "key"}, "ray-gcp:credentialMode",
+     "applies only to ray-gcp:platform vm"),
+    ({"platform": "gke", "providerMachineType": "e2-small"}, "ray-gcp:providerMachineType",
+     "applies only to ray-gcp:platform vm"),
+    ({"gkeGpuMachineType": "g2-standard-4"}, "ray-gcp:gkeGpuMachineType",
+     "applies only to ray-gcp:platform gke"),
+    ({"gkePodsCidr": "10.80.0.0/14"}, "ray-gcp:gkePodsCidr", "applies only to ray-gcp:platform gke"),
 ]
 
 
