@@ -37,6 +37,7 @@ META_CLUSTER_CONFIG = "ray-cluster-config"
 META_BUNDLE = "ray-gcp-bundle"  # base64 of a deterministic tar.gz
 META_SECRETS = "ray-gcp-secrets"  # JSON: {logical name: Secret Manager version path}
 META_CREDENTIAL_MODE = "ray-gcp-credential-mode"  # "metadata" | "key"
+META_OPERATORS = "ray-gcp-operators"  # JSON list: OS Login usernames of ray-gcp:operators users
 
 # Logical secret names (keys of the META_SECRETS JSON).
 SECRET_SSH_PRIVATE_KEY = "ssh-private-key"

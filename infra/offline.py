@@ -139,6 +139,11 @@ def _outputs(typ: str, inputs: dict[str, Any]) -> tuple[str | None, dict[str, An
     elif typ == "gcp:serviceaccount/key:Key":
         out = {"privateKey": base64.b64encode(MOCK_SA_KEY_FILE.encode()).decode(),
                "name": "projects/p/serviceAccounts/sa/keys/mockkeyid0123"}
+    elif typ == "random:index/randomString:RandomString":
+        out = {"result": "r4nd0m"[: int(inputs.get("length", 6))]}
+    elif typ == "gcp:projects/iAMCustomRole:IAMCustomRole":
+        rid = f"projects/{project}/roles/{inputs['roleId']}"
+        out = {"name": rid}
     elif typ == "gcp:compute/instance:Instance":
         rid = f"projects/{project}/zones/{inputs['zone']}/instances/{name}"
         out = {"selfLink": f"{GCE}/{rid}", "instanceId": "4000000000000000001"}

@@ -22,6 +22,7 @@ from infra.boot import render_boot_script
 from infra.components.apis import ProjectServices
 from infra.components.identity import Identity
 from infra.components.network import ClusterNetwork
+from infra.components.operators import OperatorAccess
 from infra.components.provider_vm import ProviderVm
 from infra.components.secrets import LauncherSecrets
 from infra.components.storage import WorkloadBucket
@@ -103,6 +104,14 @@ def build(settings: Settings) -> dict[str, Any]:
         # The boot script reads secrets and the head is created with these
         # grants: both must exist before the VM starts.
         depends_on=[*after_apis, identity, secrets, network],
+    )
+
+    OperatorAccess(
+        "operators",
+        settings=settings,
+        instance=vm.instance,
+        provider_account=identity.accounts["provider"],
+        depends_on=after_apis,
     )
 
     return {

@@ -32,6 +32,9 @@ PROJECT_KEY = "gcp:project"
 # Google's IAP TCP forwarding connects from this range (documented, fixed).
 IAP_SOURCE_RANGE = "35.235.240.0/20"
 
+# An IAM principal of a person or a Google group; service accounts cannot use OS Login
+# with a predictable POSIX name, so they are not operators.
+_OPERATOR_RE = re.compile(r"^(user|group):[A-Za-z0-9._%+'-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 _MACHINE_TYPE_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)+$")
 _PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _RFC1918 = tuple(
@@ -127,6 +130,26 @@ class Settings(BaseModel):
         ),
         **_allowed("metadata or key"),
     )
+    custom_roles: bool = Field(
+        default=True,
+        description=(
+            "true: the provider and head accounts get custom roles (launcher, autoscaler) "
+            "holding exactly the permissions their recorded GCP calls need (infra/iam/). "
+            "false: predefined roles (compute.instanceAdmin.v1...), for deployers without "
+            "roles/iam.roleAdmin."
+        ),
+        **_allowed("true or false"),
+    )
+    operators: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "People who may SSH to the provider VM and run `ray up`: IAM principals "
+            "user:EMAIL or group:EMAIL. Each gets IAP tunnel access and OS Login on the "
+            "provider VM only, and actAs on the provider account only; listed users join "
+            "the ray-operators group on the VM at their first login."
+        ),
+        **_allowed("a list of user:EMAIL or group:EMAIL, e.g. user:alice@example.com"),
+    )
     subnet_cidr: str = Field(
         default="10.10.0.0/20",
         description="Primary IPv4 range of the cluster subnet (RFC 1918, /8 to /29).",
@@ -214,6 +237,23 @@ class Settings(BaseModel):
             if str(net) in seen:
                 raise ValueError(f"{item!r} is listed twice")
             seen.append(str(net))
+        return tuple(seen)
+
+    @field_validator("operators", mode="before")
+    @classmethod
+    def _operator_list(cls, v: Any) -> Any:
+        return _as_list(v, what="principals")
+
+    @field_validator("operators")
+    @classmethod
+    def _operators(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        seen: list[str] = []
+        for item in v:
+            if not _OPERATOR_RE.match(item):
+                raise ValueError(f"{item!r} is not user:EMAIL or group:EMAIL")
+            if item.lower() in (s.lower() for s in seen):
+                raise ValueError(f"{item!r} is listed twice")
+            seen.append(item)
         return tuple(seen)
 
     @field_validator("subnet_cidr")
@@ -325,7 +365,7 @@ def _present_keys() -> set[str]:
 # ---- helpers ------------------------------------------------------------------
 
 
-def _as_list(v: Any) -> Any:
+def _as_list(v: Any, what: str = "CIDRs") -> Any:
     """Pulumi passes arrays as JSON text; also accept `a,b` from `pulumi config set`."""
     if isinstance(v, str):
         text = v.strip()
@@ -335,7 +375,7 @@ def _as_list(v: Any) -> Any:
             try:
                 return json.loads(text)
             except json.JSONDecodeError:
-                raise ValueError("not a JSON list of CIDRs") from None
+                raise ValueError(f"not a JSON list of {what}") from None
         return [part.strip() for part in text.split(",") if part.strip()]
     return v
 

@@ -4,13 +4,32 @@ from __future__ import annotations
 
 import re
 
+from infra.iam import role_permissions
+
 PROJECT_MEMBER = "gcp:projects/iAMMember:IAMMember"
 SA_MEMBER = "gcp:serviceaccount/iAMMember:IAMMember"
 BUCKET_MEMBER = "gcp:storage/bucketIAMMember:BucketIAMMember"
 SECRET_MEMBER = "gcp:secretmanager/secretIamMember:SecretIamMember"
+CUSTOM_ROLE = "gcp:projects/iAMCustomRole:IAMCustomRole"
 
-# The whole IAM of the stack: (who, role, scope). Reviewed; change with care.
+# The whole IAM of the stack with customRoles (the default): (who, role, scope).
+# Reviewed; change with care. custom:<role> is the stack's own custom role.
 EXPECTED_GRANTS = {
+    ("provider", "custom:launcher", "project"),
+    ("provider", "roles/logging.logWriter", "project"),
+    ("provider", "roles/iam.serviceAccountUser", "account:head"),
+    ("provider", "roles/iam.serviceAccountViewer", "account:worker"),
+    ("head", "custom:autoscaler", "project"),
+    ("head", "roles/iam.serviceAccountUser", "account:worker"),
+    ("head", "roles/logging.logWriter", "project"),
+    ("head", "roles/monitoring.metricWriter", "project"),
+    ("head", "roles/storage.objectUser", "bucket"),
+    ("worker", "roles/logging.logWriter", "project"),
+    ("worker", "roles/monitoring.metricWriter", "project"),
+    ("worker", "roles/storage.objectUser", "bucket"),
+}
+# customRoles=false: predefined roles only.
+EXPECTED_PREDEFINED_GRANTS = {
     ("provider", "roles/compute.instanceAdmin.v1", "project"),
     ("provider", "roles/compute.networkViewer", "project"),
     ("provider", "roles/logging.logWriter", "project"),
@@ -42,8 +61,16 @@ def _who(rec, member: str) -> str:
     return found[0]
 
 
+def _role(rec, role: str) -> str:
+    """custom:<role> for the stack's custom roles, the role name otherwise."""
+    for r in rec.of_type(CUSTOM_ROLE):
+        if role == f"projects/{r['inputs']['project']}/roles/{r['inputs']['roleId']}":
+            return "custom:" + r["name"].removeprefix("identity-").removesuffix("-role")
+    return role
+
+
 def all_grants(rec) -> set[tuple[str, str, str]]:
-    """Every role binding of the stack as (who, role, scope)."""
+    """Every role binding of the stack to one of our accounts as (who, role, scope)."""
     emails = rec.outputs["serviceAccounts"]
     account_names = {
         f"projects/ray-gcp-test-1234/serviceAccounts/{email}": who for who, email in emails.items()
@@ -54,8 +81,10 @@ def all_grants(rec) -> set[tuple[str, str, str]]:
     grants = set()
     for r in rec.of_type(PROJECT_MEMBER):
         assert r["inputs"]["project"] == "ray-gcp-test-1234"
-        grants.add((_who(rec, r["inputs"]["member"]), r["inputs"]["role"], "project"))
+        grants.add((_who(rec, r["inputs"]["member"]), _role(rec, r["inputs"]["role"]), "project"))
     for r in rec.of_type(SA_MEMBER):
+        if not r["inputs"]["member"].startswith("serviceAccount:"):
+            continue  # an operator (infra/components/operators.py, its own tests)
         scope = "account:" + account_names[r["inputs"]["serviceAccountId"]]
         grants.add((_who(rec, r["inputs"]["member"]), r["inputs"]["role"], scope))
     for r in rec.of_type(BUCKET_MEMBER):
@@ -80,7 +109,10 @@ def test_three_accounts(each_scenario):
 def test_the_complete_list_of_role_bindings(each_scenario):
     grants = all_grants(each_scenario)
     non_secret = {g for g in grants if not g[2].startswith("secret:")}
-    assert non_secret == EXPECTED_GRANTS
+    if each_scenario.scenario == "predefined-roles":
+        assert non_secret == EXPECTED_PREDEFINED_GRANTS
+    else:
+        assert non_secret == EXPECTED_GRANTS
     secret_grants = {g for g in grants if g[2].startswith("secret:")}
     # Every secret readable by the provider's account, through secretAccessor only.
     assert {(who, role) for who, role, _ in secret_grants} == {
@@ -109,3 +141,30 @@ def test_no_service_account_key_unless_opted_in(programs):
     (key,) = programs("key-mode").of_type("gcp:serviceaccount/key:Key")
     provider = programs("key-mode").outputs["serviceAccounts"]["provider"]
     assert key["inputs"]["serviceAccountId"].endswith(f"/serviceAccounts/{provider}")
+
+
+def test_custom_roles_are_narrow_stack_unique_and_only_with_custom_roles_on(each_scenario):
+    roles = each_scenario.of_type(CUSTOM_ROLE)
+    if each_scenario.scenario == "predefined-roles":
+        assert roles == []
+        return
+    assert sorted(r["name"] for r in roles) == ["identity-autoscaler-role", "identity-launcher-role"]
+    (suffix,) = each_scenario.of_type("random:index/randomString:RandomString")
+    old_roles = role_permissions("roles/compute.instanceAdmin.v1") | role_permissions(
+        "roles/compute.networkViewer"
+    )
+    for r in roles:
+        inputs = r["inputs"]
+        role = r["name"].removeprefix("identity-").removesuffix("-role")
+        cluster = each_scenario.outputs["clusterConfig"].split("cluster_name: ", 1)[1].split()[0]
+        # Stack-unique: a fresh random suffix after each destroy (GCP keeps deleted IDs).
+        assert inputs["roleId"] == f"rayGcp_{cluster.replace('-', '_')}_{role}_r4nd0m"
+        assert re.match(r"^[a-zA-Z0-9_.]{3,64}$", inputs["roleId"])
+        assert inputs["stage"] == "GA"
+        perms = set(inputs["permissions"])
+        # Never more than the predefined roles it replaces, never IAM or a policy write.
+        assert perms <= old_roles, perms - old_roles
+        assert not {p for p in perms if p.startswith("iam.") or "IamPolicy" in p}
+        assert 8 <= len(perms) <= 20
+        assert each_scenario.parent_name(r) == "identity"
+    assert suffix["inputs"]["length"] == 6

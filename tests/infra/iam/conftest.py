@@ -3,18 +3,18 @@ GCP calls recorded from the real code paths (see recorder.py)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from cluster import layout
 from cluster.render import render_gcp, to_yaml
 from cluster.spec import ClusterSpec, GcpFacts
+from infra import boot
 from infra import offline as harness
 from tests.infra.conftest import SCENARIOS
 from tests.infra.iam import recorder
-from infra import boot
 from tests.infra.test_boot import new_sandbox
 from tests.workloads.conftest import EMULATOR_BUCKET, gcs_emulator  # noqa: F401 (fixture)
 
@@ -79,6 +79,7 @@ def recorded(scenarios, gcs_emulator, tmp_path_factory):  # noqa: F811
     calls: dict[str, dict[str, list]] = {"provider": {}, "head": {}, "worker": {}}
     metadata_paths: dict[str, list[str]] = {}
     gcs = recorder.record_gcs(gcs_emulator, EMULATOR_BUCKET)
+    ssh_dirs_before = set(Path("/tmp").glob("ray_ssh_*/*")) | set(Path("/tmp").glob("ray_ssh_*"))
     try:
         for name, scenario in scenarios.items():
             work = Path(tmp_path_factory.mktemp(f"iam-{name}"))
@@ -93,6 +94,10 @@ def recorded(scenarios, gcs_emulator, tmp_path_factory):  # noqa: F811
     finally:
         for server in started:
             server.stop()
+        # Ray's SSHCommandRunner makes /tmp/ray_ssh_<user>/<cluster> control dirs.
+        after = set(Path("/tmp").glob("ray_ssh_*/*")) | set(Path("/tmp").glob("ray_ssh_*"))
+        for path in sorted(after - ssh_dirs_before, key=lambda p: -len(p.parts)):
+            shutil.rmtree(path, ignore_errors=True)
     return {"calls": calls, "metadata_paths": metadata_paths}
 
 

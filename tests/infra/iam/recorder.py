@@ -32,7 +32,7 @@ import yaml
 from cluster import gcp_provider, layout
 from infra import names
 from infra.iam import PROJECT, Call
-from tests.cluster.fakes import FakeGcp
+from tests.cluster.fakes import FakeGcp, RecordingProcessRunner
 from tests.infra.iam.discovery import match_url
 
 API_PREFIX = {"crm": "cloudresourcemanager", "iam": "iam", "compute": "compute"}
@@ -103,6 +103,7 @@ class Scenario:
             subnetworks=subnets,
         )
         fake.extra_handlers[("compute", "instances.delete")] = _delete
+        fake.extra_handlers[("compute", "instances.list")] = _list_non_terminated
         return fake
 
     def reduce(self, fake: FakeGcp) -> list[Call]:
@@ -130,13 +131,21 @@ def _delete(fake: FakeGcp, kw: dict) -> dict:
     return {"name": f"op-delete-{kw['instance']}", "status": "RUNNING"}
 
 
+def _list_non_terminated(fake: FakeGcp, kw: dict) -> dict:
+    """instances.list as GCE answers Ray's filter, including its `(status = X)` terms."""
+    import re
+
+    statuses = set(re.findall(r"\(status = (\w+)\)", kw.get("filter") or ""))
+    items = FakeGcp._list(fake, kw)["items"]
+    return {"items": [i for i in items if not statuses or i["status"] in statuses]}
+
+
 @contextlib.contextmanager
 def patched_gcp(fake: FakeGcp) -> Iterator[None]:
     """Ray's GCP client factory replaced by the fake, like tests/cluster/conftest.py."""
-    from ray.autoscaler._private.providers import _provider_instances
-
     import ray.autoscaler._private.gcp.config as ray_gcp_config
     import ray.autoscaler._private.gcp.node_provider as ray_gcp_node_provider
+    from ray.autoscaler._private.providers import _provider_instances
 
     def rays_own(*_a, **_k):
         raise AssertionError("Ray's own GCP client factory (bootstrap_gcp path) was used")
@@ -168,21 +177,6 @@ def _with_key(config: dict[str, Any], directory: Path) -> dict[str, Any]:
     return config
 
 
-class _NoUpdate:
-    """Stands in for NodeUpdaterThread: the SSH setup of the head makes no GCP call."""
-
-    exitcode = 0
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def start(self) -> None:
-        pass
-
-    def join(self) -> None:
-        pass
-
-
 # ---- the provider VM: ray up, ray down ------------------------------------------------
 
 
@@ -193,14 +187,17 @@ def record_ray_up_and_down(scenario: Scenario, directory: Path) -> list[Call]:
     config_file = directory / "cluster.yaml"
     config_file.write_text(yaml.safe_dump(config))
     fake = scenario.fake_gcp()
-    with patched_gcp(fake), mock.patch.object(commands, "NodeUpdaterThread", _NoUpdate), \
+    with patched_gcp(fake), \
             mock.patch.object(commands, "exec_cluster", side_effect=RuntimeError("no ssh here")), \
-            mock.patch.object(commands, "POLL_INTERVAL", 0):
-        # `ray up`
+            mock.patch.object(commands, "POLL_INTERVAL", 0), \
+            mock.patch.dict("os.environ", {"HOME": str(directory)}):
+        # `ray up`: Ray's real head creation and NodeUpdater (its SSH and rsync
+        # commands go to a recording process runner).
         resolved = commands._bootstrap_config(copy.deepcopy(config), no_config_cache=True)
         commands.get_or_create_head_node(
             resolved, str(config_file), no_restart=False, restart_only=False, yes=True,
             override_cluster_name=None, no_monitor_on_head=True,
+            _runner=RecordingProcessRunner(),
         )
         assert len(fake.instances) == 1, f"ray up made {len(fake.instances)} VMs"
         # `ray down`
@@ -216,6 +213,7 @@ def record_ray_up_and_down(scenario: Scenario, directory: Path) -> list[Call]:
 def record_autoscaler(scenario: Scenario, directory: Path) -> list[Call]:
     from ray.autoscaler._private import commands
     from ray.autoscaler._private.providers import _get_node_provider, _provider_instances
+    from ray.autoscaler._private.updater import NodeUpdaterThread
     from ray.autoscaler.tags import (
         NODE_KIND_WORKER,
         STATUS_UP_TO_DATE,
@@ -246,14 +244,28 @@ def record_autoscaler(scenario: Scenario, directory: Path) -> list[Call]:
             )
         workers = provider.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_WORKER})
         assert len(workers) == 2 * (len(resolved["available_node_types"]) - 1)
-        # A restarted autoscaler has no cache: it reads each node (instances.get).
+        # A restarted autoscaler has no cache.
         _provider_instances.clear()
         fresh = _get_node_provider(resolved["provider"], resolved["cluster_name"])
         for node in workers:
             fresh.node_tags(node)
+            # The autoscaler's NodeUpdaterThread for a new node (its constructor asks the
+            # provider for a command runner: instances.get); its SSH goes nowhere.
+            NodeUpdaterThread(
+                node_id=node, provider_config=resolved["provider"], provider=fresh,
+                auth_config=resolved["auth"], cluster_name=resolved["cluster_name"],
+                file_mounts={}, initialization_commands=[], setup_commands=[],
+                ray_start_commands=[], runtime_hash="", file_mounts_contents_hash="",
+                is_head_node=False, process_runner=RecordingProcessRunner(),
+            )
             fresh.set_node_tags(node, {TAG_RAY_NODE_STATUS: STATUS_UP_TO_DATE})
+        # A preempted spot VM drops out of the list; Ray reads it to see that it is gone.
+        fake.instances[workers[0]]["status"] = "TERMINATED"
+        _provider_instances.clear()
+        after = _get_node_provider(resolved["provider"], resolved["cluster_name"])
+        assert after.is_terminated(workers[0])
         for node in workers:
-            fresh.terminate_node(node)
+            after.terminate_node(node)
         assert fake.instances == {}
     return scenario.reduce(fake)
 

@@ -38,12 +38,15 @@ def test_every_actor_makes_the_calls_its_job_needs(recorded):
         "secretmanager.projects.secrets.versions.access",  # boot script
         "cloudresourcemanager.projects.get",  # bootstrap
         "compute.instances.insert",  # ray up: the head
+        "compute.instances.get",  # ray up: the head's command runner
+        "compute.instances.setLabels",  # ray up: the head's status tags
         "compute.instances.delete",  # ray down
     } <= methods["provider"]
     assert {
         "compute.instances.insert",
         "compute.zoneOperations.get",
         "compute.instances.list",
+        "compute.instances.get",
         "compute.instances.setLabels",
         "compute.instances.delete",
         "storage.objects.insert",
