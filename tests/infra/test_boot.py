@@ -235,7 +235,7 @@ def test_render_substitutes_every_placeholder_with_layout_values():
     assert f"META_SECRETS={layout.META_SECRETS}\n" in text
     assert "SYSTEM_PACKAGES=(rsync python3-venv curl)\n" in text
     # Every keyword argument feeds a placeholder, and every placeholder has one.
-    assert len(boot.template_placeholders()) == 28
+    assert len(boot.template_placeholders()) == 29
     assert boot.render_boot_script(ray_version="9.9.9") != text
 
 
@@ -810,3 +810,67 @@ def test_stub_python_is_the_nodes_minor():
         check=True,
     ).stdout.strip()
     assert out == layout.PYTHON_MINOR
+
+
+# ---- ray-gcp:operators: listed users need no manual group step ----------------------
+
+
+def test_listed_operators_join_the_group_at_first_login(make_sandbox):
+    """A user in the metadata's operator list (not yet in ray-operators) gets the sudo rule,
+    joins the group through the helper at first login, and gets the credentials; an
+    unlisted non-member gets nothing."""
+    sb = make_sandbox("metadata")
+    sb.metadata.attributes[layout.META_OPERATORS] = json.dumps(
+        ["alice_example_com", "carol_example_org"]
+    )
+    result = sb.boot()
+    assert result.returncode == 0, result.stderr
+    assert sb.p(f"{layout.PROVIDER_CONFIG_DIR}/operators").read_text() == (
+        "alice_example_com\ncarol_example_org\n"
+    )
+    sudoers = sb.p(boot.OPERATOR_SUDOERS).read_text()
+    helper = sb.p(boot.OPERATOR_HELPER)
+    assert f'alice_example_com, carol_example_org ALL=(root) NOPASSWD: {helper} ""' in sudoers
+    assert f'%{layout.OPERATOR_GROUP} ALL=(root) NOPASSWD: {helper} ""' in sudoers
+
+    install_stubs(sb.bin, sb.state, login=True)
+    login = f'. "{sb.p(boot.LOGIN_PROFILE)}"'
+    for user, listed in (("alice_example_com", True), ("mallory", False)):
+        home = add_operator(sb, user)
+        env = sb.env(HOME=str(home), STUB_SUDO_USER=user, STUB_ID_GROUPS=user)
+        n = len(sb.calls())
+        subprocess.run(["sh", "-c", login], env=env, capture_output=True, check=True)
+        made = sb.calls()[n:]
+        token_copy = home / layout.OPERATOR_AUTH_TOKEN.removeprefix("~/")
+        if listed:
+            assert ["sudo", "-n", str(helper)] in made
+            assert ["gpasswd", "-a", user, layout.OPERATOR_GROUP] in made
+            assert token_copy.read_bytes() == sb.values[layout.SECRET_RAY_AUTH_TOKEN]
+        else:
+            assert [c for c in made if c[0] in ("sudo", "gpasswd")] == []
+            assert not token_copy.exists()
+    members = (sb.state / "members" / layout.OPERATOR_GROUP).read_text().split()
+    assert members == ["alice_example_com"]
+
+
+@pytest.mark.parametrize(
+    "value", ['"alice"', '["Alice@example.com"]', '["-rf"]', '[1]', "not json"]
+)
+def test_a_bad_operator_list_fails_the_boot_naming_the_key(make_sandbox, value):
+    sb = make_sandbox("metadata")
+    sb.metadata.attributes[layout.META_OPERATORS] = value
+    result = sb.boot()
+    assert result.returncode != 0
+    assert f"metadata key '{layout.META_OPERATORS}'" in result.stderr
+    assert not sb.p(boot.PROVIDER_READY).exists()
+
+
+def test_metadata_without_an_operator_list_means_no_listed_operators(make_sandbox):
+    sb = make_sandbox("metadata")
+    sb.metadata.attributes.pop(layout.META_OPERATORS, None)
+    assert sb.boot().returncode == 0
+    assert sb.p(f"{layout.PROVIDER_CONFIG_DIR}/operators").read_text() == ""
+    sudoers = sb.p(boot.OPERATOR_SUDOERS).read_text()
+    assert [line for line in sudoers.splitlines() if not line.startswith("#")] == [
+        f'%{layout.OPERATOR_GROUP} ALL=(root) NOPASSWD: {sb.p(boot.OPERATOR_HELPER)} ""'
+    ]
