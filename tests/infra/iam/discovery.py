@@ -34,6 +34,39 @@ def _methods(resources: dict[str, Any]):
         yield from _methods(res.get("resources", {}))
 
 
+@functools.cache
+def methods_by_id(api: str) -> dict[str, dict[str, Any]]:
+    return {m["id"]: m for m in _methods(document(api)["resources"])}
+
+
+def check_call(api: str, method_id: str, kwargs: dict[str, Any]) -> list[str]:
+    """Problems of a googleapiclient call (method id, keyword arguments) against the doc:
+    unknown or missing parameters, parameter patterns, and the body's schema."""
+    method = methods_by_id(api).get(method_id)
+    if method is None:
+        return [f"{method_id}: no such method in {api}"]
+    params = method.get("parameters", {})
+    problems = []
+    for name, value in kwargs.items():
+        if name == "body" or value is None:
+            continue
+        if name not in params:
+            problems.append(f"{method_id}: unknown parameter {name}")
+        elif params[name].get("pattern") and not re.match(params[name]["pattern"], str(value)):
+            problems.append(f"{method_id}: {name}={value!r} !~ {params[name]['pattern']}")
+    for name, spec in params.items():
+        if spec.get("required") and kwargs.get(name) is None:
+            problems.append(f"{method_id}: required parameter {name} missing")
+    if "request" in method:
+        if "body" not in kwargs:
+            problems.append(f"{method_id}: no request body")
+        else:
+            problems += [f"{method_id} body {p}" for p in validate(api, method["request"], kwargs["body"])]
+    elif kwargs.get("body") is not None:
+        problems.append(f"{method_id}: takes no request body")
+    return problems
+
+
 def _template(path: str) -> re.Pattern[str]:
     out, pos = "", 0
     for m in re.finditer(r"\{(\+?)([^}]+)\}", path):

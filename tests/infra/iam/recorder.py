@@ -72,6 +72,8 @@ class Scenario:
         self.accounts = dict(accounts)  # who -> email
         self.bucket = bucket
         self.metadata = dict(metadata)
+        # Every raw FakeGcp call reduced so far (for the request-body checks).
+        self.raw: list = []
 
     @property
     def cluster_name(self) -> str:
@@ -108,6 +110,7 @@ class Scenario:
 
     def reduce(self, fake: FakeGcp) -> list[Call]:
         """FakeGcp's calls as infra.iam.Call."""
+        self.raw += fake.calls
         out = []
         for c in fake.calls:
             method = f"{API_PREFIX[c.api]}.{c.method}"
