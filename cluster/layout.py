@@ -15,6 +15,8 @@ UV_VERSION = "0.13.8"
 # The nodes' exact packages (exported from uv.lock), relative to the project
 # root and so to the bundle's root.
 NODE_REQUIREMENTS = "cluster/requirements-node.txt"
+# uv itself, pinned by hash (Linux wheels), for the provider VM and the nodes.
+UV_REQUIREMENTS = "cluster/requirements-uv.txt"
 
 # ---- provider VM (runs `ray up`) -------------------------------------------
 PROVIDER_ROOT = "/opt/ray-gcp"

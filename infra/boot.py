@@ -101,6 +101,7 @@ def render_boot_script(
     operator_auth_token: str = layout.OPERATOR_AUTH_TOKEN,
     operator_sa_key: str = OPERATOR_SA_KEY,
     bundle_requirements: str = BUNDLE_REQUIREMENTS,
+    uv_requirements: str = layout.UV_REQUIREMENTS,
     meta_cluster_config: str = layout.META_CLUSTER_CONFIG,
     meta_bundle: str = layout.META_BUNDLE,
     meta_secrets: str = layout.META_SECRETS,
@@ -146,6 +147,9 @@ def render_boot_script(
         "OPERATOR_SA_KEY": _home_relative("operator_sa_key", operator_sa_key, operator_dir),
         "BUNDLE_REQUIREMENTS": _check(
             "bundle_requirements", bundle_requirements, _REL_PATH, "a relative path"
+        ),
+        "UV_REQUIREMENTS": _check(
+            "uv_requirements", uv_requirements, _REL_PATH, "a relative path"
         ),
         "META_CLUSTER_CONFIG": _check("meta_cluster_config", meta_cluster_config, _NAME, n),
         "META_BUNDLE": _check("meta_bundle", meta_bundle, _NAME, n),

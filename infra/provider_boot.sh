@@ -33,6 +33,7 @@ OPERATOR_SSH_KEY=@@OPERATOR_SSH_KEY@@
 OPERATOR_AUTH_TOKEN=@@OPERATOR_AUTH_TOKEN@@
 OPERATOR_SA_KEY=@@OPERATOR_SA_KEY@@
 BUNDLE_REQUIREMENTS=@@BUNDLE_REQUIREMENTS@@
+UV_REQUIREMENTS=@@UV_REQUIREMENTS@@
 META_CLUSTER_CONFIG=@@META_CLUSTER_CONFIG@@
 META_BUNDLE=@@META_BUNDLE@@
 META_SECRETS=@@META_SECRETS@@
@@ -532,9 +533,14 @@ install_uv() {
     info "already installed"
     return
   fi
+  local pins=$SRC_STAGE/src/$UV_REQUIREMENTS
+  [ -f "$pins" ] || die "the bundle lacks $UV_REQUIREMENTS (uv pinned by hash)"
+  grep -qxF "uv==$UV_VERSION \\" "$pins" || die "$UV_REQUIREMENTS does not pin uv==$UV_VERSION"
   rm -rf "$TOOLS"
   "$SYSTEM_PYTHON" -m venv "$TOOLS"
-  "$TOOLS/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check "uv==$UV_VERSION"
+  # The wheel must match one of the checked-in hashes (PyPI's Linux wheels).
+  "$TOOLS/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check --no-deps \
+    --require-hashes -r "$pins"
   [ "$(uv_version)" = "$UV_VERSION" ] || die "$UV reports version '$(uv_version)', wanted $UV_VERSION"
 }
 

@@ -51,6 +51,10 @@ REQUIREMENTS = (
 )
 
 
+# The real, checked-in uv pins (what the bundle carries).
+UV_PINS = (Path(__file__).parents[2] / layout.UV_REQUIREMENTS).read_text()
+
+
 def make_bundle(
     requirements: str = REQUIREMENTS, marker: str = "bundle-v1", extra: dict | None = None
 ) -> str:
@@ -58,6 +62,7 @@ def make_bundle(
     files = {
         "cluster/__init__.py": f"BUNDLE = {marker!r}\n",
         "cluster/requirements-node.txt": requirements,
+        layout.UV_REQUIREMENTS: UV_PINS,
         "workloads/__init__.py": "",
         "workloads/hello.py": "print('hello')\n",
         **(extra or {}),
@@ -235,7 +240,7 @@ def test_render_substitutes_every_placeholder_with_layout_values():
     assert f"META_SECRETS={layout.META_SECRETS}\n" in text
     assert "SYSTEM_PACKAGES=(rsync python3-venv curl)\n" in text
     # Every keyword argument feeds a placeholder, and every placeholder has one.
-    assert len(boot.template_placeholders()) == 29
+    assert len(boot.template_placeholders()) == 30
     assert boot.render_boot_script(ray_version="9.9.9") != text
 
 
@@ -351,7 +356,10 @@ def test_first_boot_installs_packages_uv_and_the_exact_pinned_venv(first_boot):
             "--quiet",
             "--no-cache-dir",
             "--disable-pip-version-check",
-            f"uv=={layout.UV_VERSION}",
+            "--no-deps",
+            "--require-hashes",
+            "-r",
+            str(sb.p(layout.PROVIDER_ROOT) / ".boot-staging" / "src" / layout.UV_REQUIREMENTS),
         ]
     ]
     venv = str(sb.p(layout.PROVIDER_VENV))
@@ -874,3 +882,44 @@ def test_metadata_without_an_operator_list_means_no_listed_operators(make_sandbo
     assert [line for line in sudoers.splitlines() if not line.startswith("#")] == [
         f'%{layout.OPERATOR_GROUP} ALL=(root) NOPASSWD: {sb.p(boot.OPERATOR_HELPER)} ""'
     ]
+
+
+# ---- uv pinned by hash ------------------------------------------------------------------
+
+
+def test_uv_pins_are_the_layout_version_with_both_linux_wheel_hashes():
+    lines = [line.strip() for line in UV_PINS.splitlines() if not line.startswith("#")]
+    text = " ".join(lines)
+    assert text.startswith(f"uv=={layout.UV_VERSION} \\")
+    hashes = [h for h in text.split() if h.startswith("--hash=sha256:")]
+    assert len(hashes) == 2 and len(set(hashes)) == 2
+    assert all(len(h.removeprefix("--hash=sha256:")) == 64 for h in hashes)
+    assert "x86_64" in UV_PINS and "aarch64" in UV_PINS
+
+
+@pytest.mark.parametrize(
+    ("pins", "needle"),
+    [
+        (None, "lacks cluster/requirements-uv.txt"),
+        ("uv==0.0.1 \\\n    --hash=sha256:" + "0" * 64 + "\n", "does not pin uv=="),
+    ],
+)
+def test_a_bundle_without_the_pinned_uv_fails_the_boot(make_sandbox, pins, needle):
+    sb = make_sandbox("metadata")
+    if pins is None:
+        bundle = make_bundle()
+        raw = base64.b64decode(bundle)
+        with tarfile.open(fileobj=io.BytesIO(raw)) as src:
+            members = [(m, src.extractfile(m)) for m in src.getmembers()]
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as dst:
+                for m, f in members:
+                    if m.name != layout.UV_REQUIREMENTS:
+                        dst.addfile(m, f)
+        sb.metadata.attributes[layout.META_BUNDLE] = base64.b64encode(buf.getvalue()).decode()
+    else:
+        sb.metadata.attributes[layout.META_BUNDLE] = make_bundle(extra={layout.UV_REQUIREMENTS: pins})
+    result = sb.boot()
+    assert result.returncode != 0
+    assert needle in result.stderr
+    assert not sb.p(boot.PROVIDER_READY).exists()

@@ -111,6 +111,11 @@ else:
     # Used as <tools>/bin/pip: `pip install ... uv==X` leaves a uv stub of version X.
     "pip": """
 pins = [a for a in ARGS if a.startswith("uv==")]
+if "-r" in ARGS:
+    text = Path(ARGS[ARGS.index("-r") + 1]).read_text()
+    if "--require-hashes" in ARGS and "--hash=sha256:" not in text:
+        sys.exit("pip stub: --require-hashes but the file has no hashes")
+    pins = re.findall(r"^(uv==\\S+)", text, re.M)
 if ARGS[:1] == ["install"] and pins:
     version = pins[0].split("==", 1)[1]
     uv = Path(sys.argv[0]).parent / "uv"
