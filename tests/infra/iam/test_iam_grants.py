@@ -77,3 +77,19 @@ def test_predefined_roles_are_the_fallback_and_far_broader(recorded, programs, c
             )
         assert needed <= granted
         assert len(granted - needed) > 300  # compute.instanceAdmin.v1 alone is ~530
+
+
+def test_readme_states_the_measured_project_level_extras(recorded, programs):
+    """infra/README.md's "today N for the provider, M for the head" is the default stack's."""
+    import re
+
+    from infra import offline as harness
+
+    text = (harness.PROJECT_ROOT / "infra" / "README.md").read_text()
+    claimed = re.search(r"today (\d+) for the provider, (\d+) for the head", " ".join(text.split()))
+    assert claimed, "infra/README.md no longer states the extras"
+    measured = []
+    for actor in ("provider", "head"):
+        granted, needed = _project_report(programs, recorded, "default", actor)
+        measured.append(len(granted - needed))
+    assert [int(claimed.group(1)), int(claimed.group(2))] == measured
