@@ -16,6 +16,7 @@ login (metadata key layout.META_OPERATORS, see infra/BOOT.md), so
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 
@@ -39,7 +40,9 @@ def operator_usernames(operators: Sequence[str]) -> list[str]:
 
 
 def _slug(principal: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", principal.lower()).strip("-")
+    """A resource-name part: readable, plus a hash so a.b@x and a-b@x stay distinct."""
+    readable = re.sub(r"[^a-z0-9]+", "-", principal.lower()).strip("-")
+    return f"{readable}-{hashlib.sha256(principal.encode()).hexdigest()[:6]}"
 
 
 class OperatorAccess(Component):

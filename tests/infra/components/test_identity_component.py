@@ -12,14 +12,12 @@ BUCKET_MEMBER = "gcp:storage/bucketIAMMember:BucketIAMMember"
 SECRET_MEMBER = "gcp:secretmanager/secretIamMember:SecretIamMember"
 CUSTOM_ROLE = "gcp:projects/iAMCustomRole:IAMCustomRole"
 
-# The whole IAM of the stack with customRoles (the default): (who, role, scope).
-# Reviewed; change with care. custom:<role> is the stack's own custom role.
-EXPECTED_GRANTS = {
-    ("provider", "custom:launcher", "project"),
+# The whole IAM of the stack: (who, role, scope). Reviewed; change with care.
+# Grants that do not depend on customRoles:
+COMMON_GRANTS = {
     ("provider", "roles/logging.logWriter", "project"),
     ("provider", "roles/iam.serviceAccountUser", "account:head"),
     ("provider", "roles/iam.serviceAccountViewer", "account:worker"),
-    ("head", "custom:autoscaler", "project"),
     ("head", "roles/iam.serviceAccountUser", "account:worker"),
     ("head", "roles/logging.logWriter", "project"),
     ("head", "roles/monitoring.metricWriter", "project"),
@@ -28,21 +26,16 @@ EXPECTED_GRANTS = {
     ("worker", "roles/monitoring.metricWriter", "project"),
     ("worker", "roles/storage.objectUser", "bucket"),
 }
-# customRoles=false: predefined roles only.
-EXPECTED_PREDEFINED_GRANTS = {
+# customRoles (the default): custom:<role> is the stack's own custom role.
+EXPECTED_GRANTS = COMMON_GRANTS | {
+    ("provider", "custom:launcher", "project"),
+    ("head", "custom:autoscaler", "project"),
+}
+# customRoles=false: predefined compute roles instead.
+EXPECTED_PREDEFINED_GRANTS = COMMON_GRANTS | {
     ("provider", "roles/compute.instanceAdmin.v1", "project"),
     ("provider", "roles/compute.networkViewer", "project"),
-    ("provider", "roles/logging.logWriter", "project"),
-    ("provider", "roles/iam.serviceAccountUser", "account:head"),
-    ("provider", "roles/iam.serviceAccountViewer", "account:worker"),
     ("head", "roles/compute.instanceAdmin.v1", "project"),
-    ("head", "roles/iam.serviceAccountUser", "account:worker"),
-    ("head", "roles/logging.logWriter", "project"),
-    ("head", "roles/monitoring.metricWriter", "project"),
-    ("head", "roles/storage.objectUser", "bucket"),
-    ("worker", "roles/logging.logWriter", "project"),
-    ("worker", "roles/monitoring.metricWriter", "project"),
-    ("worker", "roles/storage.objectUser", "bucket"),
 }
 SECRET_NAMES = {"ssh-private-key", "ray-auth-token", "service-account-key"}
 

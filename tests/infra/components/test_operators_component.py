@@ -89,3 +89,10 @@ def test_bad_principals_fail_naming_the_setting(value):
     text = str(exc.value)
     assert "ray-gcp:operators" in text and "nothing was created" in text
     assert "user:EMAIL or group:EMAIL" in text
+
+
+def test_principals_that_differ_only_in_punctuation_get_distinct_resources():
+    from infra.components.operators import _slug
+
+    assert _slug("user:a.b@x.io") != _slug("user:a-b@x.io")
+    assert _slug("user:a.b@x.io").startswith("user-a-b-x-io-")
