@@ -840,6 +840,11 @@ def test_listed_operators_join_the_group_at_first_login(make_sandbox):
     helper = sb.p(boot.OPERATOR_HELPER)
     assert f'alice_example_com, carol_example_org ALL=(root) NOPASSWD: {helper} ""' in sudoers
     assert f'%{layout.OPERATOR_GROUP} ALL=(root) NOPASSWD: {helper} ""' in sudoers
+    visudo = shutil.which("visudo", path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if visudo:  # CI installs sudo (.ci/run); the user list must be valid sudoers syntax
+        check = subprocess.run([visudo, "-c", "-f", str(sb.p(boot.OPERATOR_SUDOERS))],
+                               capture_output=True, text=True, check=False)
+        assert check.returncode == 0, check.stdout + check.stderr
 
     install_stubs(sb.bin, sb.state, login=True)
     login = f'. "{sb.p(boot.LOGIN_PROFILE)}"'
