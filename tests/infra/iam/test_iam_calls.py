@@ -56,3 +56,13 @@ def test_every_actor_makes_the_calls_its_job_needs(recorded):
         "storage.buckets.get", "storage.objects.get", "storage.objects.insert",
         "storage.objects.list",
     }
+
+
+def test_every_provider_vm_scenario_was_recorded(recorded):
+    """Only deployments without a provider VM may be left out of the recording."""
+    from tests.infra.conftest import SCENARIOS
+    from tests.infra.iam.conftest import EXTRA_SPECS
+
+    vm_scenarios = {"default", "key-mode", "ssh-ranges", "spot", "us-central1",
+                    "predefined-roles", "operators"} & set(SCENARIOS)
+    assert vm_scenarios | set(EXTRA_SPECS) <= set(recorded["calls"]["provider"])
