@@ -15,6 +15,8 @@ UV_VERSION = "0.13.8"
 # The nodes' exact packages (exported from uv.lock), relative to the project
 # root and so to the bundle's root.
 NODE_REQUIREMENTS = "cluster/requirements-node.txt"
+# uv itself, pinned by hash (Linux wheels), for the provider VM and the nodes.
+UV_REQUIREMENTS = "cluster/requirements-uv.txt"
 
 # ---- provider VM (runs `ray up`) -------------------------------------------
 PROVIDER_ROOT = "/opt/ray-gcp"
@@ -37,6 +39,7 @@ META_CLUSTER_CONFIG = "ray-cluster-config"
 META_BUNDLE = "ray-gcp-bundle"  # base64 of a deterministic tar.gz
 META_SECRETS = "ray-gcp-secrets"  # JSON: {logical name: Secret Manager version path}
 META_CREDENTIAL_MODE = "ray-gcp-credential-mode"  # "metadata" | "key"
+META_OPERATORS = "ray-gcp-operators"  # JSON list: OS Login usernames of ray-gcp:operators users
 
 # Logical secret names (keys of the META_SECRETS JSON).
 SECRET_SSH_PRIVATE_KEY = "ssh-private-key"

@@ -244,12 +244,13 @@ def node_setup_commands(spec: ClusterSpec, facts: GcpFacts) -> list[str]:
     uv_env = "UV_PYTHON_DOWNLOADS=never UV_NO_CONFIG=1"
     env_file = " ".join(shlex.quote(line) for line in node_env_lines(spec, facts))
     return [
-        # uv, exactly layout.UV_VERSION (reinstalled if another version is there).
+        # uv, exactly layout.UV_VERSION, its wheel checked against the bundle's hashes
+        # (reinstalled if another version is there).
         (
             f'[ "$({NODE_UV} --version 2>/dev/null | cut -d" " -f2)" = "{layout.UV_VERSION}" ] || '
             f"{{ rm -rf {NODE_TOOLS} && python3 -m venv {NODE_TOOLS} && "
-            f"{NODE_TOOLS}/bin/pip install -q --disable-pip-version-check "
-            f"uv=={layout.UV_VERSION}; }}"
+            f"{NODE_TOOLS}/bin/pip install -q --disable-pip-version-check --no-deps "
+            f"--require-hashes -r {layout.NODE_SRC}/{layout.UV_REQUIREMENTS}; }}"
         ),
         # The venv on the image's python3.X (never a downloaded interpreter).
         (

@@ -101,10 +101,12 @@ def render_boot_script(
     operator_auth_token: str = layout.OPERATOR_AUTH_TOKEN,
     operator_sa_key: str = OPERATOR_SA_KEY,
     bundle_requirements: str = BUNDLE_REQUIREMENTS,
+    uv_requirements: str = layout.UV_REQUIREMENTS,
     meta_cluster_config: str = layout.META_CLUSTER_CONFIG,
     meta_bundle: str = layout.META_BUNDLE,
     meta_secrets: str = layout.META_SECRETS,
     meta_credential_mode: str = layout.META_CREDENTIAL_MODE,
+    meta_operators: str = layout.META_OPERATORS,
     secret_ssh_private_key: str = layout.SECRET_SSH_PRIVATE_KEY,
     secret_ray_auth_token: str = layout.SECRET_RAY_AUTH_TOKEN,
     secret_sa_key: str = layout.SECRET_SA_KEY,
@@ -146,10 +148,14 @@ def render_boot_script(
         "BUNDLE_REQUIREMENTS": _check(
             "bundle_requirements", bundle_requirements, _REL_PATH, "a relative path"
         ),
+        "UV_REQUIREMENTS": _check(
+            "uv_requirements", uv_requirements, _REL_PATH, "a relative path"
+        ),
         "META_CLUSTER_CONFIG": _check("meta_cluster_config", meta_cluster_config, _NAME, n),
         "META_BUNDLE": _check("meta_bundle", meta_bundle, _NAME, n),
         "META_SECRETS": _check("meta_secrets", meta_secrets, _NAME, n),
         "META_CREDENTIAL_MODE": _check("meta_credential_mode", meta_credential_mode, _NAME, n),
+        "META_OPERATORS": _check("meta_operators", meta_operators, _NAME, n),
         "SECRET_SSH_PRIVATE_KEY": _check(
             "secret_ssh_private_key", secret_ssh_private_key, _NAME, n
         ),

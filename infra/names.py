@@ -38,3 +38,16 @@ def bucket_name(project: str, cluster_name: str) -> str:
 def resource_name(cluster_name: str, what: str) -> str:
     """Name of a project-scoped resource (VPC, subnet, firewall, VM, secret): <= 63 chars."""
     return _fit(cluster_name, what, 63)
+
+
+# OS Login POSIX usernames are at most 32 characters.
+_POSIX_USER_MAX = 32
+
+
+def oslogin_username(email: str) -> str:
+    """The default OS Login POSIX username of a Google account: the email, lowercased,
+    every character other than a letter or digit replaced by `_`, cut to 32 characters
+    (alice.smith@example.com -> alice_smith_example_com)."""
+    import re
+
+    return re.sub(r"[^a-z0-9]", "_", email.lower())[:_POSIX_USER_MAX]

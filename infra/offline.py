@@ -147,6 +147,11 @@ def _outputs(typ: str, inputs: dict[str, Any]) -> tuple[str | None, dict[str, An
         out = {"controlPlaneEndpointsConfig": endpoints, "selfLink": f"https://container.googleapis.com/v1/{rid}"}
     elif typ == "gcp:container/nodePool:NodePool":
         rid = f"{inputs['location']}/{inputs['cluster']}/{name}"
+    elif typ == "random:index/randomString:RandomString":
+        out = {"result": "r4nd0m"[: int(inputs.get("length", 6))]}
+    elif typ == "gcp:projects/iAMCustomRole:IAMCustomRole":
+        rid = f"projects/{project}/roles/{inputs['roleId']}"
+        out = {"name": rid}
     elif typ == "gcp:compute/instance:Instance":
         rid = f"projects/{project}/zones/{inputs['zone']}/instances/{name}"
         out = {"selfLink": f"{GCE}/{rid}", "instanceId": "4000000000000000001"}

@@ -24,6 +24,7 @@ from infra.components.gke import GkeCluster
 from infra.components.identity import Identity
 from infra.components.kuberay_operator import KubeRayOperator
 from infra.components.network import ClusterNetwork
+from infra.components.operators import OperatorAccess
 from infra.components.provider_vm import ProviderVm
 from infra.components.ray_on_gke import RayOnGke
 from infra.components.secrets import LauncherSecrets
@@ -108,6 +109,14 @@ def build(settings: Settings) -> dict[str, Any]:
         # The boot script reads secrets and the head is created with these
         # grants: both must exist before the VM starts.
         depends_on=[*after_apis, identity, secrets, network],
+    )
+
+    OperatorAccess(
+        "operators",
+        settings=settings,
+        instance=vm.instance,
+        provider_account=identity.accounts["provider"],
+        depends_on=after_apis,
     )
 
     return {

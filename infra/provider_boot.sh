@@ -33,10 +33,12 @@ OPERATOR_SSH_KEY=@@OPERATOR_SSH_KEY@@
 OPERATOR_AUTH_TOKEN=@@OPERATOR_AUTH_TOKEN@@
 OPERATOR_SA_KEY=@@OPERATOR_SA_KEY@@
 BUNDLE_REQUIREMENTS=@@BUNDLE_REQUIREMENTS@@
+UV_REQUIREMENTS=@@UV_REQUIREMENTS@@
 META_CLUSTER_CONFIG=@@META_CLUSTER_CONFIG@@
 META_BUNDLE=@@META_BUNDLE@@
 META_SECRETS=@@META_SECRETS@@
 META_CREDENTIAL_MODE=@@META_CREDENTIAL_MODE@@
+META_OPERATORS=@@META_OPERATORS@@
 SECRET_SSH_PRIVATE_KEY=@@SECRET_SSH_PRIVATE_KEY@@
 SECRET_RAY_AUTH_TOKEN=@@SECRET_RAY_AUTH_TOKEN@@
 SECRET_SA_KEY=@@SECRET_SA_KEY@@
@@ -65,6 +67,8 @@ UV=$TOOLS/bin/uv
 HELPER=$ROOT$OPERATOR_HELPER
 SUDOERS=$ROOT$OPERATOR_SUDOERS
 PROFILE=$ROOT$LOGIN_PROFILE
+# OS Login usernames of the ray-gcp:operators users (metadata key META_OPERATORS).
+OPERATORS_FILE=$CONFIG_DIR/operators
 # Staging dirs sit next to their targets so the final install is a rename.
 STAGE=$CONFIG_DIR/.boot-staging
 SRC_STAGE=$ROOT$PROVIDER_ROOT/.boot-staging
@@ -155,6 +159,7 @@ fetch_all() {
   _RG_RETRY_BASE_DELAY=$RETRY_BASE_DELAY _RG_RAY_VERSION=$RAY_VERSION \
   _RG_META_CLUSTER_CONFIG=$META_CLUSTER_CONFIG _RG_META_BUNDLE=$META_BUNDLE \
   _RG_META_SECRETS=$META_SECRETS _RG_META_CREDENTIAL_MODE=$META_CREDENTIAL_MODE \
+  _RG_META_OPERATORS=$META_OPERATORS \
   _RG_SECRET_SSH_PRIVATE_KEY=$SECRET_SSH_PRIVATE_KEY \
   _RG_SECRET_RAY_AUTH_TOKEN=$SECRET_RAY_AUTH_TOKEN _RG_SECRET_SA_KEY=$SECRET_SA_KEY \
   _RG_BUNDLE_REQUIREMENTS=$BUNDLE_REQUIREMENTS \
@@ -258,6 +263,33 @@ def attribute(key):
             ) from None
         raise
     return raw.decode("utf-8")
+
+
+def optional_attribute(key, default):
+    try:
+        return attribute(key)
+    except BootError:
+        return default
+
+
+# An OS Login POSIX username (Google's default: the email with [^a-z0-9] -> "_").
+POSIX_USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+
+
+def parse_operators(text):
+    key = E["_RG_META_OPERATORS"]
+    try:
+        users = json.loads(text)
+    except ValueError:
+        raise BootError(f"metadata key {key!r} is not valid JSON") from None
+    if not isinstance(users, list) or not all(
+        isinstance(u, str) and POSIX_USER.match(u) for u in users
+    ):
+        raise BootError(
+            f"metadata key {key!r} must be a JSON list of usernames of [a-z0-9_.-] "
+            "(at most 32 characters, not starting with a digit, '.' or '-')"
+        )
+    return sorted(set(users))
 
 
 def write_private(path, data):
@@ -438,6 +470,10 @@ def main():
         f.write(cluster_yaml)
     with open(os.path.join(STAGE, "credential-mode"), "w") as f:
         f.write(mode + "\n")
+    # Older metadata (before ray-gcp:operators) has no such key: no listed operators.
+    operators = parse_operators(optional_attribute(E["_RG_META_OPERATORS"], "[]"))
+    with open(os.path.join(STAGE, "operators"), "w") as f:
+        f.write("".join(u + "\n" for u in operators))
 
 
 try:
@@ -497,9 +533,14 @@ install_uv() {
     info "already installed"
     return
   fi
+  local pins=$SRC_STAGE/src/$UV_REQUIREMENTS
+  [ -f "$pins" ] || die "the bundle lacks $UV_REQUIREMENTS (uv pinned by hash)"
+  grep -qxF "uv==$UV_VERSION \\" "$pins" || die "$UV_REQUIREMENTS does not pin uv==$UV_VERSION"
   rm -rf "$TOOLS"
   "$SYSTEM_PYTHON" -m venv "$TOOLS"
-  "$TOOLS/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check "uv==$UV_VERSION"
+  # The wheel must match one of the checked-in hashes (PyPI's Linux wheels).
+  "$TOOLS/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check --no-deps \
+    --require-hashes -r "$pins"
   [ "$(uv_version)" = "$UV_VERSION" ] || die "$UV reports version '$(uv_version)', wanted $UV_VERSION"
 }
 
@@ -606,6 +647,7 @@ write_helper() {
   echo "# credentials. Written by the provider VM's boot script; see infra/BOOT.md."
   echo "# Usage: sudo $OPERATOR_HELPER   (root may name a USER: $OPERATOR_HELPER USER)"
   printf 'SECRETS_DIR=%q\nREADY=%q\nOPERATOR_DIR=%q\n' "$SECRETS_DIR" "$READY" "$OPERATOR_DIR"
+  printf 'OPERATORS_FILE=%q\nOPERATOR_GROUP=%q\n' "$OPERATORS_FILE" "$OPERATOR_GROUP"
   printf 'COPIES=(%q %q %q %q %q %q)\n' \
     "$SECRET_SSH_PRIVATE_KEY" "$OPERATOR_SSH_KEY" "$SECRET_RAY_AUTH_TOKEN" "$OPERATOR_AUTH_TOKEN" \
     "$SECRET_SA_KEY" "$OPERATOR_SA_KEY"
@@ -619,6 +661,10 @@ user=${1:-${SUDO_USER:-}}
 entry=$(getent passwd "$user") || fail "unknown user '$user'"
 home=$(printf '%s\n' "$entry" | cut -d: -f6)
 [ -d "$home" ] || fail "the home directory of '$user' ($home) does not exist"
+# A user listed in ray-gcp:operators joins the group now that OS Login knows them.
+if [ -f "$OPERATORS_FILE" ] && grep -qxF -- "$user" "$OPERATORS_FILE"; then
+  gpasswd -a "$user" "$OPERATOR_GROUP" >/dev/null
+fi
 for ((i = 0; i < ${#COPIES[@]}; i += 2)); do
   name=${COPIES[i]}
   dest=$home/${COPIES[i + 1]}
@@ -638,9 +684,15 @@ HELPER
 }
 
 write_sudoers() {
-  echo "# ray-gcp: members of $OPERATOR_GROUP may install their own copies of the launcher"
-  echo "# credentials, nothing else (no arguments). Written by the provider VM's boot script."
+  echo "# ray-gcp: members of $OPERATOR_GROUP and the users listed in ray-gcp:operators may"
+  echo "# install their own copies of the launcher credentials, nothing else (no arguments)."
+  echo "# Written by the provider VM's boot script."
   echo "%$OPERATOR_GROUP ALL=(root) NOPASSWD: $HELPER \"\""
+  local users
+  users=$(paste -sd, "$STAGE/operators")
+  if [ -n "$users" ]; then
+    echo "${users//,/, } ALL=(root) NOPASSWD: $HELPER \"\""
+  fi
 }
 
 write_profile() {
@@ -658,17 +710,23 @@ write_profile() {
   echo "  echo \"ray-gcp: this VM's boot did not complete; no launcher credentials.\" \\"
   echo "    \"See: sudo journalctl -u google-startup-scripts\" >&2"
   echo "else"
+  # Members of the group, and listed operators (the helper adds them to the group).
   echo "  case \" \$(id -nG 2>/dev/null) \" in"
-  echo "  *\" $OPERATOR_GROUP \"*)"
-  echo "    sudo -n \"$HELPER\" 2>/dev/null ||"
-  echo "      echo \"ray-gcp: could not install your launcher credentials: sudo $HELPER\" >&2 ;;"
+  echo "  *\" $OPERATOR_GROUP \"*) _ray_gcp_operator=1 ;;"
+  echo "  *) grep -qxF -- \"\$(id -un)\" \"$OPERATORS_FILE\" 2>/dev/null && _ray_gcp_operator=1 ;;"
   echo "  esac"
+  echo "  if [ -n \"\${_ray_gcp_operator:-}\" ]; then"
+  echo "    sudo -n \"$HELPER\" 2>/dev/null ||"
+  echo "      echo \"ray-gcp: could not install your launcher credentials: sudo $HELPER\" >&2"
+  echo "  fi"
+  echo "  unset _ray_gcp_operator"
   echo "fi"
 }
 
 install_config() {
   step 8 "cluster config, operator access, login environment"
   install_file "$STAGE/cluster.yaml" 0644 "$CLUSTER_YAML"
+  install_file "$STAGE/operators" 0644 "$OPERATORS_FILE"
   if ! getent group "$OPERATOR_GROUP" >/dev/null; then
     groupadd --system "$OPERATOR_GROUP"
     info "created group $OPERATOR_GROUP"

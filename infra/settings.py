@@ -34,6 +34,9 @@ PROJECT_KEY = "gcp:project"
 # Google's IAP TCP forwarding connects from this range (documented, fixed).
 IAP_SOURCE_RANGE = "35.235.240.0/20"
 
+# An IAM principal of a person or a Google group; service accounts cannot use OS Login
+# with a predictable POSIX name, so they are not operators.
+_OPERATOR_RE = re.compile(r"^(user|group):[A-Za-z0-9._%+'-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 _MACHINE_TYPE_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)+$")
 _PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _RFC1918 = tuple(
@@ -140,6 +143,26 @@ class Settings(BaseModel):
             "key: also create a service-account key, kept in Secret Manager."
         ),
         **_allowed("metadata or key"),
+    )
+    custom_roles: bool = Field(
+        default=True,
+        description=(
+            "true: the provider and head accounts get custom roles (launcher, autoscaler) "
+            "holding exactly the permissions their recorded GCP calls need (infra/iam/). "
+            "false: predefined roles (compute.instanceAdmin.v1...), for deployers without "
+            "roles/iam.roleAdmin."
+        ),
+        **_allowed("true or false"),
+    )
+    operators: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "People who may SSH to the provider VM and run `ray up`: IAM principals "
+            "user:EMAIL or group:EMAIL. Each gets IAP tunnel access and OS Login on the "
+            "provider VM only, and actAs on the provider account only; listed users join "
+            "the ray-operators group on the VM at their first login."
+        ),
+        **_allowed("a list of user:EMAIL or group:EMAIL, e.g. user:alice@example.com"),
     )
     subnet_cidr: str = Field(
         default="10.10.0.0/20",
@@ -292,6 +315,23 @@ class Settings(BaseModel):
             seen.append(str(net))
         return tuple(seen)
 
+    @field_validator("operators", mode="before")
+    @classmethod
+    def _operator_list(cls, v: Any) -> Any:
+        return _as_list(v, what="principals")
+
+    @field_validator("operators")
+    @classmethod
+    def _operators(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        seen: list[str] = []
+        for item in v:
+            if not _OPERATOR_RE.match(item):
+                raise ValueError(f"{item!r} is not user:EMAIL or group:EMAIL")
+            if item.lower() in (s.lower() for s in seen):
+                raise ValueError(f"{item!r} is listed twice")
+            seen.append(item)
+        return tuple(seen)
+
     @field_validator("subnet_cidr")
     @classmethod
     def _subnet_cidr(cls, v: str) -> str:
@@ -380,8 +420,15 @@ class Settings(BaseModel):
 # value other than the default, which is all the program can see: the engine
 # hands it Pulumi.yaml's defaults too), they are an error, not silently ignored.
 PLATFORM_ONLY: dict[str, tuple[str, ...]] = {
-    # The provider VM and its SSH access exist only with `ray up` on VMs.
-    "vm": ("provider_machine_type", "ssh_source_ranges", "credential_mode"),
+    # The provider VM and its SSH access exist only with `ray up` on VMs, and so do
+    # the launcher/autoscaler accounts that customRoles narrows.
+    "vm": (
+        "provider_machine_type",
+        "ssh_source_ranges",
+        "credential_mode",
+        "custom_roles",
+        "operators",
+    ),
     "gke": (
         "gke_pods_cidr",
         "gke_services_cidr",
@@ -405,8 +452,10 @@ def _platform_problems(settings: Settings) -> list[str]:
         for field in fields:
             value = getattr(settings, field)
             if value != Settings.model_fields[field].default:
+                # As Pulumi config stores it: false, ["user:a@b.c"], 'e2-small'.
+                shown = repr(value) if isinstance(value, str) else json.dumps(value)
                 problems.append(
-                    f"{keys[field]} = {value!r}: applies only to {keys['platform']} {platform}, "
+                    f"{keys[field]} = {shown}: applies only to {keys['platform']} {platform}, "
                     f"and this stack has {keys['platform']} {settings.platform!r} "
                     f"(remove it: pulumi config rm {keys[field]})"
                 )
@@ -550,7 +599,7 @@ def _present_keys() -> set[str]:
 # ---- helpers ------------------------------------------------------------------
 
 
-def _as_list(v: Any) -> Any:
+def _as_list(v: Any, what: str = "CIDRs") -> Any:
     """Pulumi passes arrays as JSON text; also accept `a,b` from `pulumi config set`."""
     if isinstance(v, str):
         text = v.strip()
@@ -560,7 +609,7 @@ def _as_list(v: Any) -> Any:
             try:
                 return json.loads(text)
             except json.JSONDecodeError:
-                raise ValueError("not a JSON list of CIDRs") from None
+                raise ValueError(f"not a JSON list of {what}") from None
         return [part.strip() for part in text.split(",") if part.strip()]
     return v
 

@@ -1,7 +1,11 @@
 """Service accounts of the provider VM, the Ray head and the Ray workers, and every grant.
 
-Every grant is an `*IAMMember` (adds one member, never overwrites a policy)
-and as narrow as a predefined role allows:
+Every grant is an `*IAMMember` (adds one member, never overwrites a policy).
+With `customRoles: true` (the default) the provider and head accounts' compute
+access is a custom role each, `launcher` and `autoscaler`, holding exactly the
+project-level permissions of their recorded GCP calls (infra/iam/,
+`custom_role_permissions`); everything else is as below. With
+`customRoles: false` it is these predefined roles, as narrow as they allow:
 
 | who      | role                            | on                | why |
 |----------|---------------------------------|-------------------|-----|
@@ -41,9 +45,11 @@ from typing import NamedTuple
 
 import pulumi
 import pulumi_gcp as gcp
+import pulumi_random as random
 
 from infra import names
 from infra.components.base import Component
+from infra.iam import CUSTOM_ROLES, custom_role_permissions
 from infra.settings import Settings
 
 ROLES = ("provider", "head", "worker")
@@ -98,8 +104,38 @@ GKE_GRANTS: tuple[Grant, ...] = (
 )
 
 
+# customRoles: each actor's custom role (CUSTOM_ROLES) replaces these predefined roles.
+CUSTOM = "custom:"  # Grant.role prefix: one of CUSTOM_ROLES, created by this stack
+REPLACED_BY_CUSTOM = {"roles/compute.instanceAdmin.v1", "roles/compute.networkViewer"}
+
+
+def grants(custom_roles: bool) -> tuple[Grant, ...]:
+    """GRANTS, or with custom roles: each actor's predefined compute roles replaced by its role."""
+    if not custom_roles:
+        return GRANTS
+    out: list[Grant] = []
+    for role, who in CUSTOM_ROLES.items():
+        out.append(Grant(who, CUSTOM + role, PROJECT))
+    out += [g for g in GRANTS if g.role not in REPLACED_BY_CUSTOM]
+    return tuple(out)
+
+
+def custom_role_id(cluster_name: str, role: str, suffix: str) -> str:
+    """`rayGcp_<cluster>_<role>_<suffix>`: custom role IDs allow [a-zA-Z0-9_.] only, up to 64.
+
+    GCP keeps a deleted custom role for 7 days (and its ID for up to 44), refusing
+    the ID meanwhile; the random suffix, new after each `pulumi destroy`, lets
+    `pulumi up` run again at once.
+    """
+    role_id = f"rayGcp_{cluster_name.replace('-', '_')}_{role}_{suffix}"
+    if len(role_id) > 64:
+        raise ValueError(f"custom role ID {role_id!r} is longer than 64 characters")
+    return role_id
+
+
 class Identity(Component):
-    """The three service accounts and GRANTS (vm), or the GKE node account and GKE_GRANTS."""
+    """vm: the three service accounts, the custom roles (customRoles) and their grants;
+    gke: the GKE node account and GKE_GRANTS."""
 
     def __init__(
         self,
@@ -136,16 +172,42 @@ class Identity(Component):
             who: email.apply(lambda e: f"serviceAccount:{e}") for who, email in self.emails.items()
         }
 
+        self.custom_roles: dict[str, gcp.projects.IAMCustomRole] = {}
+        if settings.custom_roles and not gke:
+            # New after every destroy (see custom_role_id), stable otherwise.
+            suffix = random.RandomString(
+                f"{name}-role-suffix", length=6, special=False, upper=False, opts=self.child()
+            )
+            for role, who in CUSTOM_ROLES.items():
+                self.custom_roles[role] = gcp.projects.IAMCustomRole(
+                    f"{name}-{role}-role",
+                    project=settings.project,
+                    role_id=suffix.result.apply(
+                        lambda s, role=role: custom_role_id(settings.cluster_name, role, s)
+                    ),
+                    title=f"ray-gcp {settings.cluster_name} {role}",
+                    description=(
+                        f"ray-gcp cluster {settings.cluster_name}: exactly the permissions of "
+                        f"the {who} account's recorded GCP calls (infra/iam/calls.yaml)"
+                    ),
+                    permissions=custom_role_permissions(who),
+                    stage="GA",
+                    opts=self.child(),
+                )
+
         self.grants: list[pulumi.CustomResource] = []
-        for grant in GKE_GRANTS if gke else GRANTS:
+        for grant in GKE_GRANTS if gke else grants(settings.custom_roles):
             member = self.members[grant.who]
-            short_role = grant.role.removeprefix("roles/").replace(".", "-")
+            short_role = grant.role.removeprefix("roles/").replace(".", "-").replace(":", "-")
             resource_name = f"{name}-{grant.who}-{short_role}-on-{grant.scope}"
+            role: pulumi.Input[str] = grant.role
+            if grant.role.startswith(CUSTOM):
+                role = self.custom_roles[grant.role.removeprefix(CUSTOM)].name
             if grant.scope == PROJECT:
                 res = gcp.projects.IAMMember(
                     resource_name,
                     project=settings.project,
-                    role=grant.role,
+                    role=role,
                     member=member,
                     opts=self.child(),
                 )

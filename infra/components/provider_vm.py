@@ -16,6 +16,7 @@ import pulumi_gcp as gcp
 from cluster import layout
 from infra import names
 from infra.components.base import Component, labels
+from infra.components.operators import operator_usernames
 from infra.settings import Settings
 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
@@ -32,6 +33,7 @@ def provider_metadata(
     bundle_b64: str,
     secret_versions: Mapping[str, str],
     credential_mode: str,
+    operator_usernames: Sequence[str] = (),
 ) -> dict[str, str]:
     """The VM's metadata items (pure, so tests can check it without Pulumi)."""
     items = {
@@ -45,6 +47,8 @@ def provider_metadata(
         layout.META_BUNDLE: bundle_b64,
         layout.META_SECRETS: json.dumps(dict(secret_versions), sort_keys=True),
         layout.META_CREDENTIAL_MODE: credential_mode,
+        # OS Login usernames the boot script lets into the ray-operators group.
+        layout.META_OPERATORS: json.dumps(list(operator_usernames)),
     }
     for key, value in items.items():
         if len(value.encode()) > METADATA_VALUE_LIMIT:
@@ -80,6 +84,7 @@ class ProviderVm(Component):
                 bundle_b64=bundle_b64,
                 secret_versions=args[1],
                 credential_mode=settings.credential_mode,
+                operator_usernames=operator_usernames(settings.operators),
             )
         )
         interface: dict = {"subnetwork": subnetwork}

@@ -121,7 +121,7 @@ def test_ray_up_creates_a_private_head_and_runs_our_commands(
         first(f"ray@10.0.0.2:{layout.NODE_SRC}/"),
         first(f"ray@10.0.0.2:{layout.NODE_AUTH_TOKEN}"),
         first("for p in rsync python3-venv; do dpkg-query"),  # initialization_commands
-        first(f"uv=={layout.UV_VERSION}"),
+        first(f"--require-hashes -r {layout.NODE_SRC}/{layout.UV_REQUIREMENTS}"),
         first("pip sync --require-hashes"),
         first("chmod 600 ~/.ray/auth_token"),
         first("-m cluster.node_check --ray 2.60.0 --python 3.11 --head"),

@@ -253,7 +253,11 @@ def test_provider_is_our_read_only_external_provider(cfg):
 
 def test_nodes_install_exactly_the_lock_with_pinned_uv(cfg):
     setup = "\n".join(cfg["setup_commands"])
-    assert f"uv=={layout.UV_VERSION}" in setup
+    # uv's wheel checked against the bundle's hashes; the version check keeps it exact.
+    assert f'= "{layout.UV_VERSION}" ]' in setup
+    assert f"--no-deps --require-hashes -r {layout.NODE_SRC}/{layout.UV_REQUIREMENTS}" in setup
+    pins = (ROOT / layout.UV_REQUIREMENTS).read_text()
+    assert f"\nuv=={layout.UV_VERSION} \\\n" in pins and pins.count("--hash=sha256:") == 2
     assert (
         f"pip sync --require-hashes --python {layout.NODE_VENV}/bin/python "
         f"{layout.NODE_SRC}/cluster/requirements-node.txt"

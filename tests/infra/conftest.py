@@ -19,6 +19,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "key-mode": {"ray-gcp:credentialMode": "key"},
     "ssh-ranges": {"ray-gcp:sshSourceRanges": ["203.0.113.0/24", "10.20.0.0/16"]},
     "spot": {"ray-gcp:spotWorkers": True, "ray-gcp:minWorkers": 1, "ray-gcp:maxWorkers": 10},
+    "predefined-roles": {"ray-gcp:customRoles": False},
+    "operators": {
+        "ray-gcp:operators": ["user:alice.smith@example.com", "group:ml-team@example.com"]
+    },
     "us-central1": {
         "ray-gcp:region": "us-central1",
         "ray-gcp:zone": "us-central1-f",

@@ -51,6 +51,10 @@ REQUIREMENTS = (
 )
 
 
+# The real, checked-in uv pins (what the bundle carries).
+UV_PINS = (Path(__file__).parents[2] / layout.UV_REQUIREMENTS).read_text()
+
+
 def make_bundle(
     requirements: str = REQUIREMENTS, marker: str = "bundle-v1", extra: dict | None = None
 ) -> str:
@@ -58,6 +62,7 @@ def make_bundle(
     files = {
         "cluster/__init__.py": f"BUNDLE = {marker!r}\n",
         "cluster/requirements-node.txt": requirements,
+        layout.UV_REQUIREMENTS: UV_PINS,
         "workloads/__init__.py": "",
         "workloads/hello.py": "print('hello')\n",
         **(extra or {}),
@@ -238,7 +243,7 @@ def test_render_substitutes_every_placeholder_with_layout_values():
     assert f"META_SECRETS={layout.META_SECRETS}\n" in text
     assert "SYSTEM_PACKAGES=(rsync python3-venv curl)\n" in text
     # Every keyword argument feeds a placeholder, and every placeholder has one.
-    assert len(boot.template_placeholders()) == 28
+    assert len(boot.template_placeholders()) == 30
     assert boot.render_boot_script(ray_version="9.9.9") != text
 
 
@@ -387,7 +392,10 @@ def test_first_boot_installs_packages_uv_and_the_exact_pinned_venv(first_boot):
             "--quiet",
             "--no-cache-dir",
             "--disable-pip-version-check",
-            f"uv=={layout.UV_VERSION}",
+            "--no-deps",
+            "--require-hashes",
+            "-r",
+            str(sb.p(layout.PROVIDER_ROOT) / ".boot-staging" / "src" / layout.UV_REQUIREMENTS),
         ]
     ]
     venv = str(sb.p(layout.PROVIDER_VENV))
@@ -882,3 +890,113 @@ def test_stub_python_is_the_nodes_minor():
         check=True,
     ).stdout.strip()
     assert out == layout.PYTHON_MINOR
+
+
+# ---- ray-gcp:operators: listed users need no manual group step ----------------------
+
+
+def test_listed_operators_join_the_group_at_first_login(make_sandbox):
+    """A user in the metadata's operator list (not yet in ray-operators) gets the sudo rule,
+    joins the group through the helper at first login, and gets the credentials; an
+    unlisted non-member gets nothing."""
+    sb = make_sandbox("metadata")
+    sb.metadata.attributes[layout.META_OPERATORS] = json.dumps(
+        ["alice_example_com", "carol_example_org"]
+    )
+    result = sb.boot()
+    assert result.returncode == 0, result.stderr
+    assert sb.p(f"{layout.PROVIDER_CONFIG_DIR}/operators").read_text() == (
+        "alice_example_com\ncarol_example_org\n"
+    )
+    sudoers = sb.p(boot.OPERATOR_SUDOERS).read_text()
+    helper = sb.p(boot.OPERATOR_HELPER)
+    assert f'alice_example_com, carol_example_org ALL=(root) NOPASSWD: {helper} ""' in sudoers
+    assert f'%{layout.OPERATOR_GROUP} ALL=(root) NOPASSWD: {helper} ""' in sudoers
+    visudo = shutil.which("visudo", path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if visudo:  # CI installs sudo (.ci/run); the user list must be valid sudoers syntax
+        check = subprocess.run([visudo, "-c", "-f", str(sb.p(boot.OPERATOR_SUDOERS))],
+                               capture_output=True, text=True, check=False)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+    install_stubs(sb.bin, sb.state, login=True)
+    login = f'. "{sb.p(boot.LOGIN_PROFILE)}"'
+    for user, listed in (("alice_example_com", True), ("mallory", False)):
+        home = add_operator(sb, user)
+        env = sb.env(HOME=str(home), STUB_SUDO_USER=user, STUB_ID_GROUPS=user)
+        n = len(sb.calls())
+        subprocess.run(["sh", "-c", login], env=env, capture_output=True, check=True)
+        made = sb.calls()[n:]
+        token_copy = home / layout.OPERATOR_AUTH_TOKEN.removeprefix("~/")
+        if listed:
+            assert ["sudo", "-n", str(helper)] in made
+            assert ["gpasswd", "-a", user, layout.OPERATOR_GROUP] in made
+            assert token_copy.read_bytes() == sb.values[layout.SECRET_RAY_AUTH_TOKEN]
+        else:
+            assert [c for c in made if c[0] in ("sudo", "gpasswd")] == []
+            assert not token_copy.exists()
+    members = (sb.state / "members" / layout.OPERATOR_GROUP).read_text().split()
+    assert members == ["alice_example_com"]
+
+
+@pytest.mark.parametrize(
+    "value", ['"alice"', '["Alice@example.com"]', '["-rf"]', '[1]', "not json"]
+)
+def test_a_bad_operator_list_fails_the_boot_naming_the_key(make_sandbox, value):
+    sb = make_sandbox("metadata")
+    sb.metadata.attributes[layout.META_OPERATORS] = value
+    result = sb.boot()
+    assert result.returncode != 0
+    assert f"metadata key '{layout.META_OPERATORS}'" in result.stderr
+    assert not sb.p(boot.PROVIDER_READY).exists()
+
+
+def test_metadata_without_an_operator_list_means_no_listed_operators(make_sandbox):
+    sb = make_sandbox("metadata")
+    sb.metadata.attributes.pop(layout.META_OPERATORS, None)
+    assert sb.boot().returncode == 0
+    assert sb.p(f"{layout.PROVIDER_CONFIG_DIR}/operators").read_text() == ""
+    sudoers = sb.p(boot.OPERATOR_SUDOERS).read_text()
+    assert [line for line in sudoers.splitlines() if not line.startswith("#")] == [
+        f'%{layout.OPERATOR_GROUP} ALL=(root) NOPASSWD: {sb.p(boot.OPERATOR_HELPER)} ""'
+    ]
+
+
+# ---- uv pinned by hash ------------------------------------------------------------------
+
+
+def test_uv_pins_are_the_layout_version_with_both_linux_wheel_hashes():
+    lines = [line.strip() for line in UV_PINS.splitlines() if not line.startswith("#")]
+    text = " ".join(lines)
+    assert text.startswith(f"uv=={layout.UV_VERSION} \\")
+    hashes = [h for h in text.split() if h.startswith("--hash=sha256:")]
+    assert len(hashes) == 2 and len(set(hashes)) == 2
+    assert all(len(h.removeprefix("--hash=sha256:")) == 64 for h in hashes)
+    assert "x86_64" in UV_PINS and "aarch64" in UV_PINS
+
+
+@pytest.mark.parametrize(
+    ("pins", "needle"),
+    [
+        (None, "lacks cluster/requirements-uv.txt"),
+        ("uv==0.0.1 \\\n    --hash=sha256:" + "0" * 64 + "\n", "does not pin uv=="),
+    ],
+)
+def test_a_bundle_without_the_pinned_uv_fails_the_boot(make_sandbox, pins, needle):
+    sb = make_sandbox("metadata")
+    if pins is None:
+        bundle = make_bundle()
+        raw = base64.b64decode(bundle)
+        with tarfile.open(fileobj=io.BytesIO(raw)) as src:
+            members = [(m, src.extractfile(m)) for m in src.getmembers()]
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as dst:
+                for m, f in members:
+                    if m.name != layout.UV_REQUIREMENTS:
+                        dst.addfile(m, f)
+        sb.metadata.attributes[layout.META_BUNDLE] = base64.b64encode(buf.getvalue()).decode()
+    else:
+        sb.metadata.attributes[layout.META_BUNDLE] = make_bundle(extra={layout.UV_REQUIREMENTS: pins})
+    result = sb.boot()
+    assert result.returncode != 0
+    assert needle in result.stderr
+    assert not sb.p(boot.PROVIDER_READY).exists()

@@ -20,6 +20,7 @@ STACK_OUTPUTS = {
 COMPONENT_TYPES = {
     "ray-gcp:infra:ProjectServices", "ray-gcp:infra:WorkloadBucket", "ray-gcp:infra:Identity",
     "ray-gcp:infra:ClusterNetwork", "ray-gcp:infra:LauncherSecrets", "ray-gcp:infra:ProviderVm",
+    "ray-gcp:infra:OperatorAccess",
 }
 # The only places the generated secrets may appear in inputs: the secret versions.
 SECRET_HOLDERS = {("gcp:secretmanager/secretVersion:SecretVersion", "secretData")}

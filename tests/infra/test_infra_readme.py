@@ -8,8 +8,9 @@ import shlex
 from test_infra_program import STACK_OUTPUTS
 
 from infra import offline as harness
-from infra.components.identity import GKE_GRANTS, GRANTS
+from infra.components.identity import CUSTOM, GKE_GRANTS, grants
 from infra.components.ray_on_gke import BUCKET_ROLE
+from infra.iam import readme_section
 from infra.settings import parse_settings
 
 README = (harness.PROJECT_ROOT / "infra" / "README.md").read_text()
@@ -46,11 +47,11 @@ def test_settings_table_matches_pulumi_yaml():
 def test_iam_table_matches_the_grants():
     documented = set()
     for who, roles, scope, _ in _table_after("### IAM"):
-        for role in re.findall(r"`([a-zA-Z.0-9]+)`", roles):
-            documented.add((who, f"roles/{role}", scope))
+        for custom, role in re.findall(r"(custom )?`([a-zA-Z.0-9]+)`", roles):
+            documented.add((who, (CUSTOM if custom else "roles/") + role, scope))
     scopes = {"project": "project", "bucket": "workload bucket", "head": "head account",
               "worker": "worker account"}
-    expected = {(g.who, g.role, scopes[g.scope]) for g in GRANTS}
+    expected = {(g.who, g.role, scopes[g.scope]) for g in grants(custom_roles=True)}
     expected.add(("provider", "roles/secretmanager.secretAccessor", "each secret"))
     assert documented == expected
 
@@ -121,3 +122,8 @@ def test_example_commands_are_valid_settings():
     )
     assert settings.cluster_name == "research" and settings.max_workers == 10
     assert settings.ssh_source_ranges == ("203.0.113.0/24",)
+
+
+def test_custom_role_table_is_generated_from_the_iam_data():
+    """The permission lists and rules shown are what infra/iam computes from calls.yaml."""
+    assert readme_section() in README

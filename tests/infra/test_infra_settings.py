@@ -162,6 +162,10 @@ BAD_SETTINGS = [
      "applies only to ray-gcp:platform vm"),
     ({"platform": "gke", "providerMachineType": "e2-small"}, "ray-gcp:providerMachineType",
      "applies only to ray-gcp:platform vm"),
+    ({"platform": "gke", "operators": ["user:alice@example.com"]}, "ray-gcp:operators",
+     "applies only to ray-gcp:platform vm"),
+    ({"platform": "gke", "customRoles": False}, "ray-gcp:customRoles",
+     "applies only to ray-gcp:platform vm"),
     ({"gkeGpuMachineType": "g2-standard-4"}, "ray-gcp:gkeGpuMachineType",
      "applies only to ray-gcp:platform gke"),
     ({"gkePodsCidr": "10.80.0.0/14"}, "ray-gcp:gkePodsCidr", "applies only to ray-gcp:platform gke"),
@@ -176,7 +180,8 @@ def test_bad_setting_names_key_value_and_what_is_allowed(raw, key, allowed):
     assert key in message
     bad_value = raw.get(key.removeprefix(f"{NAMESPACE}:"))
     if bad_value is not None and key != "ray-gcp:maxWorker":
-        assert repr(bad_value) in message
+        # Named as given, or as Pulumi config stores it (false, ["user:a@b.c"]).
+        assert repr(bad_value) in message or json.dumps(bad_value) in message
     assert allowed in message
     assert "nothing was created" in message
 

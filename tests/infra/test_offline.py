@@ -10,11 +10,11 @@ def test_inventory_lists_every_resource_once_under_its_component():
     assert len(lines) == len(result["resources"])
     names = [line.strip().split("  (")[0] for line in lines]
     assert sorted(names) == sorted(r["name"] for r in result["resources"])
-    # Every custom resource sits under one of the six components.
+    # Every custom resource sits under one of the seven components.
     top_level = [line for line in lines if not line.startswith(" ")]
     # (registration order is asynchronous, so compare as sets)
     assert sorted(line.split("  (")[0] for line in top_level) == [
-        "apis", "identity", "network", "provider", "secrets", "storage",
+        "apis", "identity", "network", "operators", "provider", "secrets", "storage",
     ]
     assert all("ray-gcp:infra:" in line for line in top_level)
 

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import re
 
+from infra.iam import role_permissions
+from tests.infra.conftest import SCENARIOS
+
 PROJECT_MEMBER = "gcp:projects/iAMMember:IAMMember"
 SA_MEMBER = "gcp:serviceaccount/iAMMember:IAMMember"
 BUCKET_MEMBER = "gcp:storage/bucketIAMMember:BucketIAMMember"
 SECRET_MEMBER = "gcp:secretmanager/secretIamMember:SecretIamMember"
+CUSTOM_ROLE = "gcp:projects/iAMCustomRole:IAMCustomRole"
+OPERATOR_TUNNEL = "gcp:iap/tunnelInstanceIAMMember:TunnelInstanceIAMMember"
+OPERATOR_INSTANCE = "gcp:compute/instanceIAMMember:InstanceIAMMember"
 
 # The whole IAM of the stack: (who, role, scope). Reviewed; change with care.
-EXPECTED_GRANTS = {
-    ("provider", "roles/compute.instanceAdmin.v1", "project"),
-    ("provider", "roles/compute.networkViewer", "project"),
+# Grants that do not depend on customRoles:
+COMMON_GRANTS = {
     ("provider", "roles/logging.logWriter", "project"),
     ("provider", "roles/iam.serviceAccountUser", "account:head"),
     ("provider", "roles/iam.serviceAccountViewer", "account:worker"),
-    ("head", "roles/compute.instanceAdmin.v1", "project"),
     ("head", "roles/iam.serviceAccountUser", "account:worker"),
     ("head", "roles/logging.logWriter", "project"),
     ("head", "roles/monitoring.metricWriter", "project"),
@@ -24,6 +28,17 @@ EXPECTED_GRANTS = {
     ("worker", "roles/logging.logWriter", "project"),
     ("worker", "roles/monitoring.metricWriter", "project"),
     ("worker", "roles/storage.objectUser", "bucket"),
+}
+# customRoles (the default): custom:<role> is the stack's own custom role.
+EXPECTED_GRANTS = COMMON_GRANTS | {
+    ("provider", "custom:launcher", "project"),
+    ("head", "custom:autoscaler", "project"),
+}
+# customRoles=false: predefined compute roles instead.
+EXPECTED_PREDEFINED_GRANTS = COMMON_GRANTS | {
+    ("provider", "roles/compute.instanceAdmin.v1", "project"),
+    ("provider", "roles/compute.networkViewer", "project"),
+    ("head", "roles/compute.instanceAdmin.v1", "project"),
 }
 SECRET_NAMES = {"ssh-private-key", "ray-auth-token", "service-account-key"}
 
@@ -38,8 +53,18 @@ TOO_BROAD = PRIMITIVE | {
 def _who(rec, member: str) -> str:
     emails = rec.outputs["serviceAccounts"]
     found = [who for who, email in emails.items() if member == f"serviceAccount:{email}"]
+    if not found and member.startswith(("user:", "group:")):
+        return member  # an operator (ray-gcp:operators)
     assert found, f"grant to a member that is none of our accounts: {member}"
     return found[0]
+
+
+def _role(rec, role: str) -> str:
+    """custom:<role> for the stack's custom roles, the role name otherwise."""
+    for r in rec.of_type(CUSTOM_ROLE):
+        if role == f"projects/{r['inputs']['project']}/roles/{r['inputs']['roleId']}":
+            return "custom:" + r["name"].removeprefix("identity-").removesuffix("-role")
+    return role
 
 
 # Every resource that grants a role: its type (the part after the last ':') ends
@@ -53,7 +78,11 @@ def grant_resources(rec) -> list[dict]:
 
 
 def all_grants(rec) -> set[tuple[str, str, str]]:
-    """Every role binding of the stack as (who, role, scope); fails on an IAM type it cannot read."""
+    """Every role binding of the stack as (who, role, scope); fails on an IAM type it cannot read.
+
+    `who` is one of our accounts, or an operator's principal (`user:`/`group:`,
+    ray-gcp:operators; test_operators_component.py checks those in detail).
+    """
     emails = rec.outputs["serviceAccounts"]
     account_names = {
         f"projects/ray-gcp-test-1234/serviceAccounts/{email}": who for who, email in emails.items()
@@ -80,6 +109,8 @@ def all_grants(rec) -> set[tuple[str, str, str]]:
         SA_MEMBER: lambda inputs: "account:" + account_names[inputs["serviceAccountId"]],
         BUCKET_MEMBER: bucket_scope,
         SECRET_MEMBER: secret_scope,
+        OPERATOR_TUNNEL: lambda inputs: f"instance:{inputs['instance']}",
+        OPERATOR_INSTANCE: lambda inputs: f"instance:{inputs['instanceName']}",
     }
     resources = grant_resources(rec)
     unknown = sorted({r["type"] for r in resources} - set(scope_of))
@@ -87,7 +118,11 @@ def all_grants(rec) -> set[tuple[str, str, str]]:
         f"IAM resources of types this test does not read: {unknown}. Add each type to "
         "all_grants (and its grants to EXPECTED_GRANTS) after reviewing them.")
     grants = [
-        (_who(rec, r["inputs"]["member"]), r["inputs"]["role"], scope_of[r["type"]](r["inputs"]))
+        (
+            _who(rec, r["inputs"]["member"]),
+            _role(rec, r["inputs"]["role"]),
+            scope_of[r["type"]](r["inputs"]),
+        )
         for r in resources
     ]
     assert len(set(grants)) == len(grants), f"a grant is declared twice: {sorted(grants)}"
@@ -106,7 +141,23 @@ def test_three_accounts(each_scenario):
 def test_the_complete_list_of_role_bindings(each_scenario):
     grants = all_grants(each_scenario)
     non_secret = {g for g in grants if not g[2].startswith("secret:")}
-    assert non_secret == EXPECTED_GRANTS
+    ours = {g for g in non_secret if not g[0].startswith(("user:", "group:"))}
+    if each_scenario.scenario == "predefined-roles":
+        assert ours == EXPECTED_PREDEFINED_GRANTS
+    else:
+        assert ours == EXPECTED_GRANTS
+    # Operators: exactly three bindings each, on the provider VM and its account only.
+    vm = "instance:" + each_scenario.one("gcp:compute/instance:Instance")["inputs"]["name"]
+    operators = SCENARIOS[each_scenario.scenario].get("ray-gcp:operators", [])
+    assert non_secret - ours == {
+        grant
+        for principal in operators
+        for grant in (
+            (principal, "roles/iap.tunnelResourceAccessor", vm),
+            (principal, "roles/compute.osLogin", vm),
+            (principal, "roles/iam.serviceAccountUser", "account:provider"),
+        )
+    }
     secret_grants = {g for g in grants if g[2].startswith("secret:")}
     # Every secret readable by the provider's account, through secretAccessor only.
     assert {(who, role) for who, role, _ in secret_grants} == {
@@ -135,3 +186,30 @@ def test_no_service_account_key_unless_opted_in(programs):
     (key,) = programs("key-mode").of_type("gcp:serviceaccount/key:Key")
     provider = programs("key-mode").outputs["serviceAccounts"]["provider"]
     assert key["inputs"]["serviceAccountId"].endswith(f"/serviceAccounts/{provider}")
+
+
+def test_custom_roles_are_narrow_stack_unique_and_only_with_custom_roles_on(each_scenario):
+    roles = each_scenario.of_type(CUSTOM_ROLE)
+    if each_scenario.scenario == "predefined-roles":
+        assert roles == []
+        return
+    assert sorted(r["name"] for r in roles) == ["identity-autoscaler-role", "identity-launcher-role"]
+    (suffix,) = each_scenario.of_type("random:index/randomString:RandomString")
+    old_roles = role_permissions("roles/compute.instanceAdmin.v1") | role_permissions(
+        "roles/compute.networkViewer"
+    )
+    for r in roles:
+        inputs = r["inputs"]
+        role = r["name"].removeprefix("identity-").removesuffix("-role")
+        cluster = each_scenario.outputs["clusterConfig"].split("cluster_name: ", 1)[1].split()[0]
+        # Stack-unique: a fresh random suffix after each destroy (GCP keeps deleted IDs).
+        assert inputs["roleId"] == f"rayGcp_{cluster.replace('-', '_')}_{role}_r4nd0m"
+        assert re.match(r"^[a-zA-Z0-9_.]{3,64}$", inputs["roleId"])
+        assert inputs["stage"] == "GA"
+        perms = set(inputs["permissions"])
+        # Never more than the predefined roles it replaces, never IAM or a policy write.
+        assert perms <= old_roles, perms - old_roles
+        assert not {p for p in perms if p.startswith("iam.") or "IamPolicy" in p}
+        assert 8 <= len(perms) <= 20
+        assert each_scenario.parent_name(r) == "identity"
+    assert suffix["inputs"]["length"] == 6

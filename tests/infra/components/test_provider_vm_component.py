@@ -65,7 +65,7 @@ def test_metadata_keys_and_values(each_scenario):
     assert set(meta) == {
         "enable-oslogin", "block-project-ssh-keys", "serial-port-enable", "startup-script",
         layout.META_CLUSTER_CONFIG, layout.META_BUNDLE, layout.META_SECRETS,
-        layout.META_CREDENTIAL_MODE}
+        layout.META_CREDENTIAL_MODE, layout.META_OPERATORS}
     assert (meta["enable-oslogin"], meta["block-project-ssh-keys"], meta["serial-port-enable"]) == (
         "TRUE", "TRUE", "FALSE")
     assert meta["startup-script"] == render_boot_script()

@@ -71,11 +71,26 @@ sys.exit(2)
 path = Path(ARGS[ARGS.index("-f") + 1])
 for line in path.read_text().splitlines():
     if line and not line.startswith("#"):
-        if not re.match(r'^%[a-z_][a-z0-9_-]* ALL=\\(root\\) NOPASSWD: /\\S+ ""$', line):
+        who = r'(%[a-z_][a-z0-9_-]*|[a-z_][a-z0-9_.-]*(, [a-z_][a-z0-9_.-]*)*)'
+        if not re.match(who + r' ALL=\\(root\\) NOPASSWD: /\\S+ ""$', line):
             print(f"{path}: syntax error near line {line!r}", file=sys.stderr)
             sys.exit(1)
 """,
     "logger": "",
+    # gpasswd -a USER GROUP: records the membership (state/members/GROUP, one user a line).
+    "gpasswd": """
+if ARGS[0] == "-a":
+    user, group = ARGS[1], ARGS[2]
+    if not (STATE / "groups" / group).exists():
+        sys.exit(f"gpasswd: group '{group}' does not exist")
+    members = STATE / "members" / group
+    members.parent.mkdir(exist_ok=True)
+    known = members.read_text().split() if members.exists() else []
+    if user not in known:
+        members.write_text("".join(u + "\\n" for u in [*known, user]))
+else:
+    sys.exit(f"gpasswd stub: unexpected arguments {ARGS}")
+""",
     "runuser": """
 # runuser -u USER -- CMD...: the sandbox runs everything as the test's user.
 os.execvp(ARGS[3], ARGS[3:])
@@ -88,12 +103,19 @@ os.execvpe(ARGS[1], ARGS[1:], env)
     "id": """
 if ARGS == ["-nG"]:
     print(os.environ["STUB_ID_GROUPS"])
+elif ARGS == ["-un"]:
+    print(os.environ["STUB_SUDO_USER"])
 else:
     os.execv("/usr/bin/id", ["id", *ARGS])
 """,
     # Used as <tools>/bin/pip: `pip install ... uv==X` leaves a uv stub of version X.
     "pip": """
 pins = [a for a in ARGS if a.startswith("uv==")]
+if "-r" in ARGS:
+    text = Path(ARGS[ARGS.index("-r") + 1]).read_text()
+    if "--require-hashes" in ARGS and "--hash=sha256:" not in text:
+        sys.exit("pip stub: --require-hashes but the file has no hashes")
+    pins = re.findall(r"^(uv==\\S+)", text, re.M)
 if ARGS[:1] == ["install"] and pins:
     version = pins[0].split("==", 1)[1]
     uv = Path(sys.argv[0]).parent / "uv"
@@ -153,7 +175,9 @@ def install_stubs(bin_dir: Path, state_dir: Path, *, login: bool = False) -> Non
     """Write the stubs into ``bin_dir``; ``login`` adds ``sudo`` and ``id`` stubs."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     state_dir.mkdir(parents=True, exist_ok=True)
-    names = ["apt-get", "dpkg-query", "getent", "groupadd", "visudo", "logger", "runuser"]
+    names = [
+        "apt-get", "dpkg-query", "getent", "groupadd", "gpasswd", "visudo", "logger", "runuser"
+    ]
     if login:
         names += ["sudo", "id"]
     for name in names:
