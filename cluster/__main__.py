@@ -5,10 +5,15 @@
                              [--project P] [--region R]
     python -m cluster requirements [--check]
 
-``render --target gcp`` without ``--facts`` uses example facts (project
-``my-ray-project`` or ``--project``): a preview of what ``pulumi up`` puts on
-the provider VM. ``--facts`` takes a JSON (or YAML) object with GcpFacts'
-fields; ``--spec`` a ClusterSpec as YAML/JSON (default: the default spec).
+``render --target gcp`` without ``--facts`` renders the default ClusterSpec
+(the stack's default settings) with the facts ``pulumi up`` would produce
+for ``--project`` (default ``my-ray-project``) and ``--region``: the same
+names, subnet, bucket and zone; only the pinned image and the launcher key
+are placeholders. So it is what ``pulumi up`` with default settings puts on
+the provider VM (a test compares it with the stack's ``clusterConfig``).
+``--facts`` takes a JSON (or YAML) object with GcpFacts' fields; ``--spec`` a
+ClusterSpec as YAML/JSON (default: the default spec). A bad value is reported
+as ``field = value: problem (allowed: ...)``, exit status 2.
 ``requirements`` rewrites cluster/requirements-node.txt from uv.lock
 (``--check`` only compares and exits 1 on drift).
 """
@@ -54,28 +59,80 @@ def _load_mapping(path: Path) -> dict:
     return data
 
 
+_PROJECT_RE = r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$"
+
+
+def _check_place(project: str, region: str) -> list[str]:
+    """--project and --region, checked as the stack checks gcp:project and ray-gcp:region."""
+    import difflib
+    import re
+
+    from cluster.regions import REGION_ZONES
+
+    problems = []
+    if not re.match(_PROJECT_RE, project):
+        problems.append(
+            f"--project = {project!r}: not a GCP project ID "
+            "(allowed: 6-30 of [a-z0-9-], starting with a letter, not ending with a dash)"
+        )
+    if region not in REGION_ZONES:
+        near = difflib.get_close_matches(region, REGION_ZONES, n=3)
+        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        problems.append(
+            f"--region = {region!r}: unknown region{hint} (allowed: one of the regions in "
+            "cluster/regions.py, e.g. asia-northeast3, us-central1)"
+        )
+    return problems
+
+
 def _render(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from cluster.render import example_facts, render_gcp, render_local, to_yaml
+    from cluster.errors import describe_all, report
+    from cluster.render import example_gcp_facts, render_gcp, render_local, to_yaml
+    from cluster.regions import DEFAULT_REGION
     from cluster.spec import ClusterSpec, GcpFacts, local_default_spec
 
+    problems: list[str] = []
+    place_flags = [f for f in ("project", "region") if getattr(args, f) is not None]
+    if place_flags and (args.target == "local" or args.facts):
+        used = "--target local" if args.target == "local" else "--facts"
+        problems.append(
+            f"{', '.join('--' + f for f in place_flags)}: not used with {used} "
+            "(the example facts of --target gcp only; a --facts file has its own)"
+        )
+    if args.target == "local" and args.facts:
+        problems.append("--facts: not used with --target local (GCP facts)")
+    project = args.project or "my-ray-project"
+    region = args.region or DEFAULT_REGION
+    if args.target == "gcp" and not args.facts:
+        problems.extend(_check_place(project, region))
+
+    spec = None
     try:
         if args.spec:
             spec = ClusterSpec.model_validate(_load_mapping(args.spec))
         else:
             spec = ClusterSpec() if args.target == "gcp" else local_default_spec()
-        if args.target == "local":
-            cfg = render_local(spec, gcs_port=args.gcs_port)
-        else:
-            if args.facts:
-                facts = GcpFacts.model_validate(_load_mapping(args.facts))
-            else:
-                facts = example_facts(project=args.project, region=args.region)
-            cfg = render_gcp(spec, facts)
     except ValidationError as e:
-        print(f"invalid input:\n{e}", file=sys.stderr)
+        problems.extend(describe_all(e, ClusterSpec, prefix=f"{args.spec}: "))
+
+    facts = None
+    if args.target == "gcp" and not problems:
+        if args.facts:
+            try:
+                facts = GcpFacts.model_validate(_load_mapping(args.facts))
+            except ValidationError as e:
+                problems.extend(describe_all(e, GcpFacts, prefix=f"{args.facts}: "))
+        else:
+            facts = example_gcp_facts(project=project, region=region, cluster_name=spec.cluster_name)
+    if problems:
+        print(report(problems), file=sys.stderr)
         return 2
+    if args.target == "local":
+        cfg = render_local(spec, gcs_port=args.gcs_port)
+    else:
+        cfg = render_gcp(spec, facts)
     sys.stdout.write(to_yaml(cfg))
     return 0
 
@@ -116,8 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--target", choices=["gcp", "local"], required=True)
     render.add_argument("--spec", type=Path, help="ClusterSpec as YAML/JSON")
     render.add_argument("--facts", type=Path, help="GcpFacts as JSON/YAML (gcp target)")
-    render.add_argument("--project", default="my-ray-project", help="example facts' project")
-    render.add_argument("--region", default="asia-northeast3", help="example facts' region")
+    render.add_argument(
+        "--project", default=None,
+        help="gcp target: the project of the example facts (default my-ray-project)",
+    )
+    render.add_argument(
+        "--region", default=None,
+        help="gcp target: the region of the example facts (default asia-northeast3, "
+        "the stack's default); the zone is its first",
+    )
     render.add_argument("--gcs-port", type=int, default=6379, help="local target's GCS port")
     reqs = sub.add_parser("requirements", help="regenerate cluster/requirements-node.txt")
     reqs.add_argument("--check", action="store_true", help="only compare with uv.lock")
