@@ -200,6 +200,15 @@ class Settings(BaseModel):
             raise ValueError(f"smaller than minWorkers ({low})")
         return v
 
+    @field_validator("spot_workers", mode="before")
+    @classmethod
+    def _pulumi_boolean(cls, v: Any) -> Any:
+        # pydantic would also take "yes", "on", "1"; Pulumi's own config
+        # (pulumi.Config.get_bool) refuses them, so a stack must not depend on them.
+        if isinstance(v, str) and v not in ("true", "True", "false", "False"):
+            raise ValueError("not a boolean")
+        return v
+
     @field_validator("ssh_source_ranges", mode="before")
     @classmethod
     def _ssh_list(cls, v: Any) -> Any:

@@ -81,3 +81,22 @@ def test_example_commands_are_valid_settings():
     )
     assert settings.cluster_name == "research" and settings.max_workers == 10
     assert settings.ssh_source_ranges == ("203.0.113.0/24",)
+
+
+def test_the_offline_example_prints_what_the_readme_shows():
+    """The `python -m infra.offline --set ...` example, run as written (minus `.venv/bin/`)."""
+    import subprocess
+    import sys
+
+    section = README.split("Before any of that, offline", 1)[1]
+    command = section.split("```bash", 1)[1].split("```", 1)[0].strip()
+    shown = section.split("```\n", 2)[1].split("```", 1)[0]
+    argv = shlex.split(command)
+    assert argv[:3] == [".venv/bin/python", "-m", "infra.offline"]
+    out = subprocess.run(
+        [sys.executable, *argv[1:]], cwd=harness.PROJECT_ROOT, capture_output=True, text=True,
+        check=True,
+    ).stdout
+    for line in shown.strip("\n").splitlines():
+        if line != "...":
+            assert line in out.splitlines(), (line, out)
