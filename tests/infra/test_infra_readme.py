@@ -89,8 +89,9 @@ def test_the_offline_example_prints_what_the_readme_shows():
     import sys
 
     section = README.split("Before any of that, offline", 1)[1]
-    command = section.split("```bash", 1)[1].split("```", 1)[0].strip()
-    shown = section.split("```\n", 2)[1].split("```", 1)[0]
+    command, after = section.split("```bash", 1)[1].split("```", 1)
+    command = command.strip()
+    shown = after.split("```\n", 1)[1].split("```", 1)[0]
     argv = shlex.split(command)
     assert argv[:3] == [".venv/bin/python", "-m", "infra.offline"]
     out = subprocess.run(
