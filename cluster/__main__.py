@@ -32,15 +32,22 @@ def _local(args: argparse.Namespace) -> int:
 
     lc = LocalCluster(args.state_dir, autoscaler_v2=args.autoscaler_v2)
     if args.action == "up":
-        print(f"starting local Ray cluster (state in {lc.state_dir}) ...", flush=True)
+        if lc.is_up():
+            print(f"already running (state in {lc.state_dir}); nothing started", flush=True)
+        else:
+            print(f"starting local Ray cluster (state in {lc.state_dir}) ...", flush=True)
         lc.up()
         print(f"up: GCS {lc.address}, dashboard {lc.dashboard_url}")
-        print("driver environment:")
+        print("driver environment (RAY_ADDRESS for drivers, RAY_API_SERVER_ADDRESS for `ray job`):")
         for k, v in sorted(lc.driver_env().items()):
             print(f"  export {k}={v}")
     elif args.action == "down":
         pids = lc.down()
         print(f"down: stopped {len(pids)} processes started from {lc.state_dir}")
+        # The token protected only this cluster; the next `up` makes a new one.
+        if lc.token_path.exists():
+            lc.token_path.unlink()
+            print(f"down: removed the auth token {lc.token_path} (the next `up` makes a new one)")
     else:
         if not lc.is_up():
             print(f"no local cluster running from {lc.state_dir}")

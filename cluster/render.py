@@ -62,9 +62,8 @@ def apt_install_command(packages: tuple[str, ...] = NODE_APT_PACKAGES) -> str:
 # The fake_multinode provider hard-codes the head's node type name
 # (ray/autoscaler/_private/fake_multi_node/node_provider.py: FAKE_HEAD_NODE_TYPE).
 LOCAL_HEAD_TYPE = "ray.head.default"
-LOCAL_PROVIDER_MODULE = (
-    "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
-)
+# Ray's fake provider minus the fake nodes' own log monitors (see cluster/local_provider.py).
+LOCAL_PROVIDER_MODULE = "cluster.local_provider.LocalNodeProvider"
 # Fake workers otherwise reserve 30% of RAM each for their object store.
 LOCAL_WORKER_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 

@@ -155,3 +155,13 @@ def test_the_readme_error_example_is_what_the_command_prints():
     out = cli("render", *shlex.split(command))
     assert out.returncode == 2
     assert out.stderr.splitlines() == expected
+
+
+def test_local_down_removes_the_token_and_says_so(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "auth_token").write_text("old-token\n")
+    down = cli("local", "down", "--state-dir", str(state), cwd=tmp_path)
+    assert down.returncode == 0, down.stderr
+    assert not (state / "auth_token").exists()
+    assert f"down: removed the auth token {state / 'auth_token'}" in down.stdout
