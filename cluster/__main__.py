@@ -66,18 +66,20 @@ def _load_mapping(path: Path) -> dict:
     return data
 
 
-_PROJECT_RE = r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$"
-
-
 def _check_place(project: str, region: str) -> list[str]:
     """--project and --region, checked as the stack checks gcp:project and ray-gcp:region."""
     import difflib
     import re
 
     from cluster.regions import REGION_ZONES
+    from cluster.spec import GcpFacts
 
     problems = []
-    if not re.match(_PROJECT_RE, project):
+    # GcpFacts.project's own rule, so the flag and a --facts file agree.
+    project_rule = next(
+        m.pattern for m in GcpFacts.model_fields["project"].metadata if hasattr(m, "pattern")
+    )
+    if not re.match(project_rule, project):
         problems.append(
             f"--project = {project!r}: not a GCP project ID "
             "(allowed: 6-30 of [a-z0-9-], starting with a letter, not ending with a dash)"
