@@ -7,14 +7,19 @@
                              [--spec SPEC.yaml] [--facts KUBEFACTS.json] [--project P]
     python -m cluster requirements [--check]
 
-``render --target gcp`` without ``--facts`` uses example facts (project
-``my-ray-project`` or ``--project``): a preview of what ``pulumi up`` puts on
-the provider VM. ``--facts`` takes a JSON (or YAML) object with GcpFacts'
-fields; ``--spec`` a ClusterSpec as YAML/JSON (default: the default spec).
+``render --target gcp`` without ``--facts`` renders the default ClusterSpec
+(the stack's default settings) with the facts ``pulumi up`` would produce
+for ``--project`` (default ``my-ray-project``) and ``--region``: the same
+names, subnet, bucket and zone; only the pinned image and the launcher key
+are placeholders. So it is what ``pulumi up`` with default settings puts on
+the provider VM (a test compares it with the stack's ``clusterConfig``).
+``--facts`` takes a JSON (or YAML) object with GcpFacts' fields; ``--spec`` a
+ClusterSpec as YAML/JSON (default: the default spec). A bad value is reported
+as ``field = value: problem (allowed: ...)``, exit status 2.
 ``--target kuberay`` prints KubeRay manifests for ``kubectl apply -f -``
 (``--kind core``: Namespace, ServiceAccount, NetworkPolicy and the workloads
 ConfigMap, as a multi-document stream); ``--facts`` then takes KubeFacts'
-fields (default: example facts with bucket ``<project>-ray-workloads``).
+fields (default: example facts for ``--project``).
 ``requirements`` rewrites cluster/requirements-node.txt from uv.lock
 (``--check`` only compares and exits 1 on drift).
 """
@@ -33,15 +38,22 @@ def _local(args: argparse.Namespace) -> int:
 
     lc = LocalCluster(args.state_dir, autoscaler_v2=args.autoscaler_v2)
     if args.action == "up":
-        print(f"starting local Ray cluster (state in {lc.state_dir}) ...", flush=True)
+        if lc.is_up():
+            print(f"already running (state in {lc.state_dir}); nothing started", flush=True)
+        else:
+            print(f"starting local Ray cluster (state in {lc.state_dir}) ...", flush=True)
         lc.up()
         print(f"up: GCS {lc.address}, dashboard {lc.dashboard_url}")
-        print("driver environment:")
+        print("driver environment (RAY_ADDRESS for drivers, RAY_API_SERVER_ADDRESS for `ray job`):")
         for k, v in sorted(lc.driver_env().items()):
             print(f"  export {k}={v}")
     elif args.action == "down":
         pids = lc.down()
         print(f"down: stopped {len(pids)} processes started from {lc.state_dir}")
+        # The token protected only this cluster; the next `up` makes a new one.
+        if lc.token_path.exists():
+            lc.token_path.unlink()
+            print(f"down: removed the auth token {lc.token_path} (the next `up` makes a new one)")
     else:
         if not lc.is_up():
             print(f"no local cluster running from {lc.state_dir}")
@@ -60,42 +72,108 @@ def _load_mapping(path: Path) -> dict:
     return data
 
 
+def _check_place(project: str, region: str) -> list[str]:
+    """--project and --region, checked as the stack checks gcp:project and ray-gcp:region."""
+    import difflib
+    import re
+
+    from cluster.regions import REGION_ZONES
+    from cluster.spec import GcpFacts
+
+    problems = []
+    # GcpFacts.project's own rule, so the flag and a --facts file agree.
+    project_rule = next(
+        m.pattern for m in GcpFacts.model_fields["project"].metadata if hasattr(m, "pattern")
+    )
+    if not re.match(project_rule, project):
+        problems.append(
+            f"--project = {project!r}: not a GCP project ID "
+            "(allowed: 6-30 of [a-z0-9-], starting with a letter, not ending with a dash)"
+        )
+    if region not in REGION_ZONES:
+        near = difflib.get_close_matches(region, REGION_ZONES, n=3)
+        hint = f"; did you mean {' or '.join(near)}?" if near else ""
+        problems.append(
+            f"--region = {region!r}: unknown region{hint} (allowed: one of the regions in "
+            "cluster/regions.py, e.g. asia-northeast3, us-central1)"
+        )
+    return problems
+
+
 def _render(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from cluster.render import example_facts, render_gcp, render_local, to_yaml
+    from cluster.errors import describe_all, report
+    from cluster.regions import DEFAULT_REGION
+    from cluster.render import example_gcp_facts, render_gcp, render_local, to_yaml
     from cluster.spec import ClusterSpec, GcpFacts, local_default_spec
 
+    problems: list[str] = []
+    place_flags = [f for f in ("project", "region") if getattr(args, f) is not None]
+    if place_flags and (args.target == "local" or (args.facts and args.target == "gcp")):
+        used = "--target local" if args.target == "local" else "--facts"
+        problems.append(
+            f"{', '.join('--' + f for f in place_flags)}: not used with {used} "
+            "(the example facts of --target gcp only; a --facts file has its own)"
+        )
+    if args.target == "local" and args.facts:
+        problems.append("--facts: not used with --target local (GCP facts)")
+    if args.target == "kuberay" and args.region is not None:
+        problems.append("--region: not used with --target kuberay (the pods have no zone)")
+    project = args.project or "my-ray-project"
+    region = args.region or DEFAULT_REGION
+    if args.target == "gcp" and not args.facts:
+        problems.extend(_check_place(project, region))
+
+    spec = None
     try:
         if args.spec:
             spec = ClusterSpec.model_validate(_load_mapping(args.spec))
         else:
             spec = ClusterSpec() if args.target != "local" else local_default_spec()
-        if args.target == "kuberay":
-            return _render_kuberay(args, spec)
-        if args.target == "local":
-            cfg = render_local(spec, gcs_port=args.gcs_port)
-        else:
-            if args.facts:
-                facts = GcpFacts.model_validate(_load_mapping(args.facts))
-            else:
-                facts = example_facts(project=args.project, region=args.region)
-            cfg = render_gcp(spec, facts)
     except ValidationError as e:
-        print(f"invalid input:\n{e}", file=sys.stderr)
+        problems.extend(describe_all(e, ClusterSpec, prefix=f"{args.spec}: "))
+    if args.target == "kuberay":
+        if problems:
+            print(report(problems), file=sys.stderr)
+            return 2
+        return _render_kuberay(args, spec, project)
+
+    facts = None
+    if args.target == "gcp" and not problems:
+        if args.facts:
+            try:
+                facts = GcpFacts.model_validate(_load_mapping(args.facts))
+            except ValidationError as e:
+                problems.extend(describe_all(e, GcpFacts, prefix=f"{args.facts}: "))
+        else:
+            facts = example_gcp_facts(project=project, region=region, cluster_name=spec.cluster_name)
+    if problems:
+        print(report(problems), file=sys.stderr)
         return 2
+    if args.target == "local":
+        cfg = render_local(spec, gcs_port=args.gcs_port)
+    else:
+        cfg = render_gcp(spec, facts)
     sys.stdout.write(to_yaml(cfg))
     return 0
 
 
-def _render_kuberay(args: argparse.Namespace, spec) -> int:
+def _render_kuberay(args: argparse.Namespace, spec, project: str) -> int:
+    from pydantic import ValidationError
+
     from cluster import kuberay
+    from cluster.errors import describe_all, report
     from cluster.spec import SpecError
 
-    if args.facts:
-        facts = kuberay.KubeFacts.model_validate(_load_mapping(args.facts))
-    else:
-        facts = kuberay.example_kube_facts(project=args.project)
+    try:
+        if args.facts:
+            facts = kuberay.KubeFacts.model_validate(_load_mapping(args.facts))
+        else:
+            facts = kuberay.example_kube_facts(project=project)
+    except ValidationError as e:
+        print(report(describe_all(e, kuberay.KubeFacts, prefix=f"{args.facts}: ")), file=sys.stderr)
+        return 2
     try:
         if args.kind == "raycluster":
             objs = [kuberay.render_raycluster(spec, facts)]
@@ -158,8 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument(
         "--facts", type=Path, help="GcpFacts (gcp) or KubeFacts (kuberay) as JSON/YAML"
     )
-    render.add_argument("--project", default="my-ray-project", help="example facts' project")
-    render.add_argument("--region", default="asia-northeast3", help="example facts' region")
+    render.add_argument(
+        "--project", default=None,
+        help="gcp/kuberay targets: the project of the example facts (default my-ray-project)",
+    )
+    render.add_argument(
+        "--region", default=None,
+        help="gcp target: the region of the example facts (default asia-northeast3, "
+        "the stack's default); the zone is its first",
+    )
     render.add_argument("--gcs-port", type=int, default=6379, help="local target's GCS port")
     reqs = sub.add_parser("requirements", help="regenerate cluster/requirements-node.txt")
     reqs.add_argument("--check", action="store_true", help="only compare with uv.lock")

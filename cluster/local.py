@@ -251,6 +251,8 @@ class LocalCluster:
         """Env vars a driver subprocess needs (merge into os.environ)."""
         return {
             "RAY_ADDRESS": self.address,
+            # `ray job` reads this before RAY_ADDRESS and --address: the dashboard.
+            "RAY_API_SERVER_ADDRESS": self.dashboard_url,
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(self.token_path),
             "RAY_USAGE_STATS_ENABLED": "0",
@@ -423,8 +425,13 @@ class LocalCluster:
         nodes = [dataclasses.replace(n, node_type=type_of.get(n.node_id)) for n in nodes]
         for node_type, count in (report.get("pendingLaunches") or {}).items():
             pending[node_type] = pending.get(node_type, 0) + int(count)
+        alive_ids = {n.node_id for n in nodes}
         for entry in report.get("pendingNodes") or []:
-            # (ip, node_type, status)
+            # (ip, node_type, status); the fake provider's "ip" is the node id. The
+            # report is the autoscaler's last snapshot: a node that has joined since
+            # is alive, not pending (else "1 alive, 3 launching" with at most 3).
+            if entry and entry[0] in alive_ids:
+                continue
             node_type = entry[1] if len(entry) > 1 else "?"
             pending[node_type] = pending.get(node_type, 0) + 1
         for entry in report.get("failedNodes") or []:

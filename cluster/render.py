@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
-from cluster import layout, ray_start
-from cluster.spec import ClusterSpec, GcpFacts, NodeTypeSpec
+from cluster import layout, names, ray_start
+from cluster.regions import DEFAULT_REGION, zones_of
+from cluster.spec import DEFAULT_CLUSTER_NAME, ClusterSpec, GcpFacts, NodeTypeSpec
 
 # ---- shared -------------------------------------------------------------------
 
@@ -62,9 +63,8 @@ def apt_install_command(packages: tuple[str, ...] = NODE_APT_PACKAGES) -> str:
 # The fake_multinode provider hard-codes the head's node type name
 # (ray/autoscaler/_private/fake_multi_node/node_provider.py: FAKE_HEAD_NODE_TYPE).
 LOCAL_HEAD_TYPE = "ray.head.default"
-LOCAL_PROVIDER_MODULE = (
-    "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
-)
+# Ray's fake provider minus the fake nodes' own log monitors (see cluster/local_provider.py).
+LOCAL_PROVIDER_MODULE = "cluster.local_provider.LocalNodeProvider"
 # Fake workers otherwise reserve 30% of RAM each for their object store.
 LOCAL_WORKER_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 
@@ -137,6 +137,13 @@ def render_local(
 
 
 # ---- GCP ----------------------------------------------------------------------
+
+GCE_API = "https://www.googleapis.com/compute/v1"
+# Placeholders for the two facts that exist only after `pulumi up` (previews, tests).
+EXAMPLE_IMAGE = "projects/debian-cloud/global/images/debian-12-bookworm-v20261110"
+EXAMPLE_SSH_PUBLIC_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleExampleExampleExampleExampleExample ray-launcher"
+)
 
 
 def _scaling(spec: ClusterSpec) -> dict[str, Any]:
@@ -376,18 +383,30 @@ def render_gcp(spec: ClusterSpec, facts: GcpFacts) -> dict[str, Any]:
     }
 
 
-def example_gcp_facts(project: str = "my-ray-project", region: str = "asia-northeast3") -> GcpFacts:
-    """Plausible facts for previews and tests (`python -m cluster render --target gcp`)."""
+def example_gcp_facts(
+    project: str = "my-ray-project",
+    region: str = DEFAULT_REGION,
+    cluster_name: str = DEFAULT_CLUSTER_NAME,
+) -> GcpFacts:
+    """The facts `pulumi up` would produce for this project, region and cluster name.
+
+    Names (subnet, service accounts, bucket) come from cluster.names, as infra/
+    names the resources, and the zone is the region's first (the stack's
+    default zone for the default region). Only the deploy-time facts are
+    placeholders: the pinned image and the launcher's public key.
+    """
+    subnet = names.resource_name(cluster_name, "subnet")
     return GcpFacts(
         project=project,
         region=region,
-        zone=f"{region}-a",
-        subnetwork=f"projects/{project}/regions/{region}/subnetworks/ray-gcp-nodes",
-        head_service_account=f"ray-gcp-head@{project}.iam.gserviceaccount.com",
-        worker_service_account=f"ray-gcp-worker@{project}.iam.gserviceaccount.com",
-        ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleExampleExampleExampleExampleExample ray-launcher",
-        image="projects/debian-cloud/global/images/debian-12-bookworm-v20261110",
-        bucket=f"{project}-ray-workloads",
+        zone=zones_of(region)[0],
+        # As GCE reports it: the subnet's selfLink.
+        subnetwork=f"{GCE_API}/projects/{project}/regions/{region}/subnetworks/{subnet}",
+        head_service_account=names.service_account_email(project, cluster_name, "head"),
+        worker_service_account=names.service_account_email(project, cluster_name, "worker"),
+        ssh_public_key=EXAMPLE_SSH_PUBLIC_KEY,
+        image=EXAMPLE_IMAGE,
+        bucket=names.bucket_name(project, cluster_name),
     )
 
 

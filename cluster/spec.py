@@ -33,6 +33,15 @@ DEFAULT_HEAD_TYPE = "head"
 DEFAULT_CPU_WORKER_TYPE = "cpu-worker"
 DEFAULT_GPU_WORKER_TYPE = "gpu-worker"
 
+# The one source of the stack's cluster defaults: infra/settings.py uses them
+# as its defaults (and a test keeps Pulumi.yaml's equal), so `ClusterSpec()`
+# is exactly the cluster `pulumi up` builds with default settings.
+DEFAULT_CLUSTER_NAME = "ray-gcp"
+DEFAULT_MACHINE_TYPE = "n2-standard-4"
+DEFAULT_MIN_WORKERS = 0
+DEFAULT_MAX_WORKERS = 6
+DEFAULT_SPOT_WORKERS = False
+
 
 class SpecError(ValueError):
     """A spec or facts value that cannot work; the message names the field."""
@@ -129,10 +138,12 @@ class NodeTypeSpec(BaseModel):
 class ClusterSpec(BaseModel):
     """The Ray cluster: node types, autoscaling and the exact software versions."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # validate_default: a default is stored as a given value would be (5 -> 5.0
+    # minutes), so ClusterSpec() and from_settings() render byte-identical YAML.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     cluster_name: str = Field(
-        default="ray-gcp",
+        default=DEFAULT_CLUSTER_NAME,
         description=(
             f"lowercase letters, digits and dashes, starting with a letter, "
             f"at most {CLUSTER_NAME_MAX_LEN} characters"
@@ -141,13 +152,16 @@ class ClusterSpec(BaseModel):
     head_node_type: str = DEFAULT_HEAD_TYPE
     node_types: dict[str, NodeTypeSpec] = Field(
         default_factory=lambda: {
-            DEFAULT_HEAD_TYPE: NodeTypeSpec(machine_type="n2-standard-4", resources={"CPU": 0}),
+            DEFAULT_HEAD_TYPE: NodeTypeSpec(machine_type=DEFAULT_MACHINE_TYPE, resources={"CPU": 0}),
             DEFAULT_CPU_WORKER_TYPE: NodeTypeSpec(
-                machine_type="n2-standard-4", min_workers=0, max_workers=6, spot=True
+                machine_type=DEFAULT_MACHINE_TYPE,
+                min_workers=DEFAULT_MIN_WORKERS,
+                max_workers=DEFAULT_MAX_WORKERS,
+                spot=DEFAULT_SPOT_WORKERS,
             ),
         }
     )
-    max_workers: Annotated[int, Field(ge=0, le=1000)] = 6
+    max_workers: Annotated[int, Field(ge=0, le=1000)] = DEFAULT_MAX_WORKERS
     idle_timeout_minutes: Annotated[float, Field(gt=0, le=24 * 60)] = 5
     # Ray's default 1.0 launches at most ~1 node per running node per round;
     # a large value lets a burst launch every needed node at once.
@@ -245,12 +259,12 @@ class ClusterSpec(BaseModel):
     def from_settings(
         cls,
         *,
-        cluster_name: str = "ray-gcp",
-        head_machine_type: str = "n2-standard-4",
-        worker_machine_type: str = "n2-standard-4",
-        min_workers: int = 0,
-        max_workers: int = 6,
-        spot_workers: bool = True,
+        cluster_name: str = DEFAULT_CLUSTER_NAME,
+        head_machine_type: str = DEFAULT_MACHINE_TYPE,
+        worker_machine_type: str = DEFAULT_MACHINE_TYPE,
+        min_workers: int = DEFAULT_MIN_WORKERS,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        spot_workers: bool = DEFAULT_SPOT_WORKERS,
         worker_cpus: int | None = None,
         gpu_accelerator_type: str | None = None,
         gpu_accelerator_count: int = 0,

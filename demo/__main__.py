@@ -1,7 +1,9 @@
 """`make demo`: the whole ray-gcp flow on one machine, no cloud needed.
 
-1. Render the local cluster config from the same spec the GCP config uses,
-   and the GCP config itself (with example deploy-time facts).
+1. Render the two cluster configs with the same renderers: the local one
+   (fake nodes on this machine) and the GCP one that `pulumi up` puts on the
+   provider VM with default settings (example project; placeholder image
+   and key, the only facts that exist just after deployment).
 2. Show what `pulumi up` would create: the Pulumi program run offline, the
    way Pulumi's language host runs it, under Pulumi's mocks.
 3. Start a local autoscaling Ray cluster (fake worker nodes, token auth on).
@@ -36,12 +38,13 @@ def banner(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m", flush=True)
 
 
-def render_configs(out: Path, spec: ClusterSpec) -> tuple[Path, Path]:
-    """Write both renderings of one spec; return (local, gcp) paths."""
+def render_configs(out: Path, local_spec: ClusterSpec) -> tuple[Path, Path]:
+    """Write the local config of `local_spec` and the default stack's GCP config."""
     local_path = out / "local-cluster.yaml"
     gcp_path = out / "gcp-cluster.yaml"
-    local_path.write_text(to_yaml(render_local(spec, gcs_port=6379, host="127.0.0.1")))
-    gcp_path.write_text(to_yaml(render_gcp(spec, example_gcp_facts())))
+    local_path.write_text(to_yaml(render_local(local_spec, gcs_port=6379, host="127.0.0.1")))
+    # ClusterSpec() is the default settings' cluster: what `pulumi up` renders.
+    gcp_path.write_text(to_yaml(render_gcp(ClusterSpec(), example_gcp_facts())))
     return local_path, gcp_path
 
 
@@ -129,10 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     spec = local_default_spec()
     t_start = time.monotonic()
 
-    banner("1. One spec, two renderings")
+    banner("1. The cluster configs, from the same renderers")
     local_path, gcp_path = render_configs(out, spec)
-    print(f"   local (fake nodes on this machine; preview, ports picked at start): {local_path}")
-    print(f"   GCP (for `ray up` on the provider VM, example facts): {gcp_path}")
+    local_workers = spec.worker_types["cpu-worker"]
+    print(f"   local (fake nodes on this machine, up to {local_workers.max_workers} workers; "
+          f"preview, ports picked at start): {local_path}")
+    gcp_spec = ClusterSpec()
+    print(f"   GCP (what `pulumi up` with default settings puts on the provider VM for `ray up`, "
+          f"up to {gcp_spec.max_workers} workers; example project, placeholder image and key): "
+          f"{gcp_path}")
 
     if not args.skip_preview:
         banner("2. What `pulumi up` would create (program run offline under Pulumi mocks)")

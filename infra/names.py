@@ -1,44 +1,11 @@
-"""Names of the GCP resources of one cluster, derived from the cluster name.
-
-Pure functions: the same settings always give the same names, and every name
-fits its GCP limit (a long cluster name is shortened with a stable hash
-rather than refused, since the cluster-name rule itself comes from Ray).
-"""
+"""Resource names live in cluster/names.py (the `render` preview uses the same names);
+OS Login usernames of operators are derived here."""
 
 from __future__ import annotations
 
-import hashlib
+import re
 
-# Service-account IDs: 6-30 characters, [a-z][a-z0-9-]*[a-z0-9].
-_ACCOUNT_ID_MAX = 30
-# Bucket names: 3-63 characters (without dots).
-_BUCKET_MAX = 63
-
-
-def _fit(base: str, suffix: str, limit: int) -> str:
-    """`base-suffix`, or `<base cut>-<hash4>-suffix` when that is longer than limit."""
-    name = f"{base}-{suffix}"
-    if len(name) <= limit:
-        return name
-    digest = hashlib.sha256(base.encode()).hexdigest()[:4]
-    keep = limit - len(suffix) - len(digest) - 2
-    return f"{base[:keep].rstrip('-')}-{digest}-{suffix}"
-
-
-def account_id(cluster_name: str, role: str) -> str:
-    """Service-account ID of one role (`provider`, `head`, `worker`) of the cluster."""
-    return _fit(cluster_name, role, _ACCOUNT_ID_MAX)
-
-
-def bucket_name(project: str, cluster_name: str) -> str:
-    """Globally unique bucket name: project IDs are unique, so prefix with one."""
-    return _fit(f"{project}-{cluster_name}", "io", _BUCKET_MAX)
-
-
-def resource_name(cluster_name: str, what: str) -> str:
-    """Name of a project-scoped resource (VPC, subnet, firewall, VM, secret): <= 63 chars."""
-    return _fit(cluster_name, what, 63)
-
+from cluster.names import account_id, bucket_name, resource_name
 
 # OS Login POSIX usernames are at most 32 characters.
 _POSIX_USER_MAX = 32
@@ -48,6 +15,7 @@ def oslogin_username(email: str) -> str:
     """The default OS Login POSIX username of a Google account: the email, lowercased,
     every character other than a letter or digit replaced by `_`, cut to 32 characters
     (alice.smith@example.com -> alice_smith_example_com)."""
-    import re
-
     return re.sub(r"[^a-z0-9]", "_", email.lower())[:_POSIX_USER_MAX]
+
+
+__all__ = ["account_id", "bucket_name", "oslogin_username", "resource_name"]

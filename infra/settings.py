@@ -18,15 +18,20 @@ import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
+from cluster.regions import DEFAULT_REGION, DEFAULT_ZONE, REGION_ZONES, zones_of
 from cluster.spec import (
     CLUSTER_NAME_MAX_LEN,
+    DEFAULT_CLUSTER_NAME,
     DEFAULT_CPU_WORKER_TYPE,
     DEFAULT_GPU_WORKER_TYPE,
     DEFAULT_HEAD_TYPE,
+    DEFAULT_MACHINE_TYPE,
+    DEFAULT_MAX_WORKERS,
+    DEFAULT_MIN_WORKERS,
+    DEFAULT_SPOT_WORKERS,
     ClusterSpec,
     SpecError,
 )
-from infra.regions import REGION_ZONES, zones_of
 
 NAMESPACE = "ray-gcp"
 PROJECT_KEY = "gcp:project"
@@ -77,17 +82,17 @@ class Settings(BaseModel):
     project: str = Field(alias="project", **_allowed("a GCP project ID: 6-30 of [a-z0-9-]"))
 
     region: str = Field(
-        default="asia-northeast3",
+        default=DEFAULT_REGION,
         description="GCP region of the network, bucket, secrets and every VM.",
-        **_allowed("one of the regions in infra/regions.py, e.g. asia-northeast3, us-central1"),
+        **_allowed("one of the regions in cluster/regions.py, e.g. asia-northeast3, us-central1"),
     )
     zone: str = Field(
-        default="asia-northeast3-a",
+        default=DEFAULT_ZONE,
         description="Zone of the provider VM and the Ray nodes; must lie in region.",
         **_allowed("a zone of `region`"),
     )
     cluster_name: str = Field(
-        default="ray-gcp",
+        default=DEFAULT_CLUSTER_NAME,
         description=(
             "Ray cluster name and prefix of every resource name; lowercase letters, digits "
             f"and dashes, at most {CLUSTER_NAME_MAX_LEN} characters."
@@ -103,27 +108,27 @@ class Settings(BaseModel):
         **_allowed("a GCE machine type name such as e2-medium"),
     )
     head_machine_type: str = Field(
-        default="n2-standard-4",
+        default=DEFAULT_MACHINE_TYPE,
         description="Machine type of the Ray head node.",
         **_allowed("a GCE machine type name with its vCPU count, such as n2-standard-4"),
     )
     worker_machine_type: str = Field(
-        default="n2-standard-4",
+        default=DEFAULT_MACHINE_TYPE,
         description="Machine type of the autoscaled Ray worker nodes.",
         **_allowed("a GCE machine type name with its vCPU count, such as n2-standard-8"),
     )
     min_workers: int = Field(
-        default=0,
+        default=DEFAULT_MIN_WORKERS,
         description="Workers the autoscaler keeps running at all times.",
         **_allowed("an integer >= 0 and <= maxWorkers"),
     )
     max_workers: int = Field(
-        default=6,
+        default=DEFAULT_MAX_WORKERS,
         description="Upper bound on autoscaled workers (>= minWorkers, <= 1000).",
         **_allowed("an integer >= minWorkers and <= 1000"),
     )
     spot_workers: bool = Field(
-        default=False,
+        default=DEFAULT_SPOT_WORKERS,
         description="Run workers as Spot VMs (cheaper, may be preempted; Ray retries the tasks).",
         **_allowed("true or false"),
     )
@@ -292,6 +297,15 @@ class Settings(BaseModel):
         low = info.data.get("min_workers")
         if low is not None and v < low:
             raise ValueError(f"smaller than minWorkers ({low})")
+        return v
+
+    @field_validator("spot_workers", mode="before")
+    @classmethod
+    def _pulumi_boolean(cls, v: Any) -> Any:
+        # pydantic would also take "yes", "on", "1"; Pulumi's own config
+        # (pulumi.Config.get_bool) refuses them, so a stack must not depend on them.
+        if isinstance(v, str) and v not in ("true", "True", "false", "False"):
+            raise ValueError("not a boolean")
         return v
 
     @field_validator("ssh_source_ranges", mode="before")

@@ -24,7 +24,8 @@ written atomically and are identical on a retry; the driver is the only
 writer of results.jsonl and writes each image's row once.
 
 Exit status: 0 if every image was processed or skipped, 1 if some failed,
-2 for usage errors.
+2 for usage errors, 3 if the Ray cluster cannot be reached (within
+--connect-timeout, default $RAY_GCP_CONNECT_TIMEOUT or 30 s).
 
 Examples:
   python workloads/annotate.py --make-sample /tmp/sample --count 200 --corrupt 2 --broken-json 2
@@ -180,7 +181,9 @@ def parse_labelme(raw: bytes, where: str) -> dict:
     except UnicodeDecodeError as e:
         raise ItemError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
-        raise ItemError(f"{where}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        # Some messages end in "at" already ("Unterminated string starting at").
+        msg = e.msg.removesuffix(" at")
+        raise ItemError(f"{where}: invalid JSON ({msg} at line {e.lineno} column {e.colno})") from None
     if not isinstance(data, dict):
         raise ItemError(f"{where}: a LabelMe file is a JSON object, got {type(data).__name__}")
     shapes = data.get("shapes", [])
@@ -514,7 +517,7 @@ def run(args) -> int:
     print(f"annotate: {len(items)} images under {src.url}; {len(done & {i.image for i in items})} "
           f"already done in {dst.url}", file=sys.stderr)
 
-    common.connect(args.address)
+    common.connect(args.address, connect_timeout=args.connect_timeout)
     results = ResultsFile(dst)
     pending = []
     for item in items:
@@ -752,8 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tasks submitted but not finished (default: max(16, 2 x cluster CPUs))")
     io.add_argument("--max-retries", type=int, default=5,
                     help="Ray retries of a task whose worker or node died (default 5)")
-    io.add_argument("--address", default=None,
-                    help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)")
+    common.add_connect_arguments(io)
     io.add_argument("--item-delay", type=float, default=0.0,
                     help="extra seconds of work per image, to simulate heavier processing in "
                          "demos of node loss (default 0)")

@@ -84,8 +84,7 @@ def build_parser():
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)")
+    common.add_connect_arguments(p)
     return p
 
 
@@ -93,7 +92,7 @@ def main(argv=None) -> int:
     import ray
 
     args = build_parser().parse_args(argv)
-    common.connect(args.address, log_to_driver=False)
+    common.connect(args.address, connect_timeout=args.connect_timeout, log_to_driver=False)
     report = describe(ray.nodes(), ray.available_resources())
     report = {"ray_version": ray.__version__, "python": platform.python_version(), **report}
     print(json.dumps(report, indent=2) if args.json else render_text(report))

@@ -20,14 +20,20 @@ import contextlib
 import json
 import os
 import posixpath
+import socket
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 GS_SCHEME = "gs://"
 EXIT_NO_CLUSTER = 3  # exit status of every script that cannot reach its Ray cluster
+# How long a driver tries to reach its cluster before it gives up with EXIT_NO_CLUSTER.
+CONNECT_TIMEOUT_ENV = "RAY_GCP_CONNECT_TIMEOUT"
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
 
 
 class UsageError(Exception):
@@ -37,19 +43,124 @@ class UsageError(Exception):
 # ---------------------------------------------------------------- Ray --------
 
 
-def connect(address: str | None = None, **init_kwargs):
+def connect_timeout_default() -> float:
+    """``$RAY_GCP_CONNECT_TIMEOUT`` (seconds), else 30; a bad value is a usage error."""
+    text = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_CONNECT_TIMEOUT_S
+    try:
+        return _positive_seconds(text)
+    except ValueError as e:
+        raise UsageError(f"{CONNECT_TIMEOUT_ENV}={text!r}: {e}") from None
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("not a number of seconds; allowed: a number > 0") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError("allowed: a number of seconds > 0")
+    return value
+
+
+def add_connect_arguments(parser) -> None:
+    """``--address`` and ``--connect-timeout``, the same in every driver."""
+    parser.add_argument(
+        "--address", default=None,
+        help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)",
+    )
+
+    def seconds(text: str) -> float:
+        import argparse
+
+        try:
+            return _positive_seconds(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"--connect-timeout {text!r}: {e}") from None
+
+    parser.add_argument(
+        "--connect-timeout", type=seconds, default=None, metavar="SECONDS",
+        help=f"give up (exit {EXIT_NO_CLUSTER}) if the cluster cannot be reached within this "
+        f"time (default: ${CONNECT_TIMEOUT_ENV}, else {DEFAULT_CONNECT_TIMEOUT_S:g})",
+    )
+
+
+def _no_cluster(address: str, why: str) -> SystemExit:
+    print(
+        f"error: cannot reach the Ray cluster at {address}: {why}. Is it running "
+        "(`python -m cluster local status`)? Point RAY_ADDRESS (or --address) at a running "
+        "cluster, or unset it to run on a throwaway local Ray.",
+        file=sys.stderr,
+        flush=True,
+    )
+    return SystemExit(EXIT_NO_CLUSTER)
+
+
+def _gcs_host_port(address: str) -> tuple[str, int] | None:
+    """``host:port`` of a GCS address; None for what we do not probe (auto, ray://)."""
+    if address == "auto" or "://" in address:
+        return None
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def probe_gcs(address: str, timeout: float) -> None:
+    """Fail fast, without Ray's retry loop, when nothing listens at ``address``.
+
+    Raises SystemExit(EXIT_NO_CLUSTER) after one clear line if a TCP
+    connection cannot be opened within ``timeout`` seconds.
+    """
+    target = _gcs_host_port(address)
+    if target is None:
+        return
+    try:
+        socket.create_connection(target, timeout=timeout).close()
+    except OSError as e:
+        why = f"no answer within {timeout:g} s" if isinstance(e, TimeoutError) else str(e)
+        raise _no_cluster(address, why) from None
+
+
+def connect(address: str | None = None, *, connect_timeout: float | None = None, **init_kwargs):
     """``ray.init`` against ``address`` or ``$RAY_ADDRESS``; a local instance if neither.
 
     Token auth needs nothing here: ``ray.init`` itself reads ``RAY_AUTH_MODE``
     and the token (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
     ``~/.ray/auth_token``) from the environment, and a job started by
     ``ray job submit`` inherits both from the head.
+
+    With an address, the whole attempt is bounded by ``connect_timeout``
+    (default ``$RAY_GCP_CONNECT_TIMEOUT``, else 30 s): Ray itself retries a
+    dead GCS forever (``Failed to connect to GCS ... within 5 seconds``, then
+    ``Timed out while waiting for GCS``, again and again). A dead address ends
+    in one line on stderr and exit status 3.
     """
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or None
     init_kwargs.setdefault("log_to_driver", True)
     init_kwargs.setdefault("ignore_reinit_error", True)
+    if address is None:
+        return ray.init(**init_kwargs)
+    try:
+        timeout = connect_timeout if connect_timeout is not None else connect_timeout_default()
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    deadline = time.monotonic() + timeout
+    probe_gcs(address, timeout)
+
+    def give_up() -> None:
+        # ray.init is blocked in Ray's C++ retry loop and cannot be interrupted;
+        # nothing was started (we only connect), so leaving hard is safe.
+        _no_cluster(address, f"no working connection within {timeout:g} s")
+        os._exit(EXIT_NO_CLUSTER)
+
+    watchdog = threading.Timer(max(deadline - time.monotonic(), 0.0), give_up)
+    watchdog.daemon = True
+    watchdog.start()
     try:
         return ray.init(address=address, **init_kwargs)
     except ConnectionError as e:
@@ -59,6 +170,8 @@ def connect(address: str | None = None, **init_kwargs):
             file=sys.stderr,
         )
         raise SystemExit(EXIT_NO_CLUSTER) from None
+    finally:
+        watchdog.cancel()
 
 
 @dataclass(frozen=True)

@@ -129,8 +129,7 @@ def build_parser():
     p.add_argument("--bins", type=int, default=64, help="histogram bins (default 64)")
     p.add_argument("--seed", type=int, default=0, help="array seed (default 0)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)")
+    common.add_connect_arguments(p)
     return p
 
 
@@ -146,7 +145,7 @@ def main(argv=None) -> int:
         parser.error(f"--chunks ({args.chunks}) cannot exceed --size ({args.size})")
 
     # Ray forwards worker output and autoscaler events to stdout; keep --json parseable.
-    common.connect(args.address, log_to_driver=not args.json)
+    common.connect(args.address, connect_timeout=args.connect_timeout, log_to_driver=not args.json)
     map_task = ray.remote(map_chunk).options(num_cpus=1)
     combine_task = ray.remote(combine).options(num_cpus=1)
 

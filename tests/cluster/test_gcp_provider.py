@@ -63,7 +63,7 @@ READS = [
     Call(
         "compute",
         "subnetworks.get",
-        {"project": FACTS.project, "region": FACTS.region, "subnetwork": "ray-gcp-nodes"},
+        {"project": FACTS.project, "region": FACTS.region, "subnetwork": "ray-gcp-subnet"},
     ),
 ]
 
@@ -111,7 +111,7 @@ def test_bootstrap_changes_nothing_in_the_node_configs(fake_gcp, cfg):
         (
             lambda f: f.subnetworks.clear(),
             (
-                "subnetwork ray-gcp-nodes in region asia-northeast3 of project my-ray-project "
+                "subnetwork ray-gcp-subnet in region asia-northeast3 of project my-ray-project "
                 "(node types: cpu-worker, head) does not exist or cannot be read (HTTP 404); "
                 "run `pulumi up`"
             ),
@@ -238,7 +238,10 @@ def test_rays_own_gcp_bootstrap_would_write(monkeypatch, tmp_path, launcher_key)
 # ---- the head: autoscaler v1 and v2 launch workers ---------------------------------------
 
 
-def test_v1_node_launcher_creates_private_spot_workers(fake_gcp, cfg):
+def test_v1_node_launcher_creates_private_spot_workers(fake_gcp, launcher_key):
+    # The default spec runs standard VMs (spotWorkers=false); this one opts into Spot.
+    cfg = render_gcp(ClusterSpec.from_settings(spot_workers=True), FACTS)
+    cfg["auth"]["ssh_private_key"] = str(launcher_key)
     resolved = bootstrap(cfg)
     fake_gcp.calls.clear()
     provider = _get_node_provider(resolved["provider"], resolved["cluster_name"])

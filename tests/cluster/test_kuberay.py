@@ -37,13 +37,15 @@ FACTS = example_kube_facts()
 WORKLOADS = read_workloads()
 
 SCENARIOS = {
-    "default-spot": ClusterSpec(),
+    "default": ClusterSpec(),  # the stack's defaults: on-demand workers
+    "default-spot": ClusterSpec.from_settings(spot_workers=True),
     "on-demand-min-workers": ClusterSpec.from_settings(
         cluster_name="team-a", min_workers=2, max_workers=8, spot_workers=False
     ),
     "gpu-pool": ClusterSpec.from_settings(
         cluster_name="gpu-team",
         max_workers=3,
+        spot_workers=True,
         gpu_accelerator_type="nvidia-tesla-t4",
         gpu_accelerator_count=2,
         gpu_machine_type="n1-standard-8",
@@ -51,6 +53,7 @@ SCENARIOS = {
     ),
     "gpu-l4-spot-min-workers": ClusterSpec.from_settings(
         cluster_name="l4",
+        spot_workers=True,
         min_workers=1,
         max_workers=4,
         gpu_accelerator_type="nvidia-l4",

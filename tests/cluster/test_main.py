@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -86,3 +87,81 @@ def test_local_status_without_a_cluster(tmp_path):
     assert "no local cluster running" in out.stdout
     down = cli("local", "down", "--state-dir", str(tmp_path / "none"), cwd=tmp_path)
     assert down.returncode == 0 and "stopped 0 processes" in down.stdout
+
+
+# ---- errors in the settings' style (field = value: problem (allowed: ...)) ------------
+
+
+def test_an_unknown_region_is_one_clear_line():
+    out = cli("render", "--target", "gcp", "--region", "mars-1")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.splitlines() == [
+        "invalid input (nothing was rendered):",
+        "  --region = 'mars-1': unknown region (allowed: one of the regions in "
+        "cluster/regions.py, e.g. asia-northeast3, us-central1)",
+    ]
+    # No pydantic boilerplate, no error about a zone the user never typed.
+    assert "pydantic" not in out.stderr and "mars-1-a" not in out.stderr
+
+
+def test_a_well_formed_region_must_be_in_the_regions_table():
+    out = cli("render", "--target", "gcp", "--region", "asia-northeast9")
+    assert out.returncode == 2 and out.stdout == ""
+    assert "--region = 'asia-northeast9': unknown region; did you mean asia-northeast3" in out.stderr
+
+
+def test_the_zone_is_a_real_zone_of_the_region():
+    # europe-west1 has no zone a (cluster/regions.py): the preview uses b.
+    cfg = yaml.safe_load(cli("render", "--target", "gcp", "--region", "europe-west1").stdout)
+    assert cfg["provider"]["availability_zone"] == "europe-west1-b"
+
+
+def test_a_bad_project_is_named_with_what_is_allowed():
+    out = cli("render", "--target", "gcp", "--project", "My_Project")
+    assert out.returncode == 2
+    assert "--project = 'My_Project': not a GCP project ID (allowed: 6-30 of [a-z0-9-]" in out.stderr
+
+
+def test_a_bad_spec_field_names_the_file_field_value_and_allowed(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "node_types:\n  head: {machine_type: n2-standard-4, resources: {CPU: 0}}\n"
+        "  cpu-worker: {machine_type: 'N2 standard', max_workers: 2}\n"
+    )
+    out = cli("render", "--target", "gcp", "--spec", str(spec))
+    assert out.returncode == 2
+    assert out.stderr.splitlines()[1:] == [
+        f"  {spec}: node_types.cpu-worker.machine_type = 'N2 standard': malformed "
+        "(allowed: GCE machine type, e.g. n2-standard-4)"
+    ]
+    assert "String should match pattern" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "extra", [["--project", "x-project"], ["--region", "europe-west4"]], ids=["project", "region"]
+)
+def test_local_target_refuses_gcp_only_flags(extra):
+    out = cli("render", "--target", "local", *extra)
+    assert out.returncode == 2 and out.stdout == ""
+    assert f"{extra[0]}: not used with --target local" in out.stderr
+
+
+def test_the_readme_error_example_is_what_the_command_prints():
+    import shlex
+
+    readme = (ROOT / "cluster" / "README.md").read_text()
+    block = readme.split("\n$ python -m cluster render ", 1)[1].split("```", 1)[0]
+    command, *expected = block.strip("\n").splitlines()
+    out = cli("render", *shlex.split(command))
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == expected
+
+
+def test_local_down_removes_the_token_and_says_so(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "auth_token").write_text("old-token\n")
+    down = cli("local", "down", "--state-dir", str(state), cwd=tmp_path)
+    assert down.returncode == 0, down.stderr
+    assert not (state / "auth_token").exists()
+    assert f"down: removed the auth token {state / 'auth_token'}" in down.stdout

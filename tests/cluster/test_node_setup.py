@@ -111,7 +111,7 @@ def test_rendered_node_setup_builds_the_pinned_venv_and_passes_the_check(node_ho
     shell = bash("bash -i -c 'source ~/.bashrc; which python; env'", env, tmp_path).stdout
     assert f"{node_home}/ray-venv/bin/python" in shell
     assert "RAY_AUTH_MODE=token" in shell
-    assert "RAY_GCP_BUCKET=my-ray-project-ray-workloads" in shell
+    assert "RAY_GCP_BUCKET=my-ray-project-ray-gcp-io" in shell
 
     # The first start command on the head: versions and the provider import pass.
     check = bash(cfg["head_start_ray_commands"][0], env, tmp_path)

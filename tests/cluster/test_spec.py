@@ -46,7 +46,7 @@ def test_defaults_are_the_documented_ones():
     assert spec.python_minor == layout.PYTHON_MINOR
     assert spec.head.ray_resources() == {"CPU": 0}
     assert spec.worker_types["cpu-worker"].ray_resources() == {"CPU": 4}
-    assert spec.worker_types["cpu-worker"].spot is True
+    assert spec.worker_types["cpu-worker"].spot is False  # the stack default spotWorkers=false
     assert spec.upscaling_speed >= 1000
 
 
@@ -220,7 +220,7 @@ def facts_dict(**overrides: Any) -> dict[str, Any]:
 
 def test_example_facts_are_valid():
     f = GcpFacts.model_validate(facts_dict())
-    assert f.subnetwork_name == "ray-gcp-nodes"
+    assert f.subnetwork_name == "ray-gcp-subnet"
     assert f.subnetwork_project == "my-ray-project"
 
 

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cluster.render import example_gcp_facts, render_gcp, to_yaml
+from cluster.spec import ClusterSpec
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,17 +29,17 @@ def test_demo_runs_the_whole_flow_and_leaves_nothing_running(tmp_path):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log
 
-    # 1. Both renderings of one spec: same node types.
+    # 1. The local config, and the GCP config of the default stack (not the local spec).
     local = yaml.safe_load((out / "local-cluster.yaml").read_text())
     gcp = yaml.safe_load((out / "gcp-cluster.yaml").read_text())
     # (fake_multinode insists on naming the head type ray.head.default)
     def workers(cfg):
-        return {name: {k: v for k, v in t["resources"].items() if k in ("CPU", "GPU")}
-                for name, t in cfg["available_node_types"].items()
-                if name != cfg["head_node_type"]}
+        return sorted(n for n in cfg["available_node_types"] if n != cfg["head_node_type"])
 
-    assert workers(local) == workers(gcp) != {}
+    assert workers(local) == workers(gcp) == ["cpu-worker"]
     assert gcp["provider"]["type"] == "external"
+    assert gcp == yaml.safe_load(to_yaml(render_gcp(ClusterSpec(), example_gcp_facts())))
+    assert (gcp["cluster_name"], gcp["max_workers"]) == ("ray-gcp", 6)
     # 2. The offline `pulumi up` listing names the provider VM and the secrets.
     listing = (out / "pulumi-resources.txt").read_text()
     assert "gcp:compute/instance:Instance" in listing

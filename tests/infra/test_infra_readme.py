@@ -127,3 +127,23 @@ def test_example_commands_are_valid_settings():
 def test_custom_role_table_is_generated_from_the_iam_data():
     """The permission lists and rules shown are what infra/iam computes from calls.yaml."""
     assert readme_section() in README
+
+
+def test_the_offline_example_prints_what_the_readme_shows():
+    """The `python -m infra.offline --set ...` example, run as written (minus `.venv/bin/`)."""
+    import subprocess
+    import sys
+
+    section = README.split("Before any of that, offline", 1)[1]
+    command, after = section.split("```bash", 1)[1].split("```", 1)
+    command = command.strip()
+    shown = after.split("```\n", 1)[1].split("```", 1)[0]
+    argv = shlex.split(command)
+    assert argv[:3] == [".venv/bin/python", "-m", "infra.offline"]
+    out = subprocess.run(
+        [sys.executable, *argv[1:]], cwd=harness.PROJECT_ROOT, capture_output=True, text=True,
+        check=True,
+    ).stdout
+    for line in shown.strip("\n").splitlines():
+        if line != "...":
+            assert line in out.splitlines(), (line, out)

@@ -141,6 +141,14 @@ def test_parse_labelme_reports_position_of_broken_json():
         annotate.parse_labelme(b'{"shapes": [\n  {"label": ', "a.json")
 
 
+def test_an_unterminated_string_is_reported_without_a_doubled_at():
+    with pytest.raises(ItemError) as e:
+        annotate.parse_labelme(b'{"label": "cat', "a.json")
+    assert str(e.value) == (
+        "a.json: invalid JSON (Unterminated string starting at line 1 column 11)"
+    )
+
+
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
@@ -407,8 +415,12 @@ def test_script_runs_as_a_file_and_documents_itself(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
     ).stdout
     for words in ("--max-side", "--batch-size", "--make-sample", "gs://", "_summary.json",
-                  "Exit status"):
+                  "Exit status", "--connect-timeout"):
         assert words in help_text
+    # Every exit status the script uses is listed, 3 (no cluster) included.
+    exit_doc = " ".join(help_text.split("Exit status:", 1)[1].split("\n\n", 1)[0].split())
+    assert exit_doc.startswith("0 if every image was processed or skipped, 1 if some failed, "
+                               "2 for usage errors, 3 if the Ray cluster cannot be reached")
     out = subprocess.run(
         [sys.executable, os.path.join(REPO, "workloads", "annotate.py"),
          "--make-sample", str(tmp_path / "s"), "--count", "3", "--corrupt", "1"],

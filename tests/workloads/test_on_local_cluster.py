@@ -370,3 +370,85 @@ def test_a_driver_without_the_token_is_refused(driver_env):
     r = run_driver("cluster_info.py", env=env, timeout=120)
     assert r.returncode == common.EXIT_NO_CLUSTER
     assert "cannot connect to the Ray cluster" in r.stderr and "RAY_AUTH_TOKEN_PATH" in r.stderr
+
+
+# ---- workloads/README.md's local commands, as written -----------------------------------
+
+
+def _readme_local_block() -> str:
+    with open(os.path.join(WORKLOADS, "README.md")) as f:
+        text = f.read()
+    section = text.split("### Local\n", 1)[1]
+    return section.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+def _readme_line(block: str, starts: str) -> str:
+    joined = block.replace("\\\n", " ")
+    return next(line.strip() for line in joined.splitlines() if line.strip().startswith(starts))
+
+
+def test_readme_job_submit_works_as_documented_and_says_what_a_missing_token_looks_like(
+    tmp_path, local_cluster
+):
+    """The README's `eval "$(... local up ...)"` line and its `ray job submit` line, run
+    by bash as written, against the session cluster (its state dir added to `local up`,
+    the venv's bin dir for `.venv/bin/`, temp dirs for /tmp/sample*)."""
+    block = _readme_local_block()
+    eval_line = _readme_line(block, "eval ")
+    submit = _readme_line(block, ".venv/bin/ray job submit")
+    assert "--address" not in submit  # the environment names the dashboard
+    bindir = os.path.dirname(sys.executable)
+    src, dst = tmp_path / "sample", tmp_path / "sample-small2"
+    annotate.make_sample(common.LocalStorage(src), 5, seed=3)
+    eval_line = eval_line.replace(
+        "cluster local up", f"cluster local up --state-dir {local_cluster.state_dir}"
+    )
+    submit = submit.replace("/tmp/sample-small2", str(dst)).replace("/tmp/sample", str(src))
+    script = "\n".join(["set -e", eval_line, submit]).replace(".venv/bin/", f"{bindir}/")
+    # A user's shell: no RAY_* of its own.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    r = subprocess.run(["bash", "-c", script], env=env, cwd=REPO, capture_output=True,
+                       text=True, timeout=300, check=False)
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-3000:]
+    assert "processed 5, skipped 0, failed 0" in log
+    assert "succeeded" in log
+    # The session cluster is running: `local up` says so instead of "starting".
+    up = subprocess.run(
+        [sys.executable, "-m", "cluster", "local", "up", "--state-dir", str(local_cluster.state_dir)],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    assert up.startswith(f"already running (state in {local_cluster.state_dir}); nothing started")
+    assert "starting" not in up
+    assert f"  export RAY_API_SERVER_ADDRESS={local_cluster.dashboard_url}" in up.splitlines()
+
+    # The same commands without the token: the README's last line, and no job.
+    no_token = script.replace(
+        submit.replace(".venv/bin/", f"{bindir}/"),
+        "unset RAY_AUTH_MODE RAY_AUTH_TOKEN_PATH; "
+        + submit.replace(".venv/bin/", f"{bindir}/").replace(str(dst), str(dst) + "-x"),
+    )
+    r = subprocess.run(["bash", "-c", no_token], env=env, cwd=REPO, capture_output=True,
+                       text=True, timeout=300, check=False)
+    readme = open(os.path.join(WORKLOADS, "README.md")).read()
+    shown = readme.split("**Without the token**", 1)[1].split("```\n", 1)[1].split("\n```", 1)[0]
+    assert r.returncode != 0
+    assert shown.strip() in (r.stdout + r.stderr).splitlines(), (r.stdout + r.stderr)[-2000:]
+    assert not (tmp_path / "sample-small2-x").exists()
+
+
+def test_readme_planted_failures_sample_reports_what_the_readme_says(tmp_path, driver_env):
+    block = _readme_local_block()
+    readme = open(os.path.join(WORKLOADS, "README.md")).read()
+    planted = readme.split("**Planted failures.**", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    promised = readme.split("**Planted failures.**", 1)[1].split("This run ends with `", 1)[1]
+    promised = promised.split("`", 1)[0]
+    assert block  # the section exists
+    lines = [line.replace(".venv/bin/python", sys.executable)
+             .replace("/tmp/", f"{tmp_path}/") for line in planted.strip().splitlines()]
+    r = subprocess.run(["bash", "-c", lines[0]], env=driver_env, cwd=REPO, capture_output=True,
+                       text=True, timeout=120, check=True)
+    r = subprocess.run(["bash", "-c", lines[1] + " --no-progress"], env=driver_env, cwd=REPO,
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert promised in r.stdout, r.stdout
