@@ -374,6 +374,9 @@ def render_gcp(spec: ClusterSpec, facts: GcpFacts) -> dict[str, Any]:
             "project_id": facts.project,
             "region": facts.region,
             "availability_zone": facts.zone,
+            # Ours (cluster.gcp_provider.ZonalGCPCompute): where nodes go when
+            # availability_zone is out of capacity; [] = no fallback.
+            "fallback_zones": list(facts.fallback_zones),
             "use_internal_ips": True,
             "cache_stopped_nodes": False,
         },
@@ -406,6 +409,7 @@ def example_gcp_facts(project: str = "my-ray-project", region: str = "asia-north
         project=project,
         region=region,
         zone=f"{region}-a",
+        fallback_zones=(f"{region}-b", f"{region}-c"),
         subnetwork=f"projects/{project}/regions/{region}/subnetworks/ray-gcp-nodes",
         head_service_account=f"ray-gcp-head@{project}.iam.gserviceaccount.com",
         worker_service_account=f"ray-gcp-worker@{project}.iam.gserviceaccount.com",
