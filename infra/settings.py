@@ -69,6 +69,16 @@ class Settings(BaseModel):
         description="Zone of the provider VM and the Ray nodes; must lie in region.",
         **_allowed("a zone of `region`"),
     )
+    fallback_zones: tuple[str, ...] | None = Field(
+        default=None,
+        description=(
+            "Ordered zones of the region where Ray nodes are created when `zone` has no "
+            "capacity (ZONE_RESOURCE_POOL_EXHAUSTED, QUOTA_EXCEEDED, a machine or GPU type "
+            "the zone lacks). Unset: the region's other zones, starting after `zone`. "
+            "An empty list turns zone fallback off."
+        ),
+        **_allowed("a list of zones of `region` other than `zone`; [] for no fallback"),
+    )
     cluster_name: str = Field(
         default="ray-gcp",
         description=(
@@ -161,6 +171,38 @@ class Settings(BaseModel):
             )
         return v
 
+    @field_validator("fallback_zones", mode="before")
+    @classmethod
+    def _fallback_list(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().startswith("["):
+            try:
+                return json.loads(v)
+            except json.JSONDecodeError:
+                raise ValueError("not a JSON list of zone names") from None
+        return _as_list(v)
+
+    @field_validator("fallback_zones")
+    @classmethod
+    def _fallback_zones(
+        cls, v: tuple[str, ...] | None, info: ValidationInfo
+    ) -> tuple[str, ...] | None:
+        region, zone = info.data.get("region"), info.data.get("zone")
+        if v is None or region is None or zone is None:  # those errors say enough
+            return v
+        others = [z for z in zones_of(region) if z != zone]
+        seen: list[str] = []
+        for z in v:
+            if z not in zones_of(region):
+                raise ValueError(
+                    f"zone {z!r} is not in region {region!r}; allowed: {', '.join(others)}"
+                )
+            if z == zone:
+                raise ValueError(f"{z!r} is `zone` itself; allowed: {', '.join(others)}")
+            if z in seen:
+                raise ValueError(f"{z!r} is listed twice")
+            seen.append(z)
+        return tuple(seen)
+
     @field_validator("cluster_name")
     @classmethod
     def _cluster_name(cls, v: str) -> str:
@@ -232,6 +274,15 @@ class Settings(BaseModel):
     def ssh_needs_public_ip(self) -> bool:
         """Direct SSH from outside RFC 1918 (not VPN/peering) needs an external IP on the VM."""
         return any(not _is_rfc1918(ipaddress.IPv4Network(r)) for r in self.ssh_source_ranges)
+
+    @property
+    def node_fallback_zones(self) -> tuple[str, ...]:
+        """The zones Ray nodes fall back to, in order (the default resolved)."""
+        if self.fallback_zones is not None:
+            return self.fallback_zones
+        zones = zones_of(self.region)
+        i = zones.index(self.zone)
+        return tuple(zones[i + 1 :] + zones[:i])
 
     def cluster_spec(self) -> ClusterSpec:
         """The Ray cluster spec these settings describe (validated by cluster.spec)."""
