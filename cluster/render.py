@@ -61,9 +61,10 @@ def apt_install_command(packages: tuple[str, ...] = NODE_APT_PACKAGES) -> str:
 # The fake_multinode provider hard-codes the head's node type name
 # (ray/autoscaler/_private/fake_multi_node/node_provider.py: FAKE_HEAD_NODE_TYPE).
 LOCAL_HEAD_TYPE = "ray.head.default"
-LOCAL_PROVIDER_MODULE = (
-    "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
-)
+# Ray's FakeMultiNodeProvider plus zones and a per-batch lock (cluster/local_provider.py).
+LOCAL_PROVIDER_MODULE = "cluster.local_provider.LocalZonalNodeProvider"
+# Two pretend zones, so zone fallback runs locally exactly as on GCP.
+LOCAL_ZONES = ("local-a", "local-b")
 # Fake workers otherwise reserve 30% of RAM each for their object store.
 LOCAL_WORKER_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 
@@ -83,8 +84,13 @@ def render_local(
     gcs_port: int,
     host: str = "127.0.0.1",
     object_store_bytes: int = LOCAL_WORKER_OBJECT_STORE_BYTES,
+    zones: tuple[str, ...] = LOCAL_ZONES,
+    full_zones: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The spec's node types as fake nodes on this machine (fake_multinode provider).
+
+    ``zones``: the preferred zone, then the fallback zones; ``full_zones``
+    answer every create with ZONE_RESOURCE_POOL_EXHAUSTED (to watch fallback).
 
     The head type is renamed to ``ray.head.default`` (the fake provider's fixed
     name); worker types keep their names, resources and min/max. No command
@@ -122,6 +128,9 @@ def render_local(
             # One create call may ask for several nodes (autoscaler v2 batches).
             "launch_multiple": True,
             "gcs_address": f"{host}:{gcs_port}",
+            "availability_zone": zones[0],
+            "fallback_zones": list(zones[1:]),
+            "full_zones": list(full_zones),
         },
         "auth": {"ssh_user": layout.NODE_SSH_USER},
         "available_node_types": types,
