@@ -639,8 +639,8 @@ class LocalCluster:
                 try:
                     self.status()
                     return
-                except (urllib.error.URLError, OSError, KeyError, ValueError) as e:
-                    last_err = e
+                except (urllib.error.URLError, OSError, KeyError, ValueError, LocalClusterError) as e:
+                    last_err = e  # LocalClusterError: v2's state not served yet
             time.sleep(0.5)
         raise LocalClusterError(
             f"cluster did not answer within {timeout:.0f}s (GCS {self.address}, dashboard "
