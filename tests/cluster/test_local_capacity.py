@@ -24,6 +24,7 @@ import pytest
 from cluster.local import LocalCluster
 from cluster.local_provider import ZONE_LABEL
 from cluster.spec import ClusterSpec, NodeTypeSpec
+from tests.cluster.test_local import _run_driver
 
 pytestmark = pytest.mark.cluster
 
@@ -34,7 +35,7 @@ CYCLE_DRIVER = textwrap.dedent(
     import json, sys, time, ray
     from ray.autoscaler.sdk import request_resources
 
-    max_workers, cycles, cpus_per_worker = (int(a) for a in sys.argv[1:4])
+    max_workers, cycles, cpus_per_worker = {max_workers}, {cycles}, {cpus}
     ray.init()
 
     def live_workers():
@@ -50,7 +51,7 @@ CYCLE_DRIVER = textwrap.dedent(
             if reached is not None and time.monotonic() - reached >= hold:
                 return peak
             time.sleep(0.05)
-        raise SystemExit(f"timed out after {timeout}s with {n} live workers")
+        raise SystemExit(f"timed out after {{timeout}}s with {{n}} live workers")
 
     for cycle in range(cycles):
         # Twice what max_workers can hold: the autoscaler is pushed to the limit.
@@ -58,7 +59,7 @@ CYCLE_DRIVER = textwrap.dedent(
         up = sample_until(lambda n: n >= max_workers, 180, hold=5.0)
         request_resources(num_cpus=0)
         down = sample_until(lambda n: n == 0, 180)
-        print("CYCLE", json.dumps({"cycle": cycle, "peak_up": up, "peak_down": down}), flush=True)
+        print("CYCLE", json.dumps({{"cycle": cycle, "peak_up": up, "peak_down": down}}), flush=True)
     """
 )
 
@@ -69,25 +70,13 @@ def _driver_env(lc: LocalCluster) -> dict[str, str]:
     return env
 
 
-def _run(code: str, env: dict[str, str], *args: str, timeout: float = 600) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
-
-
 def test_scale_cycles_never_exceed_max_workers(local_cluster, driver_env):
     """v1 (the session cluster): 3 cycles 0 -> max -> 0, GCS sampled every 50 ms."""
     max_workers = local_cluster.spec.max_workers
     cpus = int(local_cluster.spec.worker_types["cpu-worker"].ray_resources()["CPU"])
     local_cluster.wait_for_workers(0, timeout=120, exact=True)
-    out = _run(CYCLE_DRIVER, driver_env, str(max_workers), "3", str(cpus))
+    code = CYCLE_DRIVER.format(max_workers=max_workers, cycles=3, cpus=cpus)
+    out = _run_driver(code, driver_env, timeout=600)
     cycles = [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("CYCLE")]
     assert len(cycles) == 3, out
     for c in cycles:
@@ -122,7 +111,7 @@ def test_a_full_first_zone_still_reaches_max_workers(tmp_path, v2):
     lc.up()
     try:
         env = _driver_env(lc)
-        _run("import ray; ray.init(); ray.autoscaler.sdk.request_resources(num_cpus=4)", env)
+        _run_driver("import ray; ray.init(); ray.autoscaler.sdk.request_resources(num_cpus=4)", env)
         seen_pending, cli_pending = 0, ""
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -139,7 +128,7 @@ def test_a_full_first_zone_still_reaches_max_workers(tmp_path, v2):
                 break
             time.sleep(0.2)
         assert lc.status().worker_count == 2
-        zones = json.loads(_run(ZONES_DRIVER, env).split("ZONES ", 1)[1])
+        zones = json.loads(_run_driver(ZONES_DRIVER, env).split("ZONES ", 1)[1])
         assert zones == ["local-b", "local-b"]
         log = next(lc.temp_dir.glob("session_latest/logs/monitor.log")).read_text()
         assert "zone local-a: ZONE_RESOURCE_POOL_EXHAUSTED; skipping it for 300s" in log
