@@ -73,6 +73,22 @@ _PORT_NAMES = (
 )
 
 
+# Autoscaler v2's view of launches (ray.autoscaler.v2.sdk), as one JSON line.
+_V2_STATUS_PROBE = """
+import json, sys
+from ray.autoscaler.v2.sdk import get_cluster_status
+st = get_cluster_status(sys.argv[1])
+pending = {}
+for r in st.pending_launches:  # requested from the cloud, no instance yet
+    pending[r.ray_node_type_name] = pending.get(r.ray_node_type_name, 0) + r.count
+for n in st.pending_nodes:  # an instance exists, Ray not up on it yet
+    pending[n.ray_node_type_name] = pending.get(n.ray_node_type_name, 0) + 1
+failed = [f"{r.ray_node_type_name} x{r.count}: {r.details}" for r in st.failed_launches]
+failed += [f"{n.ray_node_type_name} {n.instance_id}: {n.details}" for n in st.failed_nodes]
+print(json.dumps({"pending": pending, "failed": failed}))
+"""
+
+
 class LocalClusterError(RuntimeError):
     """The local cluster failed to start or answer; the message says where to look."""
 
@@ -90,8 +106,8 @@ class ClusterStatus:
     """Alive nodes from GCS plus what the autoscaler is still launching."""
 
     nodes: tuple[NodeInfo, ...]
-    # Node type -> count the autoscaler has asked for but which has not joined.
-    # Reported by autoscaler v1 only (v2 publishes no report to the dashboard).
+    # Node type -> count the autoscaler has asked for but which has not joined:
+    # v1's report on the dashboard; v2's own state API (ray.autoscaler.v2.sdk).
     pending: dict[str, int]
     failed: tuple[str, ...]
 
@@ -213,12 +229,16 @@ class LocalCluster:
         spec: ClusterSpec | None = None,
         *,
         autoscaler_v2: bool = False,
+        full_zones: tuple[str, ...] = (),
     ):
         """``autoscaler_v2``: run Ray's v2 autoscaler (what `ray up` uses on GCP)
-        instead of v1 (the default of `ray start --autoscaling-config`)."""
+        instead of v1 (the default of `ray start --autoscaling-config`).
+        ``full_zones``: local zones (``render.LOCAL_ZONES``) that refuse every
+        node with ZONE_RESOURCE_POOL_EXHAUSTED, to watch zone fallback."""
         self.state_dir = Path(state_dir).resolve()
         self.spec = spec or local_default_spec()
         self.autoscaler_v2 = autoscaler_v2
+        self.full_zones = tuple(full_zones)
         self._state: dict[str, Any] = {}
         self._load_state()
 
@@ -304,10 +324,18 @@ class LocalCluster:
         self._ensure_token()
         ports = dict(zip(_PORT_NAMES, _free_ports(len(_PORT_NAMES)), strict=True))
         temp_dir = tempfile.mkdtemp(prefix="rg-", dir="/tmp")
-        config = render_local(self.spec, gcs_port=ports["gcs"], host=HOST)
+        config = render_local(
+            self.spec, gcs_port=ports["gcs"], host=HOST, full_zones=self.full_zones
+        )
         self.config_path.write_text(to_yaml(config))
         # Record before starting anything, so a crash in between is cleanable.
-        self._state = {"ports": ports, "temp_dir": temp_dir, "pgid": None, "started": time.time()}
+        self._state = {
+            "ports": ports,
+            "temp_dir": temp_dir,
+            "pgid": None,
+            "started": time.time(),
+            "autoscaler_v2": self.autoscaler_v2,
+        }
         self._save_state()
 
         cmd = [sys.executable, "-m", "ray.scripts.scripts", *self.head_argv()]
@@ -436,6 +464,9 @@ class LocalCluster:
             pending[node_type] = pending.get(node_type, 0) + 1
         for entry in report.get("failedNodes") or []:
             failed.append(" ".join(str(x) for x in entry))
+        # The running cluster's own choice (`local status` may not repeat the flag).
+        if self._state.get("autoscaler_v2", self.autoscaler_v2):
+            pending, failed = self._v2_launches()
         return ClusterStatus(
             nodes=tuple(sorted(nodes, key=lambda n: (not n.is_head, n.node_id))),
             pending=pending,
@@ -489,6 +520,32 @@ class LocalCluster:
         return node_id
 
     # ---- internals ---------------------------------------------------------
+
+    def _v2_launches(self) -> tuple[dict[str, int], list[str]]:
+        """Pending and failed launches from autoscaler v2's own state API.
+
+        v2 publishes no report to the dashboard; ``ray.autoscaler.v2.sdk``
+        reads its state from GCS. That needs this cluster's token, so it runs
+        in a short driver process with ``driver_env()`` (a token loaded into
+        this process would stick to it, and it may talk to other clusters).
+        """
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env.update(self.driver_env())
+        proc = subprocess.run(
+            [sys.executable, "-c", _V2_STATUS_PROBE, self.address],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise LocalClusterError(
+                f"autoscaler v2 state query failed (exit {proc.returncode}): "
+                f"{proc.stderr.strip()[-500:]}"
+            )
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        return out["pending"], out["failed"]
 
     def _raylet_node_types(self) -> dict[str, str]:
         """node id -> node type of the fake workers, from their raylets' environment."""
@@ -601,8 +658,8 @@ class LocalCluster:
                 try:
                     self.status()
                     return
-                except (urllib.error.URLError, OSError, KeyError, ValueError) as e:
-                    last_err = e
+                except (urllib.error.URLError, OSError, KeyError, ValueError, LocalClusterError) as e:
+                    last_err = e  # LocalClusterError: v2's state not served yet
             time.sleep(0.5)
         raise LocalClusterError(
             f"cluster did not answer within {timeout:.0f}s (GCS {self.address}, dashboard "

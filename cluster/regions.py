@@ -62,3 +62,10 @@ REGION_ZONES: dict[str, tuple[str, ...]] = {
 def zones_of(region: str) -> list[str]:
     """Full zone names of a region (`asia-northeast3` -> `asia-northeast3-a`, ...)."""
     return [f"{region}-{suffix}" for suffix in REGION_ZONES[region]]
+
+
+def default_fallback_zones(region: str, zone: str) -> tuple[str, ...]:
+    """ray-gcp:fallbackZones when unset: the region's other zones, after `zone`, wrapping."""
+    zones = zones_of(region)
+    i = zones.index(zone)
+    return tuple(zones[i + 1 :] + zones[:i])

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from cluster import layout, names, ray_start
-from cluster.regions import DEFAULT_REGION, zones_of
+from cluster.regions import DEFAULT_REGION, default_fallback_zones, zones_of
 from cluster.spec import DEFAULT_CLUSTER_NAME, ClusterSpec, GcpFacts, NodeTypeSpec
 
 # ---- shared -------------------------------------------------------------------
@@ -63,8 +63,11 @@ def apt_install_command(packages: tuple[str, ...] = NODE_APT_PACKAGES) -> str:
 # The fake_multinode provider hard-codes the head's node type name
 # (ray/autoscaler/_private/fake_multi_node/node_provider.py: FAKE_HEAD_NODE_TYPE).
 LOCAL_HEAD_TYPE = "ray.head.default"
-# Ray's fake provider minus the fake nodes' own log monitors (see cluster/local_provider.py).
-LOCAL_PROVIDER_MODULE = "cluster.local_provider.LocalNodeProvider"
+# Ray's fake provider with zones, a per-batch lock and no log monitor per fake
+# node (cluster/local_provider.py).
+LOCAL_PROVIDER_MODULE = "cluster.local_provider.LocalZonalNodeProvider"
+# Two pretend zones, so zone fallback runs locally exactly as on GCP.
+LOCAL_ZONES = ("local-a", "local-b")
 # Fake workers otherwise reserve 30% of RAM each for their object store.
 LOCAL_WORKER_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 
@@ -84,8 +87,13 @@ def render_local(
     gcs_port: int,
     host: str = "127.0.0.1",
     object_store_bytes: int = LOCAL_WORKER_OBJECT_STORE_BYTES,
+    zones: tuple[str, ...] = LOCAL_ZONES,
+    full_zones: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The spec's node types as fake nodes on this machine (fake_multinode provider).
+
+    ``zones``: the preferred zone, then the fallback zones; ``full_zones``
+    answer every create with ZONE_RESOURCE_POOL_EXHAUSTED (to watch fallback).
 
     The head type is renamed to ``ray.head.default`` (the fake provider's fixed
     name); worker types keep their names, resources and min/max. No command
@@ -123,6 +131,9 @@ def render_local(
             # One create call may ask for several nodes (autoscaler v2 batches).
             "launch_multiple": True,
             "gcs_address": f"{host}:{gcs_port}",
+            "availability_zone": zones[0],
+            "fallback_zones": list(zones[1:]),
+            "full_zones": list(full_zones),
         },
         "auth": {"ssh_user": layout.NODE_SSH_USER},
         "available_node_types": types,
@@ -357,6 +368,9 @@ def render_gcp(spec: ClusterSpec, facts: GcpFacts) -> dict[str, Any]:
             "project_id": facts.project,
             "region": facts.region,
             "availability_zone": facts.zone,
+            # Ours (cluster.gcp_provider.ZonalGCPCompute): where nodes go when
+            # availability_zone is out of capacity; [] = no fallback.
+            "fallback_zones": list(facts.fallback_zones),
             "use_internal_ips": True,
             "cache_stopped_nodes": False,
         },
@@ -400,6 +414,7 @@ def example_gcp_facts(
         project=project,
         region=region,
         zone=zones_of(region)[0],
+        fallback_zones=default_fallback_zones(region, zones_of(region)[0]),
         # As GCE reports it: the subnet's selfLink.
         subnetwork=f"{GCE_API}/projects/{project}/regions/{region}/subnetworks/{subnet}",
         head_service_account=names.service_account_email(project, cluster_name, "head"),

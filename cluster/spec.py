@@ -345,6 +345,11 @@ class GcpFacts(BaseModel):
     project: str = Field(pattern=_PROJECT_RE)
     region: str = Field(pattern=r"^[a-z]+-[a-z]+\d+$")
     zone: str = Field(pattern=r"^[a-z]+-[a-z]+\d+-[a-z]$")
+    # Zones the node provider tries, in order, when `zone` has no capacity
+    # (cluster.zones); empty = no fallback. Infra fills in the region's others.
+    fallback_zones: tuple[str, ...] = Field(
+        default=(), description="ordered zones of `region` to create nodes in when `zone` is full"
+    )
     subnetwork: str = Field(
         pattern=_SUBNET_RE, description="subnetwork self-link projects/P/regions/R/subnetworks/N"
     )
@@ -364,6 +369,19 @@ class GcpFacts(BaseModel):
     def _same_place(self) -> GcpFacts:
         if not self.zone.startswith(self.region + "-"):
             raise ValueError(f"zone {self.zone!r} is not in region {self.region!r}")
+        seen = [self.zone]
+        for z in self.fallback_zones:
+            if not re.match(r"^[a-z]+-[a-z]+\d+-[a-z]$", z) or not z.startswith(self.region + "-"):
+                raise ValueError(
+                    f"fallback_zones: zone {z!r} is not in region {self.region!r}; "
+                    f"allowed: zones {self.region}-<letter> other than {self.zone!r}"
+                )
+            if z in seen:
+                raise ValueError(
+                    f"fallback_zones: zone {z!r} is listed twice or is the primary zone "
+                    f"{self.zone!r}; name each other zone once"
+                )
+            seen.append(z)
         subnet_region = self.subnetwork.split("/regions/")[1].split("/")[0]
         if subnet_region != self.region:
             raise ValueError(

@@ -92,7 +92,13 @@ def build(settings: Settings) -> dict[str, Any]:
     ).apply(
         lambda facts: render_cluster_yaml(
             settings,
-            {"project": settings.project, "region": settings.region, "zone": settings.zone, **facts},
+            {
+                "project": settings.project,
+                "region": settings.region,
+                "zone": settings.zone,
+                "fallback_zones": settings.node_fallback_zones,
+                **facts,
+            },
         )
     )
 

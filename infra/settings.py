@@ -18,7 +18,13 @@ import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
-from cluster.regions import DEFAULT_REGION, DEFAULT_ZONE, REGION_ZONES, zones_of
+from cluster.regions import (
+    DEFAULT_REGION,
+    DEFAULT_ZONE,
+    REGION_ZONES,
+    default_fallback_zones,
+    zones_of,
+)
 from cluster.spec import (
     CLUSTER_NAME_MAX_LEN,
     DEFAULT_CLUSTER_NAME,
@@ -90,6 +96,16 @@ class Settings(BaseModel):
         default=DEFAULT_ZONE,
         description="Zone of the provider VM and the Ray nodes; must lie in region.",
         **_allowed("a zone of `region`"),
+    )
+    fallback_zones: tuple[str, ...] | None = Field(
+        default=None,
+        description=(
+            "Ordered zones of the region where Ray nodes are created when `zone` has no "
+            "capacity (ZONE_RESOURCE_POOL_EXHAUSTED, QUOTA_EXCEEDED, a machine or GPU type "
+            "the zone lacks). Unset: the region's other zones, starting after `zone`. "
+            "An empty list turns zone fallback off."
+        ),
+        **_allowed("a list of zones of `region` other than `zone`; [] for no fallback"),
     )
     cluster_name: str = Field(
         default=DEFAULT_CLUSTER_NAME,
@@ -263,6 +279,38 @@ class Settings(BaseModel):
             )
         return v
 
+    @field_validator("fallback_zones", mode="before")
+    @classmethod
+    def _fallback_list(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().startswith("["):
+            try:
+                return json.loads(v)
+            except json.JSONDecodeError:
+                raise ValueError("not a JSON list of zone names") from None
+        return _as_list(v)
+
+    @field_validator("fallback_zones")
+    @classmethod
+    def _fallback_zones(
+        cls, v: tuple[str, ...] | None, info: ValidationInfo
+    ) -> tuple[str, ...] | None:
+        region, zone = info.data.get("region"), info.data.get("zone")
+        if v is None or region is None or zone is None:  # those errors say enough
+            return v
+        others = [z for z in zones_of(region) if z != zone]
+        seen: list[str] = []
+        for z in v:
+            if z not in zones_of(region):
+                raise ValueError(
+                    f"zone {z!r} is not in region {region!r}; allowed: {', '.join(others)}"
+                )
+            if z == zone:
+                raise ValueError(f"{z!r} is `zone` itself; allowed: {', '.join(others)}")
+            if z in seen:
+                raise ValueError(f"{z!r} is listed twice")
+            seen.append(z)
+        return tuple(seen)
+
     @field_validator("cluster_name")
     @classmethod
     def _cluster_name(cls, v: str) -> str:
@@ -394,6 +442,13 @@ class Settings(BaseModel):
         """Direct SSH from outside RFC 1918 (not VPN/peering) needs an external IP on the VM."""
         return any(not _is_rfc1918(ipaddress.IPv4Network(r)) for r in self.ssh_source_ranges)
 
+    @property
+    def node_fallback_zones(self) -> tuple[str, ...]:
+        """The zones Ray nodes fall back to, in order (the default resolved)."""
+        if self.fallback_zones is not None:
+            return self.fallback_zones
+        return default_fallback_zones(self.region, self.zone)
+
     def cluster_spec(self) -> ClusterSpec:
         """The Ray cluster spec these settings describe (validated by cluster.spec)."""
         return ClusterSpec.from_settings(
@@ -442,6 +497,7 @@ PLATFORM_ONLY: dict[str, tuple[str, ...]] = {
         "credential_mode",
         "custom_roles",
         "operators",
+        "fallback_zones",  # GKE's cluster is zonal; its pools do not move between zones
     ),
     "gke": (
         "gke_pods_cidr",

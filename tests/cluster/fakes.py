@@ -70,11 +70,18 @@ class FakeGcp:
     subnetworks: set[str] = field(default_factory=set)  # "project/region/name"
     calls: list[Call] = field(default_factory=list)
     extra_handlers: dict[tuple[str, str], Callable[[dict], Any]] = field(default_factory=dict)
+    # Faults a zone answers with, as Compute Engine would:
+    # insert_fault(zone, body) -> an HttpError that instances.insert raises, or None;
+    # operation_fault(zone, body) -> the `error` of the insert's zone operation, or None
+    # (the operation then ends DONE with that error and no VM exists).
+    insert_fault: Callable[[str, dict], Exception | None] = lambda zone, body: None
+    operation_fault: Callable[[str, dict], dict | None] = lambda zone, body: None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._op_ids = itertools.count(1)
         self.instances: dict[str, dict] = {}
+        self.operations: dict[str, dict] = {}
 
     # The stand-in for construct_clients_from_provider_config.
     def clients(self, provider_config: dict) -> tuple[Any, Any, Any, None]:
@@ -115,9 +122,23 @@ class FakeGcp:
             raise http_error(404, f"The resource {key} was not found")
         return {"name": kw["subnetwork"], "region": kw["region"]}
 
+    def _zone_url(self, zone: str) -> str:
+        return f"https://www.googleapis.com/compute/v1/projects/{self.project}/zones/{zone}"
+
+    def _operation(self, zone: str, error: dict | None = None) -> dict:
+        name = f"op-{next(self._op_ids)}"
+        self.operations[name] = {"zone": zone, "error": error}
+        return {"name": name, "status": "RUNNING", "zone": self._zone_url(zone)}
+
     def _insert(self, kw: dict) -> dict:
-        body = kw["body"]
+        body, zone = kw["body"], kw["zone"]
+        fault = self.insert_fault(zone, body)
+        if fault is not None:
+            raise fault
         with self._lock:
+            error = self.operation_fault(zone, body)
+            if error is not None:
+                return self._operation(zone, error)
             nics = [
                 {**nic, "networkIP": f"10.0.0.{len(self.instances) + 2}"}
                 for nic in body["networkInterfaces"]
@@ -125,18 +146,35 @@ class FakeGcp:
             self.instances[body["name"]] = {
                 **body,
                 "status": "RUNNING",
+                "zone": self._zone_url(zone),
                 "networkInterfaces": nics,
                 "labelFingerprint": "fp-0",
             }
-            return {"name": f"op-{next(self._op_ids)}", "status": "RUNNING"}
+            return self._operation(zone)
 
     def _operation_get(self, kw: dict) -> dict:
-        return {"name": kw["operation"], "status": "DONE"}
+        op = self.operations[kw["operation"]]
+        # Polling an operation in another zone is a 404 on GCE.
+        if op["zone"] != kw["zone"]:
+            raise http_error(404, f"operation {kw['operation']} not found in {kw['zone']}")
+        out = {"name": kw["operation"], "status": "DONE", "zone": self._zone_url(op["zone"])}
+        if op["error"] is not None:
+            out["error"] = op["error"]
+        return out
+
+    def _in_zone(self, kw: dict) -> dict:
+        """The instance kw names, if it lives in kw's zone (else GCE's 404)."""
+        instance = self.instances.get(kw["instance"])
+        if instance is None or instance["zone"] != self._zone_url(kw["zone"]):
+            raise http_error(
+                404,
+                f"The resource 'projects/{self.project}/zones/{kw['zone']}/instances/"
+                f"{kw['instance']}' was not found",
+            )
+        return instance
 
     def _get_instance(self, kw: dict) -> dict:
-        if kw["instance"] not in self.instances:
-            raise http_error(404, f"instance {kw['instance']} not found")
-        return self.instances[kw["instance"]]
+        return self._in_zone(kw)
 
     def _list(self, kw: dict) -> dict:
         # Only the `(labels.KEY = VALUE)` terms GCPCompute.list_instances sends.
@@ -145,17 +183,27 @@ class FakeGcp:
             "items": [
                 i
                 for i in self.instances.values()
-                if all(i.get("labels", {}).get(k) == v for k, v in wanted)
+                if i["zone"] == self._zone_url(kw["zone"])
+                and all(i.get("labels", {}).get(k) == v for k, v in wanted)
             ]
         }
 
     def _set_labels(self, kw: dict) -> dict:
         with self._lock:
-            instance = self.instances[kw["instance"]]
+            instance = self._in_zone(kw)
             assert kw["body"]["labelFingerprint"] == instance["labelFingerprint"]
             instance["labels"] = dict(kw["body"]["labels"])
             instance["labelFingerprint"] = f"fp-{next(self._op_ids)}"
-            return {"name": f"op-{next(self._op_ids)}", "status": "RUNNING"}
+            return self._operation(kw["zone"])
+
+    def _delete(self, kw: dict) -> dict:
+        with self._lock:
+            self._in_zone(kw)
+            del self.instances[kw["instance"]]
+            return self._operation(kw["zone"])
+
+    def zone_of(self, name: str) -> str:
+        return self.instances[name]["zone"].rsplit("/", 1)[1]
 
 
 _HANDLERS: dict[tuple[str, str], Callable[[FakeGcp, dict], Any]] = {
@@ -167,6 +215,7 @@ _HANDLERS: dict[tuple[str, str], Callable[[FakeGcp, dict], Any]] = {
     ("compute", "instances.list"): FakeGcp._list,
     ("compute", "instances.get"): FakeGcp._get_instance,
     ("compute", "instances.setLabels"): FakeGcp._set_labels,
+    ("compute", "instances.delete"): FakeGcp._delete,
 }
 
 

@@ -141,3 +141,37 @@ def test_ray_up_creates_a_private_head_and_runs_our_commands(
     assert on_head["file_mounts"][layout.NODE_AUTH_TOKEN] == layout.NODE_AUTH_TOKEN
     assert runner.uploads["~/ray_bootstrap_key.pem"].startswith("-----BEGIN OPENSSH")
     assert runner.uploads[layout.NODE_AUTH_TOKEN] == "0" * 64
+
+
+def test_ray_up_creates_the_head_in_the_next_zone_when_the_first_is_full(
+    fake_gcp, provider_vm, monkeypatch, ssh_control_dirs
+):
+    """Zone fallback covers the head too: `ray up` goes through the same create_node."""
+    full, spare = FACTS.zone, FACTS.fallback_zones[0]
+    fake_gcp.operation_fault = lambda zone, body: (
+        {"errors": [{"code": "ZONE_RESOURCE_POOL_EXHAUSTED", "message": f"{zone} is full"}]}
+        if zone == full
+        else None
+    )
+    monkeypatch.delenv("RAY_UP_enable_autoscaler_v2", raising=False)
+    config = commands._bootstrap_config(provider_vm, no_config_cache=True)
+    commands.get_or_create_head_node(
+        config,
+        printable_config_file="/etc/ray-gcp/cluster.yaml",
+        no_restart=False,
+        restart_only=False,
+        yes=True,
+        override_cluster_name=None,
+        _runner=CapturingRunner(),
+    )
+    assert [c.kwargs["zone"] for c in fake_gcp.calls if c.method == "instances.insert"] == [
+        full,
+        spare,
+    ]
+    (name,) = fake_gcp.instances
+    assert fake_gcp.zone_of(name) == spare
+    head = fake_gcp.instances[name]
+    assert head["labels"]["ray-node-status"] == "up-to-date"  # setLabels found it in its zone
+    for c in fake_gcp.calls:
+        if c.method in ("instances.get", "instances.setLabels"):
+            assert c.kwargs["zone"] == spare, c

@@ -368,10 +368,13 @@ def test_render_local_is_valid_and_mirrors_the_spec():
     from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
     from ray.autoscaler._private.providers import _get_node_provider_cls
 
-    from cluster.local_provider import LocalNodeProvider
+    from cluster.local_provider import LocalZonalNodeProvider
 
-    assert _get_node_provider_cls(cfg["provider"]) is LocalNodeProvider
-    assert issubclass(LocalNodeProvider, FakeMultiNodeProvider)
+    assert _get_node_provider_cls(cfg["provider"]) is LocalZonalNodeProvider
+    assert issubclass(LocalZonalNodeProvider, FakeMultiNodeProvider)
+    assert cfg["provider"]["availability_zone"] == "local-a"
+    assert cfg["provider"]["fallback_zones"] == ["local-b"]
+    assert cfg["provider"]["full_zones"] == []
     assert cfg["provider"]["gcs_address"] == "127.0.0.1:43210"
     assert cfg["head_node_type"] == LOCAL_HEAD_TYPE
     assert cfg["available_node_types"][LOCAL_HEAD_TYPE]["resources"] == {"CPU": 0}

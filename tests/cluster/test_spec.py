@@ -260,3 +260,31 @@ def test_full_url_self_links_are_accepted():
         )
     )
     assert f.subnetwork_name == "n"
+
+
+@pytest.mark.parametrize(
+    ("zones", "needle"),
+    [
+        (("us-central1-a",), "fallback_zones: zone 'us-central1-a' is not in region 'asia-northeast3'"),
+        (("asia-northeast3-a",), "is listed twice or is the primary zone 'asia-northeast3-a'"),
+        (("asia-northeast3-b", "asia-northeast3-b"), "is listed twice"),
+        (("asia-northeast3",), "is not in region"),
+    ],
+)
+def test_fallback_zones_must_be_other_zones_of_the_region(zones, needle):
+    facts = example_facts().model_dump()
+    facts["fallback_zones"] = zones
+    with pytest.raises(ValidationError, match=needle):
+        GcpFacts(**facts)
+
+
+def test_fallback_zones_reach_the_rendered_provider_in_order():
+    from cluster.render import render_gcp
+
+    facts = example_facts().model_copy(update={"fallback_zones": ("asia-northeast3-c", "asia-northeast3-b")})
+    assert render_gcp(ClusterSpec(), facts)["provider"]["fallback_zones"] == [
+        "asia-northeast3-c",
+        "asia-northeast3-b",
+    ]
+    off = example_facts().model_copy(update={"fallback_zones": ()})
+    assert render_gcp(ClusterSpec(), off)["provider"]["fallback_zones"] == []

@@ -22,6 +22,11 @@ COMPONENT_TYPES = {
     "ray-gcp:infra:ClusterNetwork", "ray-gcp:infra:LauncherSecrets", "ray-gcp:infra:ProviderVm",
     "ray-gcp:infra:OperatorAccess",
 }
+# What each scenario's nodes fall back to (no scenario sets ray-gcp:fallbackZones).
+_NE3 = ["asia-northeast3-b", "asia-northeast3-c"]
+DEFAULT_FALLBACK = {"default": _NE3, "key-mode": _NE3, "ssh-ranges": _NE3, "spot": _NE3,
+                    "operators": _NE3, "predefined-roles": _NE3,
+                    "us-central1": ["us-central1-a", "us-central1-b", "us-central1-c"]}
 # The only places the generated secrets may appear in inputs: the secret versions.
 SECRET_HOLDERS = {("gcp:secretmanager/secretVersion:SecretVersion", "secretData")}
 
@@ -56,6 +61,7 @@ def test_cluster_config_is_cluster_render_of_the_deployed_facts(each_scenario):
     subnet = rec.one("gcp:compute/subnetwork:Subnetwork")["inputs"]
     facts = {
         "project": harness.TEST_PROJECT, "region": settings.region, "zone": settings.zone,
+        "fallback_zones": settings.node_fallback_zones,
         "subnetwork": f"{harness.GCE}/projects/{harness.TEST_PROJECT}/regions/{subnet['region']}"
                       f"/subnetworks/{subnet['name']}",
         "head_service_account": out["serviceAccounts"]["head"],
@@ -138,6 +144,8 @@ def test_cluster_config_is_valid_for_ray_and_follows_the_settings(each_scenario)
     assert config["provider"]["project_id"] == harness.TEST_PROJECT
     assert config["provider"]["region"] == settings.region
     assert config["provider"]["availability_zone"] == settings.zone
+    # fallbackZones unset: the region's other zones, starting after `zone`.
+    assert config["provider"]["fallback_zones"] == DEFAULT_FALLBACK[rec.scenario]
     assert config["provider"]["use_internal_ips"] is True
     head = config["available_node_types"][config["head_node_type"]]
     workers = [t for n, t in config["available_node_types"].items() if n != config["head_node_type"]]

@@ -12,7 +12,13 @@ from infra.settings import NAMESPACE, Settings, SettingsError, parse_settings
 
 PROJECT = harness.TEST_PROJECT
 
-PULUMI_TYPES = {str: "string", int: "integer", bool: "boolean", tuple[str, ...]: "array"}
+PULUMI_TYPES = {
+    str: "string",
+    int: "integer",
+    bool: "boolean",
+    tuple[str, ...]: "array",
+    tuple[str, ...] | None: "array",
+}
 
 
 def test_pulumi_yaml_declares_exactly_the_settings_with_the_same_defaults():
@@ -23,7 +29,10 @@ def test_pulumi_yaml_declares_exactly_the_settings_with_the_same_defaults():
         info = Settings.model_fields[field]
         decl = declared[key]
         default = info.default
-        assert decl["default"] == (list(default) if isinstance(default, tuple) else default), key
+        if default is None:  # computed from other settings: Pulumi.yaml declares none
+            assert "default" not in decl, key
+        else:
+            assert decl["default"] == (list(default) if isinstance(default, tuple) else default), key
         assert decl["description"] == info.description, key
         expected_type = PULUMI_TYPES.get(info.annotation, "string")  # Literal[...] -> string
         assert decl["type"] == expected_type, key
@@ -274,3 +283,38 @@ def test_bad_project_id_names_gcp_project():
     with pytest.raises(SettingsError) as info:
         parse_settings({}, "My_Project")
     assert "gcp:project = 'My_Project'" in str(info.value)
+
+
+# ---- fallbackZones ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({}, ("asia-northeast3-b", "asia-northeast3-c")),
+        ({"zone": "asia-northeast3-b"}, ("asia-northeast3-c", "asia-northeast3-a")),
+        ({"region": "us-central1", "zone": "us-central1-c"}, ("us-central1-f", "us-central1-a", "us-central1-b")),
+        ({"fallbackZones": '["asia-northeast3-c"]'}, ("asia-northeast3-c",)),
+        ({"fallbackZones": "asia-northeast3-c,asia-northeast3-b"}, ("asia-northeast3-c", "asia-northeast3-b")),
+        ({"fallbackZones": "[]"}, ()),
+    ],
+    ids=["default", "after-zone-wraps", "us-central1", "json", "comma", "empty-turns-it-off"],
+)
+def test_fallback_zones(raw, expected):
+    assert parse_settings(raw, PROJECT).node_fallback_zones == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ('["us-central1-a"]', "zone 'us-central1-a' is not in region 'asia-northeast3'; allowed: asia-northeast3-b, asia-northeast3-c"),
+        ('["asia-northeast3-a"]', "is `zone` itself"),
+        ('["asia-northeast3-b", "asia-northeast3-b"]', "listed twice"),
+        ('["asia-northeast3-', "not a JSON list of zone names"),
+    ],
+)
+def test_bad_fallback_zones_name_the_key_the_zone_and_the_region(value, needle):
+    with pytest.raises(SettingsError) as err:
+        parse_settings({"fallbackZones": value}, PROJECT)
+    assert f"{NAMESPACE}:fallbackZones = " in str(err.value)
+    assert needle in str(err.value)

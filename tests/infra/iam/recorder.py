@@ -104,7 +104,6 @@ class Scenario:
             service_accounts={self.accounts["head"], self.accounts["worker"]},
             subnetworks=subnets,
         )
-        fake.extra_handlers[("compute", "instances.delete")] = _delete
         fake.extra_handlers[("compute", "instances.list")] = _list_non_terminated
         return fake
 
@@ -126,12 +125,6 @@ class Scenario:
             )
             out.append(Call(method, on, attaches, params, tuple(sorted(body_paths(body)))))
         return out
-
-
-def _delete(fake: FakeGcp, kw: dict) -> dict:
-    with fake._lock:
-        fake.instances.pop(kw["instance"])
-    return {"name": f"op-delete-{kw['instance']}", "status": "RUNNING"}
 
 
 def _list_non_terminated(fake: FakeGcp, kw: dict) -> dict:
