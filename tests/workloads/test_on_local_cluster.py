@@ -39,11 +39,26 @@ def run_driver(script, *args, env, timeout=240, cwd=None):
 
 
 def result_rows(storage) -> list[dict]:
+    """The complete rows of results.jsonl. Read as annotate.ResultsFile does: the
+    file is polled while the driver appends and right after a SIGKILL, so a last
+    line without its newline is torn and not a row (yet); every complete line is."""
     try:
         text = storage.read_text(annotate.RESULTS_KEY)
     except FileNotFoundError:
         return []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
+def test_result_rows_skips_only_a_torn_last_line(tmp_path):
+    storage = common.LocalStorage(tmp_path)
+    storage.write_text(annotate.RESULTS_KEY, '{"key": "a"}\n{"key": "b"}\n{"key": "to')
+    assert [r["key"] for r in result_rows(storage)] == ["a", "b"]
+    storage.write_text(annotate.RESULTS_KEY, '{"key": "a"}\n{"key": "b"}\n')
+    assert [r["key"] for r in result_rows(storage)] == ["a", "b"]
+    storage.write_text(annotate.RESULTS_KEY, '{"key": "a"}\n{"key": "b\n')
+    with pytest.raises(json.JSONDecodeError):  # a complete but broken row is a bug
+        result_rows(storage)
 
 
 def expected_points(shape, sx, sy):
