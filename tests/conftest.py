@@ -1,8 +1,12 @@
 """Shared fixtures: one local autoscaling Ray cluster per test session.
 
 Tests that use ``local_cluster`` are marked ``@pytest.mark.cluster``. The
-cluster is started lazily (only when such a test runs), stopped at session
-end, and the session fails if any process it started is still alive.
+cluster is started lazily (only when such a test runs) and stopped at session
+end. Tests that start a cluster of their own ask for ``machine_to_myself``
+first: it stops the session cluster (the next test that needs it starts it
+again), so two clusters never share the machine's cores. Every stop records
+the cluster's process tree first and fails if any of it is still alive after
+``down()`` (tests/processes.py).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import pytest
 
 from cluster.local import LocalCluster
 from cluster.spec import ClusterSpec, NodeTypeSpec
+from tests.processes import down_and_check
 
 # A short idle timeout so scale-down is observable within a test run;
 # workers of 2 CPUs, at most 3 (2-core machine: ~300 MB RAM per fake node).
@@ -28,16 +33,27 @@ TEST_SPEC = ClusterSpec(
 
 
 @pytest.fixture(scope="session")
-def local_cluster(tmp_path_factory: pytest.TempPathFactory):
-    """An up LocalCluster (token auth on, fake autoscaled workers); downed at the end."""
+def _session_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """The session's LocalCluster object; up only while some test needs it."""
     lc = LocalCluster(tmp_path_factory.mktemp("ray-local"), spec=TEST_SPEC)
-    lc.up()
     try:
         yield lc
     finally:
-        lc.down()
-        leftover = lc.owned_pids()
-        assert not leftover, f"processes of the local cluster survived down(): {leftover}"
+        if (lc.state_dir / "state.json").exists():
+            down_and_check(lc)
+
+
+@pytest.fixture
+def local_cluster(_session_cluster: LocalCluster) -> LocalCluster:
+    """An up LocalCluster (token auth on, fake autoscaled workers), shared by the session."""
+    return _session_cluster.up()
+
+
+@pytest.fixture
+def machine_to_myself(_session_cluster: LocalCluster) -> None:
+    """For a test that starts its own cluster: the session cluster is stopped first."""
+    if (_session_cluster.state_dir / "state.json").exists():
+        down_and_check(_session_cluster)
 
 
 @pytest.fixture

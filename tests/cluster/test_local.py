@@ -15,6 +15,7 @@ import pytest
 
 from cluster.local import LocalCluster
 from cluster.spec import ClusterSpec, NodeTypeSpec
+from tests.processes import down_and_check
 
 pytestmark = pytest.mark.cluster
 
@@ -73,10 +74,23 @@ def _run_driver(code: str, env: dict[str, str], timeout: float = 180) -> str:
     return proc.stdout
 
 
-def test_driver_demand_launches_workers_and_idle_ones_go_away(local_cluster, driver_env):
-    # The session's cluster is shared: start from no workers (earlier tests'
-    # idle ones leave after the test spec's 15 s idle timeout).
-    local_cluster.wait_for_workers(0, timeout=120, exact=True)
+@pytest.fixture
+def cluster_without_workers(_session_cluster: LocalCluster) -> LocalCluster:
+    """The session cluster with no worker alive or pending, whatever ran before:
+    restarted if an earlier test left workers (they would idle out, but only
+    after the spec's idle timeout)."""
+    if _session_cluster.is_up():
+        st = _session_cluster.status()
+        if st.worker_count or st.pending_count:
+            down_and_check(_session_cluster)
+    return _session_cluster.up()
+
+
+def test_driver_demand_launches_workers_and_idle_ones_go_away(cluster_without_workers):
+    local_cluster = cluster_without_workers
+    driver_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    driver_env.update(local_cluster.driver_env())
+    assert local_cluster.status().worker_count == 0
     # The head has CPU 0: 4 one-CPU tasks can only run on autoscaled workers.
     out = _run_driver(SCALE_DRIVER, driver_env)
     nodes_line = next(line for line in out.splitlines() if line.startswith("NODES"))
@@ -108,21 +122,23 @@ def test_killed_worker_node_disappears(local_cluster, driver_env):
         """
     )
     _run_driver(code, driver_env)
-    local_cluster.wait_for_workers(1, timeout=120)
-    before = {n.node_id for n in local_cluster.status().workers}
-    killed = local_cluster.kill_worker_node()
-    assert killed in before
+    try:
+        local_cluster.wait_for_workers(1, timeout=120)
+        before = {n.node_id for n in local_cluster.status().workers}
+        killed = local_cluster.kill_worker_node()
+        assert killed in before
 
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        alive = {n.node_id for n in local_cluster.status().workers}
-        if killed not in alive:
-            break
-        time.sleep(1)
-    assert killed not in alive
-    _run_driver(
-        "import ray; ray.init(); ray.autoscaler.sdk.request_resources(num_cpus=0)", driver_env
-    )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            alive = {n.node_id for n in local_cluster.status().workers}
+            if killed not in alive:
+                break
+            time.sleep(1)
+        assert killed not in alive
+    finally:  # the demand is the whole session's: give it back even on failure
+        _run_driver(
+            "import ray; ray.init(); ray.autoscaler.sdk.request_resources(num_cpus=0)", driver_env
+        )
 
 
 def test_jobs_api_requires_the_token(local_cluster):
@@ -150,7 +166,7 @@ def test_state_is_private_and_recorded(local_cluster):
     assert (local_cluster.state_dir / "state.json").read_text() == state_before
 
 
-def test_autoscaler_v2_scales_up_and_down_leaves_no_process(tmp_path):
+def test_autoscaler_v2_scales_up_and_down_leaves_no_process(tmp_path, machine_to_myself):
     """A separate short-lived cluster on Ray's v2 autoscaler (what `ray up` runs)."""
     spec = ClusterSpec(
         cluster_name="ray-v2",
@@ -178,10 +194,13 @@ def test_autoscaler_v2_scales_up_and_down_leaves_no_process(tmp_path):
         monitor_log = next(lc.temp_dir.glob("session_latest/logs/monitor.log")).read_text()
         assert "autoscaler v2" in monitor_log
         temp_dir = lc.temp_dir
-        assert lc.owned_pids()
+        # Recorded before down(): the head's group/session and all descendants.
+        tree = down_and_check(lc)
     finally:
-        lc.down()
-    assert lc.owned_pids() == []
+        lc.down()  # a no-op after down_and_check; stops the cluster if a check failed
+    # The recorded tree covered the fake worker nodes, not only the head.
+    raylets = [cmd for _, cmd in tree.values() if "/raylet/raylet " in cmd]
+    assert len(raylets) == 3, raylets  # head + 2 workers
     assert not temp_dir.exists()
     assert lc.token_path.exists()  # the state dir's content stays
     assert lc.down() == []

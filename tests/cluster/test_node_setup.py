@@ -1,17 +1,22 @@
 """Run the rendered node commands for real, in a sandbox home on this (Debian 12) machine.
 
-What `ray up` runs over SSH on each node, minus the network: file_mounts are
-simulated by unpacking the bundle and copying a token into the sandbox
-``$HOME``; uv installs from its local cache (``UV_OFFLINE=1``) instead of PyPI;
+What `ray up` runs over SSH on each node: file_mounts are simulated by
+unpacking the bundle and copying a token into the sandbox ``$HOME``;
 ``sudo``/``dpkg-query`` are shims that record what apt would do. Everything
 else (the pinned-uv check, ``uv venv`` on /usr/bin/python3.11, ``uv pip sync
 --require-hashes`` of requirements-node.txt, the .pth, the token chmod, the
 .bashrc lines, the version check before ``ray start``) is the real command.
+
+Like a fresh node, the first round downloads from PyPI into uv's default cache
+under the sandbox ``$HOME`` (nothing of the user's caches or config is visible:
+the environment is built from scratch); the second round runs offline
+(``UV_OFFLINE=1``) and must find everything already in place.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import stat
 import subprocess
@@ -27,6 +32,14 @@ from cluster.spec import ClusterSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = Path(f"/usr/bin/python{layout.PYTHON_MINOR}")
+# How this machine reaches PyPI (a TLS-inspecting proxy's CA, an HTTP proxy);
+# passed through so round 1 can download. Nothing else of the caller's
+# environment (caches, uv or pip config) reaches the node commands.
+NETWORK_ENV = (
+    "SSL_CERT_FILE", "SSL_CERT_DIR",
+    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
+    "http_proxy", "https_proxy", "all_proxy", "no_proxy",
+)
 
 
 def real_uv() -> str:
@@ -50,7 +63,10 @@ def bash(cmd: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProces
 @pytest.fixture
 def node_home(tmp_path):
     if not SYSTEM_PYTHON.exists():
-        pytest.skip(f"{SYSTEM_PYTHON} missing: this machine is not like the node image")
+        why = f"{SYSTEM_PYTHON} missing: this machine is not like the node image (Debian 12)"
+        if os.environ.get("CI"):  # CI must run it: .ci/run installs Debian's python3.11
+            pytest.fail(f"{why}; CI is set, so this test must run: `apt-get install python3.11`")
+        pytest.skip(why)
     home = tmp_path / "home"
     src = home / layout.NODE_SRC.removeprefix("~/")
     src.mkdir(parents=True)
@@ -72,17 +88,22 @@ def node_home(tmp_path):
 
 def test_rendered_node_setup_builds_the_pinned_venv_and_passes_the_check(node_home, tmp_path):
     cfg = render_gcp(ClusterSpec(), example_facts())
-    cache = subprocess.check_output([real_uv(), "cache", "dir"], text=True).strip()
     env = {
         "HOME": str(node_home),
         "PATH": "/usr/bin:/bin",
-        "UV_CACHE_DIR": cache,
-        "UV_OFFLINE": "1",
+        **{k: os.environ[k] for k in NETWORK_ENV if k in os.environ},
     }
-    for round_ in (1, 2):  # `ray up` reruns setup: it must be idempotent
+    # uv's cache is the node's own, under the sandbox home, and starts empty.
+    cache = Path(bash("~/.ray-gcp-tools/bin/uv cache dir", env, tmp_path).stdout.strip())
+    assert cache.is_relative_to(node_home), cache
+    assert not cache.exists()
+    # Round 1 as on a fresh node (from PyPI); `ray up` reruns setup, so round 2
+    # must be idempotent, and it runs offline: everything is already there.
+    for round_, extra in ((1, {}), (2, {"UV_OFFLINE": "1"})):
         for cmd in cfg["setup_commands"]:
-            done = bash(cmd, env, tmp_path)
+            done = bash(cmd, env | extra, tmp_path)
             assert done.returncode == 0, f"round {round_}: {cmd}\n{done.stdout}{done.stderr}"
+    assert any(cache.glob("wheels-v*/pypi/ray")), f"uv did not use the node's own cache {cache}"
 
     python = node_home / "ray-venv/bin/python"
     versions = subprocess.run(
