@@ -73,7 +73,9 @@ DEFAULT_MAX_BATCH_ROWS = 1024
 DEFAULT_MAX_WAIT_MS = 2.0
 DEFAULT_MAX_QUEUED_ROWS = 16_384
 RETRY_AFTER_SECONDS = 1
-PIPELINE_DEPTH = 2  # batches in flight per actor: the next one is queued while one runs
+PIPELINE_DEPTH = 2
+HTTP_SERVERS = ("waitress", "flask")
+DEFAULT_HTTP_SERVER = "waitress"  # batches in flight per actor: the next one is queued while one runs
 
 
 # --------------------------------------------------------------- actor -------
@@ -478,6 +480,9 @@ def build_parser():
     p.add_argument("--max-queued-rows", type=_positive, default=DEFAULT_MAX_QUEUED_ROWS,
                    help="rows admitted and not yet answered before new requests get 503 + "
                         f"Retry-After (default {DEFAULT_MAX_QUEUED_ROWS})")
+    p.add_argument("--http-server", choices=HTTP_SERVERS, default=DEFAULT_HTTP_SERVER,
+                   help=f"WSGI server in front of the app (default {DEFAULT_HTTP_SERVER}; "
+                        "see workloads/README.md for the measurement behind it)")
     p.add_argument("--address", default=None,
                    help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)")
     return p
@@ -506,8 +511,19 @@ def main(argv=None) -> int:
         front = pool
         print("serve: batching off", file=sys.stderr, flush=True)
     print(f"serve: listening on http://{args.host}:{args.port}", flush=True)
-    create_app(front).run(host=args.host, port=args.port, threaded=True)
+    run_http(create_app(front), args.host, args.port, args.http_server)
     return 0
+
+
+def run_http(app, host: str, port: int, server: str = DEFAULT_HTTP_SERVER) -> None:
+    if server == "waitress":
+        import waitress
+
+        # Enough threads for every caller to wait on its batch at once.
+        waitress.serve(app, host=host, port=port, threads=64, backlog=1024,
+                       connection_limit=1024, channel_timeout=120, ident="ray-gcp-serve")
+    else:
+        app.run(host=host, port=port, threaded=True)
 
 
 if __name__ == "__main__":
