@@ -299,7 +299,7 @@ def test_a_resent_batch_answers_each_request_once(pool):
 
 def test_overload_answers_503_with_retry_after_and_recovers(pool):
     gate = threading.Event()
-    fake = FakeActors(pool.model, size=1, delay=lambda i, x: 0 if gate.wait(30) else 0)
+    fake = FakeActors(pool.model, size=1, delay=lambda i, x: gate.wait(30) and 0)
     batcher = serve.Batcher(fake, 8, max_batch_rows=64, max_wait_ms=0, max_queued_rows=20,
                             pipeline_depth=1)
     app = serve.create_app(batcher)
