@@ -18,7 +18,8 @@ Import paths (``workloads/`` is the working directory / on PYTHONPATH):
 Examples (with RAY_ADDRESS and the token settings of the cluster set):
   serve run --working-dir workloads serve_app:app
   serve run --working-dir workloads serve_app:build_app replicas=4 max_wait_ms=5
-  python workloads/serve_app.py --port 8000 --replicas 2   # Serve on this port; Ctrl-C shuts it down
+  serve deploy workloads/serve_config.yaml --address http://127.0.0.1:8265
+  python workloads/serve_app.py --port 8000 --replicas 2  (Ctrl-C shuts Serve down)
 """
 
 from __future__ import annotations
@@ -155,27 +156,40 @@ app = build_app()
 # ----------------------------------------------------------------- CLI -------
 
 
-def main(argv=None) -> int:
-    """Start Serve on --host/--port, deploy the app, block; Ctrl-C/SIGTERM shut Serve down."""
-    import signal
-    import threading
-
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="serve_app.py", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="Serve's HTTP host (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="Serve's HTTP port (default 8000)")
-    p.add_argument("--replicas", type=int, default=DEFAULT_REPLICAS)
-    p.add_argument("--features", type=int, default=anomaly_model.DEFAULT_FEATURES)
-    p.add_argument("--seed", type=int, default=anomaly_model.DEFAULT_SEED)
-    p.add_argument("--max-batch-rows", type=int, default=DEFAULT_MAX_BATCH_ROWS)
-    p.add_argument("--max-wait-ms", type=float, default=DEFAULT_MAX_WAIT_MS)
+    p.add_argument("--replicas", type=int, default=DEFAULT_REPLICAS,
+                   help=f"model replicas, 1 CPU each (default {DEFAULT_REPLICAS})")
+    p.add_argument("--features", type=int, default=anomaly_model.DEFAULT_FEATURES,
+                   help=f"features per instance (default {anomaly_model.DEFAULT_FEATURES})")
+    p.add_argument("--seed", type=int, default=anomaly_model.DEFAULT_SEED,
+                   help="training-data seed (default 0)")
+    p.add_argument("--max-batch-rows", type=int, default=DEFAULT_MAX_BATCH_ROWS,
+                   help=f"rows per @serve.batch call (default {DEFAULT_MAX_BATCH_ROWS})")
+    p.add_argument("--max-wait-ms", type=float, default=DEFAULT_MAX_WAIT_MS,
+                   help=f"batch wait (default {DEFAULT_MAX_WAIT_MS:g} ms)")
+    p.add_argument("--max-queued-requests", type=int, default=DEFAULT_MAX_QUEUED_REQUESTS,
+                   help="requests waiting for a replica before Serve answers 503 "
+                        f"(default {DEFAULT_MAX_QUEUED_REQUESTS}; -1 = unbounded)")
     p.add_argument("--address", default=None,
                    help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    """Start Serve on --host/--port, deploy the app, block; Ctrl-C/SIGTERM shut Serve down."""
+    import signal
+    import threading
+
+    a = build_parser().parse_args(argv)
     try:
         application = build_app({"replicas": a.replicas, "features": a.features, "seed": a.seed,
-                                 "max_batch_rows": a.max_batch_rows, "max_wait_ms": a.max_wait_ms})
+                                 "max_batch_rows": a.max_batch_rows, "max_wait_ms": a.max_wait_ms,
+                                 "max_queued_requests": a.max_queued_requests})
     except ValueError as e:
         print(f"serve_app.py: error: {e}", file=sys.stderr)
         return 2
