@@ -166,7 +166,7 @@ def node_setup_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
 
 SERVE_LABELS = {
     "sequential": "sequential Flask (model in-process, one request at a time)",
-    "actor_pool": "serve.py, batching off (actor pool, one call per request)",
+    "actor_pool": "serve.py before batching (Flask threaded server, one actor call per request)",
     "batching": "serve.py, dynamic batching",
     "ray_serve": "Ray Serve app (`serve_app.py`, `@serve.batch`)",
 }

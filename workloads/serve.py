@@ -71,7 +71,7 @@ from workloads.anomaly_model import (  # noqa: F401 - re-exported
 
 DEFAULT_MAX_BATCH_ROWS = 1024
 DEFAULT_MAX_WAIT_MS = 2.0
-DEFAULT_MAX_QUEUED_ROWS = 16_384
+DEFAULT_MAX_QUEUED_ROWS = 65_536
 RETRY_AFTER_SECONDS = 1
 PIPELINE_DEPTH = 2
 HTTP_SERVERS = ("waitress", "flask")

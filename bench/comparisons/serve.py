@@ -85,7 +85,7 @@ class Server:
 SERVERS = {
     # key: (label, needs the Ray cluster)
     "sequential": "sequential Flask (model in-process, one request at a time)",
-    "actor_pool": "serve.py, batching off (Flask threaded + actor pool, one call per request)",
+    "actor_pool": "serve.py, batching off, Flask's threaded server (the server before batching)",
     "batching": "serve.py, dynamic batching (default)",
     "ray_serve": "Ray Serve app (workloads/serve_app.py, @serve.batch)",
 }
@@ -136,7 +136,8 @@ def local(ctx, p) -> dict:
 def _serve_py(p, port: int, actors: int, batching: bool) -> list[str]:
     cmd = [sys.executable, "-m", "workloads.serve", "--port", str(port), "--actors", str(actors),
            "--features", str(p["features"])]
-    return cmd + ([] if batching else ["--max-batch-rows", "0"])
+    # Batching off is the server as it was before batching: Flask's own threaded server too.
+    return cmd + ([] if batching else ["--max-batch-rows", "0", "--http-server", "flask"])
 
 
 def on_cluster(ctx, p, lc, data) -> dict:

@@ -386,7 +386,8 @@ SERVE_DATA = {
 
 def test_serve_section_reports_four_servers_at_each_request_size():
     text, heads = report.serve_section(SERVE_DATA)
-    assert ("| 64 | serve.py, batching off (actor pool, one call per request) (2 actors) | 80.0 | "
+    assert ("| 64 | serve.py before batching (Flask threaded server, one actor call per request) "
+            "(2 actors) | 80.0 | "
             "50.0 ms | 100.0 ms | 1200 / 0 / 0 | 5% | 0.80x |") in text
     assert "| 2048 | Ray Serve app (`serve_app.py`, `@serve.batch`) (2 replicas) | 320.0 |" in text
     assert "16 concurrent connections from wrk" in text
