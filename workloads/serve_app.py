@@ -39,7 +39,7 @@ from ray import serve
 
 DEFAULT_REPLICAS = 2
 DEFAULT_MAX_BATCH_ROWS = 1024
-DEFAULT_MAX_WAIT_MS = 2.0
+DEFAULT_MAX_WAIT_MS = 10.0  # same as serve.py (and Serve's own default)
 # Serve answers 503 once this many requests wait for a replica (its own
 # overload ceiling, per deployment handle); -1 would be unbounded.
 DEFAULT_MAX_QUEUED_REQUESTS = 256
