@@ -188,7 +188,7 @@ def serve_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
                          (f"{r['loadgen_cpu_core_share']:.0%}" if "loadgen_cpu_core_share" in r
                           else "n/a"),
                          fmt_ratio(r["rps"] / base["rps"])])
-        for key, name in (("batching", "serve.py batching"), ("actor_pool", "serve.py batching off")):
+        for key, name in (("batching", "serve.py batching"), ("actor_pool", "serve.py before batching")):
             if key in d:
                 r = d[key][str(size)]
                 heads.append((f"serve ({size} rows/request): requests/s, {name} / sequential Flask",
@@ -273,7 +273,11 @@ TRANSFER = {
         "cores and grow with the cluster, while serve.py's single Flask process on the head "
         "(one GIL: parsing, validation, JSON) becomes the ceiling; Ray Serve runs a proxy on "
         "every node and scales that part too. Latency between VMs adds ~0.1-1 ms per actor "
-        "call, which batching pays once per batch, not once per request."),
+        "call, which batching pays once per batch, not once per request. At 2048 rows a "
+        "request is already a large batch, so there is little to merge: serve.py then adds "
+        "the Ray hop and its Flask process (parsing 16k numbers per request under one GIL) "
+        "competes with the actors for the same {cores} cores, and here it does not beat one "
+        "process doing everything; on GCP the actors' CPU is on the workers, not the head's."),
     "tree_reduce": (
         "The tree has log2(chunks) levels instead of chunks-1 dependent steps; on {cores} CPUs "
         "only a few combines run at once, so a bigger cluster widens the gap. Per-step latency "

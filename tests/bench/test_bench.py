@@ -394,7 +394,7 @@ def test_serve_section_reports_four_servers_at_each_request_size():
     heads = dict(heads)
     assert heads["serve (64 rows/request): requests/s, serve.py batching / sequential Flask"] == "4.00x"
     assert heads["serve (64 rows/request): p99 latency, sequential Flask / serve.py batching"] == "4.00x"
-    assert heads["serve (2048 rows/request): requests/s, serve.py batching off / sequential Flask"] \
+    assert heads["serve (2048 rows/request): requests/s, serve.py before batching / sequential Flask"] \
         == "1.50x"
     # batching vs Ray Serve, both ways round
     assert heads["serve (64 rows/request): requests/s, serve.py batching / Ray Serve"] == "2.00x"
