@@ -4,7 +4,7 @@ PY := .venv/bin/python
 UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 UV_VERSION := 0.13.8
 
-.PHONY: setup test test-unit test-cluster demo bench lint clean
+.PHONY: setup test test-unit test-cluster demo bench bench-tools lint clean
 
 $(UV):
 	python3 -m venv .tools && .tools/bin/pip install -q uv==$(UV_VERSION)
@@ -27,8 +27,16 @@ test-cluster: setup
 demo: setup
 	$(PY) -m demo
 
-bench: setup
+bench: setup bench-tools
 	$(PY) -m bench
+
+# The serve comparison's load generator is wrk (compiled; Debian package).
+bench-tools:
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then APT=apt-get; \
+	  elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then APT="sudo apt-get"; \
+	  else echo "make bench needs wrk: install it with your package manager (Debian: apt-get install wrk)" >&2; exit 1; fi; \
+	  $$APT update -qq && DEBIAN_FRONTEND=noninteractive $$APT install -y -qq wrk >/dev/null; }
 
 lint: setup
 	$(PY) -m ruff check .

@@ -12,9 +12,10 @@ FULL = {
                     "batch": 32, "reps": 5, "timeout": 600},
     "scaleup": {"workers": 8, "timeout": 240},
     "node_setup": {"timeout": 240},
-    # Two request sizes: overhead-bound (64 rows) and more work per request (2048 rows).
-    "serve": {"rows": [64, 2048], "features": 8, "concurrency": 8, "duration": 15.0,
-              "warmup_seconds": 3.0, "max_requests": 20000, "timeout": 240},
+    # Two request sizes: overhead-bound (64 rows) and more work per request (2048 rows);
+    # 16 connections from wrk, four servers (see bench/comparisons/serve.py).
+    "serve": {"rows": [64, 2048], "features": 8, "concurrency": 16, "duration": 15.0,
+              "warmup_seconds": 3.0, "timeout": 240},
     "tree_reduce": {"size": 8_000_000, "chunks": 64, "bins": 64, "reps": 7, "seed": 0,
                     "timeout": 600},
 }
@@ -26,7 +27,7 @@ QUICK = {
     "scaleup": {"workers": 2, "timeout": 180},
     "node_setup": {"timeout": 120, "spec": "six==1.17.0"},
     "serve": {**FULL["serve"], "rows": [8], "concurrency": 2, "duration": 2.0,
-              "warmup_seconds": 0.5, "max_requests": 200},
+              "warmup_seconds": 1.0},
     "tree_reduce": {**FULL["tree_reduce"], "size": 100_000, "chunks": 8, "reps": 1},
 }
 

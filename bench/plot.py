@@ -86,25 +86,29 @@ def _node_setup(ax, d):
 
 
 def _serve(ax, d):
+    from bench.report import SERVE_LABELS
+
     sizes = d["rows_per_request"]
-    width = 0.38
-    for i, (key, label, c) in enumerate((("sequential", "sequential Flask", COLORS[0]),
-                                         ("actor_pool", f"actor pool ({d['actors']})", COLORS[1]))):
+    keys = [k for k in SERVE_LABELS if k in d]
+    short = {"sequential": "sequential Flask", "actor_pool": "actor pool, no batching",
+             "batching": "serve.py batching", "ray_serve": "Ray Serve"}
+    width = 0.8 / len(keys)
+    for i, key in enumerate(keys):
         vals = [d[key][str(s)]["rps"] for s in sizes]
-        xs = [j + (i - 0.5) * width for j in range(len(sizes))]
-        bars = ax.bar(xs, vals, width, color=c, label=label)
+        xs = [j + (i - (len(keys) - 1) / 2) * width for j in range(len(sizes))]
+        bars = ax.bar(xs, vals, width, color=COLORS[i % len(COLORS)], label=short[key])
         for j, (b, v) in enumerate(zip(bars, vals)):
             base = d["sequential"][str(sizes[j])]
-            text = f"{v:.0f}\np99 {d[key][str(sizes[j])]['p99_ms']:.0f} ms"
-            if key == "actor_pool":
-                text += f"\n{v / base['rps']:.2f}x"
-            ax.text(b.get_x() + b.get_width() / 2, v, text, ha="center", va="bottom", fontsize=7)
-    top = max(d[k][str(s)]["rps"] for k in ("sequential", "actor_pool") for s in sizes)
-    ax.set_ylim(0, top * 1.35)
+            text = f"{v:.0f}\np99\n{d[key][str(sizes[j])]['p99_ms']:.0f}ms"
+            if key != "sequential":
+                text += f"\n{v / base['rps']:.1f}x"
+            ax.text(b.get_x() + b.get_width() / 2, v, text, ha="center", va="bottom", fontsize=6)
+    top = max(d[k][str(s)]["rps"] for k in keys for s in sizes)
+    ax.set_ylim(0, top * 1.45)
     ax.set_xticks(range(len(sizes)), [f"{s} rows/request" for s in sizes], fontsize=8)
     ax.set_ylabel("requests per second")
-    ax.set_title(f"serve: {d['concurrency']} concurrent clients\n(higher is better)", fontsize=10)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(f"serve: {d['concurrency']} connections (wrk)\n(higher is better)", fontsize=10)
+    ax.legend(fontsize=6, loc="upper right")
 
 
 def _tree(ax, d):

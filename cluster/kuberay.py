@@ -11,8 +11,7 @@ operator (release ``layout.KUBERAY_VERSION``, CRDs ``ray.io/v1``):
   job and deleted after a TTL;
 * ``render_rayservice(spec, facts, name=None) -> dict``: a ``RayService``
   whose ``serveConfigV2`` imports ``serve_app:app``. That module is
-  ``workloads/serve_app.py``, written on another branch (issue 9's serving
-  part); until it exists the RayService renders but its app cannot start;
+  ``workloads/serve_app.py``, the Ray Serve app ``serve run`` also runs on VMs;
 * ``render_core_objects(spec, facts, workloads) -> list[dict]``: Namespace,
   ServiceAccount (Workload Identity), NetworkPolicy and the ConfigMap with
   the ``workloads/`` files (``read_workloads()`` reads them: the only I/O here,
@@ -104,9 +103,16 @@ HEAD_SERVICE_PORTS = {
     "serve": SERVE_PORT,
     "metrics": 8080,  # KubeRay's default metrics-export-port
 }
-# Packages the drivers need that the rayproject/ray image lacks, installed per
-# job by Ray's runtime env; versions equal to uv.lock's (a test checks).
-WORKLOAD_PIP = ("opencv-python-headless==5.0.0.93", "google-cloud-storage==3.17.1")
+# Packages the drivers and the Serve app need that the rayproject/ray image
+# lacks (annotate: OpenCV, gs://; serve_app/anomaly_model: scikit-learn,
+# orjson), installed per job by Ray's runtime env; versions equal to uv.lock's
+# (a test checks).
+WORKLOAD_PIP = (
+    "opencv-python-headless==5.0.0.93",
+    "google-cloud-storage==3.17.1",
+    "scikit-learn==1.9.1",
+    "orjson==3.13.0",
+)
 
 
 # ---- facts --------------------------------------------------------------------

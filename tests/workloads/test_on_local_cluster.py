@@ -292,20 +292,25 @@ def test_annotate_via_ray_job_submit_with_working_dir(tmp_path, local_cluster, d
     check_outputs(src, dst, m.images)
 
 
-def test_serve_answers_every_request_while_an_actor_dies(driver_env):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(WORKLOADS, "serve.py"), "--port", str(port), "--actors", "2"],
-        env=driver_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-        start_new_session=True,
-    )
-    log: list[str] = []
-    threading.Thread(target=lambda: log.extend(iter(proc.stdout.readline, "")), daemon=True).start()
-    base = f"http://127.0.0.1:{port}"
+class HttpServer:
+    """A server script started as a user starts it; stopped with its process group."""
 
-    def call(path, body=None, timeout=120):
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(base + path, data=data,
+    def __init__(self, script, *args, env):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(WORKLOADS, script), "--port", str(self.port),
+             *map(str, args)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+            start_new_session=True,
+        )
+        self.log: list[str] = []
+        threading.Thread(target=lambda: self.log.extend(iter(self.proc.stdout.readline, "")),
+                         daemon=True).start()
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def call(self, path, body=None, timeout=120, method=None):
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        req = urllib.request.Request(self.base + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -313,65 +318,163 @@ def test_serve_answers_every_request_while_an_actor_dies(driver_env):
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read())
 
-    try:
-        deadline = time.monotonic() + 180
-        while not any("listening on" in line for line in log):
-            assert proc.poll() is None, "".join(log)[-3000:]
-            assert time.monotonic() < deadline, "".join(log)[-3000:]
-            time.sleep(0.3)
+    def wait_healthy(self, timeout=240) -> dict:
+        deadline = time.monotonic() + timeout
         while True:
+            assert self.proc.poll() is None, "".join(self.log)[-3000:]
+            assert time.monotonic() < deadline, "".join(self.log)[-3000:]
             try:
-                status, health = call("/healthz", timeout=10)
-                break
+                status, health = self.call("/healthz", timeout=10)
+                if status == 200:
+                    return health
             except OSError:
-                assert time.monotonic() < deadline
-                time.sleep(0.3)
-        assert status == 200 and health["status"] == "ok", health
+                pass
+            time.sleep(0.5)
+
+    def stop(self):
+        stop_process_group(self.proc, timeout=60)
+
+
+def expect_same_predictions(got, rows, model):
+    expected = serve.predict_with(model, rows)
+    assert [p["anomaly"] for p in got] == [p["anomaly"] for p in expected]
+    assert np.allclose([p["score"] for p in got], [p["score"] for p in expected],
+                       rtol=1e-12, atol=1e-12)
+
+
+def test_serve_answers_every_request_while_an_actor_dies(driver_env):
+    server = HttpServer("serve.py", "--actors", 2, env=driver_env)
+    try:
+        health = server.wait_healthy()
+        assert health["status"] == "ok", health
         victim = health["actors"][0]["pid"]
 
         model = serve.fit_model(serve.DEFAULT_SEED, serve.DEFAULT_FEATURES)
         rng = np.random.default_rng(42)
         batches = [rng.normal(0, 2.5, size=(int(rng.integers(1, 30)), 8)).tolist()
-                   for _ in range(48)]
-        results: dict[int, tuple] = {}
-        answered = threading.Semaphore(0)
+                   for _ in range(64)]
+        # (batch index, sent at, answered at, status, body); clients keep sending until stop
+        done: list[tuple] = []
+        lock, stop = threading.Lock(), threading.Event()
 
-        def client(indices):
-            for i in indices:
-                results[i] = call("/predict", {"instances": batches[i]})
-                answered.release()
+        def client(k):
+            i = k
+            while not stop.is_set():
+                t0 = time.monotonic()
+                status, body = server.call("/predict", {"instances": batches[i % 64]})
+                with lock:
+                    done.append((i % 64, t0, time.monotonic(), status, body))
+                i += 8
 
-        threads = [threading.Thread(target=client, args=(range(k, 48, 4),)) for k in range(4)]
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
         for t in threads:
             t.start()
-        for _ in range(6):  # some answers first, then the actor process dies mid-stream
-            assert answered.acquire(timeout=120)
+        deadline = time.monotonic() + 120
+        while len(done) < 40:  # the pool is busy: answers are streaming
+            assert time.monotonic() < deadline, len(done)
+            time.sleep(0.05)
+        killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
+        while len([d for d in done if d[1] > killed_at]) < 80:  # keep going well past the kill
+            assert time.monotonic() < deadline + 120, len(done)
+            time.sleep(0.05)
+        stop.set()
         for t in threads:
-            t.join(timeout=300)
-        assert len(results) == 48
-        for i, (status, body) in sorted(results.items()):
+            t.join(timeout=120)
+
+        # Requests in flight at the kill: sent before it, answered after it.
+        in_flight = [d for d in done if d[1] < killed_at < d[2]]
+        assert len(in_flight) >= 1, "the kill hit no request in flight"
+        for i, _, _, status, body in done:
             assert status == 200, (i, body)
-            expected = serve.predict_with(model, batches[i])
-            got = body["predictions"]
-            assert [p["anomaly"] for p in got] == [p["anomaly"] for p in expected], i
-            assert np.allclose([p["score"] for p in got], [p["score"] for p in expected],
-                               rtol=1e-12, atol=1e-12), i
+            expect_same_predictions(body["predictions"], batches[i], model)
+        # ... and the server answered some through its resend path (the dead actor's batches).
+        stats = server.call("/healthz", timeout=30)[1]["batching"]
+        assert stats["resent_batches"] >= 1 and stats["resent_requests"] >= 1, stats
+        assert stats["failed_batches"] == 0 and stats["requests"] >= len(done), stats
+        print(f"in flight at the kill: {len(in_flight)}; answered through a resent batch: "
+              f"{stats['resent_requests']} requests ({stats['resent_batches']} batches); "
+              f"{len(done)} requests, all 200")
 
         # The actor came back (a new process) and serves again.
         deadline = time.monotonic() + 120
         while True:
-            status, health = call("/healthz", timeout=30)
+            status, health = server.call("/healthz", timeout=30)
             pids = [a.get("pid") for a in health["actors"]]
             if status == 200 and health["status"] == "ok" and victim not in pids:
                 break
             assert time.monotonic() < deadline, health
             time.sleep(0.5)
-        assert call("/predict", {"instances": [[9] * 8]})[1]["predictions"][0]["anomaly"] is True
-        status, body = call("/predict", {"instances": [[1, 2]]})
+        assert server.call("/predict", {"instances": [[9] * 8]})[1]["predictions"][0]["anomaly"]
+        status, body = server.call("/predict", {"instances": [[1, 2]]})
         assert status == 400 and "expects 8" in body["error"]
     finally:
-        stop_process_group(proc, timeout=30)
+        server.stop()
+
+
+SAME_ERRORS = [b"{not json", b'{"instances": [[1,2,3]]}', b'{"instances": [[1,2,3,4,5,6,7,true]]}',
+               b"[1]", b'{"instances": []}', b'{"instances": [[1,2,3,4,5,6,7,NaN]]}']
+
+
+def test_ray_serve_app_answers_like_serve_py(driver_env):
+    """serve_app.py on the local cluster: same predictions, same 400s and 404/405 as serve.py."""
+    server = HttpServer("serve_app.py", "--replicas", 2, "--max-batch-rows", 256, env=driver_env)
+    try:
+        server.wait_healthy()
+        model = serve.fit_model(serve.DEFAULT_SEED, serve.DEFAULT_FEATURES)
+        rng = np.random.default_rng(11)
+        # concurrent callers (batched together), one larger than a batch (split into 3 items)
+        batches = [rng.normal(0, 2.5, size=(n, 8)).tolist() for n in (1, 7, 30, 100, 255, 600)]
+        answers: dict[int, tuple] = {}
+        threads = [threading.Thread(target=lambda i=i: answers.__setitem__(
+            i, server.call("/predict", {"instances": batches[i]}))) for i in range(len(batches))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        for i, rows in enumerate(batches):
+            status, body = answers[i]
+            assert status == 200, body
+            expect_same_predictions(body["predictions"], rows, model)
+
+        flask = serve.create_app(serve.Batcher(FlaskPool(model), 8)).test_client()
+        for body in SAME_ERRORS:
+            want = flask.post("/predict", data=body, content_type="application/json")
+            assert want.status_code == 400
+            assert server.call("/predict", body) == (400, want.get_json()), body
+        for method, path in (("GET", "/"), ("GET", "/predict"), ("POST", "/healthz")):
+            want = flask.open(path, method=method)
+            got = server.call(path, b"{}" if method == "POST" else None, method=method)
+            assert got == (want.status_code, want.get_json()), (method, path)
+    finally:
+        server.stop()
+    # serve_app.py shut Serve down on SIGTERM: no Serve actor is left on the shared cluster
+    probe = subprocess.run([sys.executable, "-c", (
+        "import ray, json; ray.init(log_to_driver=False)\n"
+        "from ray.util.state import list_actors\n"
+        "print(json.dumps([a.class_name for a in list_actors("
+        "filters=[('state', '=', 'ALIVE')], limit=1000)]))")],
+        env=driver_env, capture_output=True, text=True, timeout=120, check=False)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    alive = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert not [c for c in alive if "Serve" in c or c == "ProxyActor"], alive
+
+
+class FlaskPool:
+    """serve.py's app over the model in this process (the reference for the Serve app)."""
+
+    size = 1
+
+    def __init__(self, model):
+        self.model = model
+
+    def scores_on(self, i, x):
+        from workloads import anomaly_model
+
+        return anomaly_model.scores(self.model, x)
+
+    def health(self):
+        return []
 
 
 def test_tree_reduce_agrees_with_numpy(driver_env):

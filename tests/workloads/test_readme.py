@@ -10,13 +10,14 @@ import sys
 
 import pytest
 
-from workloads import annotate, cluster_info, serve, tree_reduce
+from workloads import annotate, cluster_info, serve, serve_app, tree_reduce
 
 from .conftest import WORKLOADS
 
 PARSERS = {
     "annotate.py": annotate.build_parser,
     "serve.py": serve.build_parser,
+    "serve_app.py": serve_app.build_parser,
     "tree_reduce.py": tree_reduce.build_parser,
     "cluster_info.py": cluster_info.build_parser,
 }
