@@ -498,8 +498,10 @@ def summary_lines(result: dict[str, Any], config: dict[str, str], changed: set[s
     """The effective ray-gcp settings (marking those --set changed) and the rendered
     cluster's node types, read back from the stack output `clusterConfig`."""
     lines = [
-        "settings (* = set with --set; others are Pulumi.yaml's defaults, and gcp:project "
-        "is this harness's mock project):"
+        (
+            "settings (* = set with --set; others are Pulumi.yaml's defaults, and gcp:project "
+            "is this harness's mock project):"
+        )
     ]
     for key in sorted(k for k in config if k.startswith("ray-gcp:") or k == PROJECT_KEY_FOR_SET):
         mark = "*" if key in changed else " "
@@ -530,8 +532,10 @@ def summary_lines(result: dict[str, Any], config: dict[str, str], changed: set[s
 def _spec_summary(spec: dict[str, Any]) -> list[str]:
     """gke: the node types of the stack output `clusterSpec` (one pod group each)."""
     lines = [
-        f"cluster {spec['cluster_name']!r} (KubeRay): at most {spec['max_workers']} workers "
-        f"in all, idle timeout {spec['idle_timeout_minutes']:g} min"
+        (
+            f"cluster {spec['cluster_name']!r} (KubeRay): at most {spec['max_workers']} "
+            f"workers in all, idle timeout {spec['idle_timeout_minutes']:g} min"
+        )
     ]
     for name, node_type in sorted(spec["node_types"].items()):
         role = "head" if name == spec["head_node_type"] else "workers"

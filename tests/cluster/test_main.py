@@ -97,8 +97,10 @@ def test_an_unknown_region_is_one_clear_line():
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.splitlines() == [
         "invalid input (nothing was rendered):",
-        "  --region = 'mars-1': unknown region (allowed: one of the regions in "
-        "cluster/regions.py, e.g. asia-northeast3, us-central1)",
+        (
+            "  --region = 'mars-1': unknown region (allowed: one of the regions in "
+            "cluster/regions.py, e.g. asia-northeast3, us-central1)"
+        ),
     ]
     # No pydantic boilerplate, no error about a zone the user never typed.
     assert "pydantic" not in out.stderr and "mars-1-a" not in out.stderr
@@ -131,8 +133,10 @@ def test_a_bad_spec_field_names_the_file_field_value_and_allowed(tmp_path):
     out = cli("render", "--target", "gcp", "--spec", str(spec))
     assert out.returncode == 2
     assert out.stderr.splitlines()[1:] == [
-        f"  {spec}: node_types.cpu-worker.machine_type = 'N2 standard': malformed "
-        "(allowed: GCE machine type, e.g. n2-standard-4)"
+        (
+            f"  {spec}: node_types.cpu-worker.machine_type = 'N2 standard': malformed "
+            "(allowed: GCE machine type, e.g. n2-standard-4)"
+        )
     ]
     assert "String should match pattern" not in out.stderr
 

@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -558,7 +559,7 @@ def test_readme_job_submit_works_as_documented_and_says_what_a_missing_token_loo
         "cluster local up", f"cluster local up --state-dir {local_cluster.state_dir}"
     )
     submit = submit.replace("/tmp/sample-small2", str(dst)).replace("/tmp/sample", str(src))
-    script = "\n".join(["set -e", eval_line, submit]).replace(".venv/bin/", f"{bindir}/")
+    script = f"set -e\n{eval_line}\n{submit}".replace(".venv/bin/", f"{bindir}/")
     # A user's shell: no RAY_* of its own.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     r = subprocess.run(["bash", "-c", script], env=env, cwd=REPO, capture_output=True,
@@ -584,7 +585,7 @@ def test_readme_job_submit_works_as_documented_and_says_what_a_missing_token_loo
     )
     r = subprocess.run(["bash", "-c", no_token], env=env, cwd=REPO, capture_output=True,
                        text=True, timeout=300, check=False)
-    readme = open(os.path.join(WORKLOADS, "README.md")).read()
+    readme = Path(WORKLOADS, "README.md").read_text()
     shown = readme.split("**Without the token**", 1)[1].split("```\n", 1)[1].split("\n```", 1)[0]
     assert r.returncode != 0
     assert shown.strip() in (r.stdout + r.stderr).splitlines(), (r.stdout + r.stderr)[-2000:]
@@ -593,7 +594,7 @@ def test_readme_job_submit_works_as_documented_and_says_what_a_missing_token_loo
 
 def test_readme_planted_failures_sample_reports_what_the_readme_says(tmp_path, driver_env):
     block = _readme_local_block()
-    readme = open(os.path.join(WORKLOADS, "README.md")).read()
+    readme = Path(WORKLOADS, "README.md").read_text()
     planted = readme.split("**Planted failures.**", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     promised = readme.split("**Planted failures.**", 1)[1].split("This run ends with `", 1)[1]
     promised = promised.split("`", 1)[0]
