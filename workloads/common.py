@@ -377,7 +377,9 @@ class GCSStorage(Storage):
             from google.cloud import storage
 
             if self.emulator_host:
-                os.environ.setdefault("STORAGE_EMULATOR_HOST", self.emulator_host)
+                # The endpoint this Storage captured wins over whatever this process
+                # (a reused worker, a raylet started earlier) inherited.
+                os.environ["STORAGE_EMULATOR_HOST"] = self.emulator_host
                 client = storage.Client(project="ray-gcp-emulated")
             else:
                 client = storage.Client()

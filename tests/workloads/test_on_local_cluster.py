@@ -599,8 +599,9 @@ def test_readme_planted_failures_sample_reports_what_the_readme_says(tmp_path, d
     promised = readme.split("**Planted failures.**", 1)[1].split("This run ends with `", 1)[1]
     promised = promised.split("`", 1)[0]
     assert block  # the section exists
-    lines = [line.replace(".venv/bin/python", sys.executable)
-             .replace("/tmp/", f"{tmp_path}/") for line in planted.strip().splitlines()]
+    # /tmp/ first: sys.executable itself may live under /tmp (a clone there).
+    lines = [line.replace("/tmp/", f"{tmp_path}/")
+             .replace(".venv/bin/python", sys.executable) for line in planted.strip().splitlines()]
     r = subprocess.run(["bash", "-c", lines[0]], env=driver_env, cwd=REPO, capture_output=True,
                        text=True, timeout=120, check=True)
     r = subprocess.run(["bash", "-c", lines[1] + " --no-progress"], env=driver_env, cwd=REPO,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -323,12 +324,26 @@ def _wait_for_background_fetches(store, timeout: float = 30) -> None:
         time.sleep(0.02)
 
 
+@contextlib.contextmanager
+def _environ_restored(name: str) -> Iterator[None]:
+    """GCSStorage points this process at its emulator; later tests (and a local
+    cluster started after them) must not inherit that endpoint."""
+    before = os.environ.get(name)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def record_gcs(emulator: str, bucket: str) -> list[Call]:
     """Every operation workloads.common.GCSStorage offers, against the emulator."""
     from workloads.common import GCSStorage
 
     store = GCSStorage(bucket, "iam-recording", emulator_host=emulator)
-    with recording_http() as seen:
+    with _environ_restored("STORAGE_EMULATOR_HOST"), recording_http() as seen:
         store.write_bytes("in/a.txt", b"a")
         store.write_text("in/b.txt", "b")
         assert sorted(store.list("in")) == ["in/a.txt", "in/b.txt"]
