@@ -328,7 +328,8 @@ class HttpServer:
                 status, health = self.call("/healthz", timeout=10)
                 if status == 200:
                     return health
-            except OSError:
+            # Not up yet; or Serve's proxy is, before the app's routes (a text 404).
+            except (OSError, ValueError):
                 pass
             time.sleep(0.5)
 
