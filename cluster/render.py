@@ -425,8 +425,6 @@ def example_gcp_facts(
     )
 
 
-example_facts = example_gcp_facts
-
 
 def to_yaml(cfg: dict[str, Any]) -> str:
     """Deterministic YAML: sorted keys, block style, no anchors/aliases."""

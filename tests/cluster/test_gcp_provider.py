@@ -32,11 +32,11 @@ from ray.autoscaler.v2.instance_manager.config import FileConfigReader
 from ray.autoscaler.v2.instance_manager.node_provider import NodeProviderAdapter
 
 from cluster.gcp_provider import BootstrapCheckError, ReadOnlyGCPNodeProvider
-from cluster.render import example_facts, launch_concurrency, render_gcp
+from cluster.render import example_gcp_facts, launch_concurrency, render_gcp
 from cluster.spec import ClusterSpec
 from tests.cluster.fakes import Call, FakeGcp, RecordingProcessRunner
 
-FACTS = example_facts()
+FACTS = example_gcp_facts()
 SUBNET_KEY = f"{FACTS.project}/{FACTS.region}/{FACTS.subnetwork_name}"
 
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from cluster.render import example_facts, render_gcp
+from cluster.render import example_gcp_facts, render_gcp
 from cluster.spec import ClusterSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,12 +31,12 @@ def test_render_gcp_with_example_facts():
     out = cli("render", "--target", "gcp")
     assert out.returncode == 0, out.stderr
     cfg = yaml.safe_load(out.stdout)
-    assert cfg == render_gcp(ClusterSpec(), example_facts())
+    assert cfg == render_gcp(ClusterSpec(), example_gcp_facts())
     validate_config(prepare_config(cfg))
 
 
 def test_render_gcp_with_facts_and_spec_files(tmp_path):
-    facts = example_facts(project="team-proj-42", region="europe-west4")
+    facts = example_gcp_facts(project="team-proj-42", region="europe-west4")
     (tmp_path / "facts.json").write_text(json.dumps(facts.model_dump()))
     (tmp_path / "spec.yaml").write_text(
         "cluster_name: team\nmax_workers: 2\nnode_types:\n"

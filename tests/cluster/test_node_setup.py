@@ -27,7 +27,7 @@ import pytest
 
 from cluster import layout
 from cluster.bundle import build_bundle, find_uv
-from cluster.render import example_facts, render_gcp
+from cluster.render import example_gcp_facts, render_gcp
 from cluster.spec import ClusterSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,7 +87,7 @@ def node_home(tmp_path):
 
 
 def test_rendered_node_setup_builds_the_pinned_venv_and_passes_the_check(node_home, tmp_path):
-    cfg = render_gcp(ClusterSpec(), example_facts())
+    cfg = render_gcp(ClusterSpec(), example_gcp_facts())
     env = {
         "HOME": str(node_home),
         "PATH": "/usr/bin:/bin",
@@ -148,7 +148,7 @@ def test_rendered_node_setup_builds_the_pinned_venv_and_passes_the_check(node_ho
 
 
 def test_initialization_installs_only_missing_packages(tmp_path):
-    cfg = render_gcp(ClusterSpec(), example_facts())
+    cfg = render_gcp(ClusterSpec(), example_gcp_facts())
     shims = tmp_path / "shims"
     shims.mkdir()
     log = tmp_path / "sudo.log"

@@ -67,12 +67,9 @@ def provider_vm(tmp_path, launcher_key):
     shutil.rmtree(src, ignore_errors=True)
 
 
-def test_ray_up_creates_a_private_head_and_runs_our_commands(
-    fake_gcp, provider_vm, monkeypatch, ssh_control_dirs
-):
-    monkeypatch.delenv("RAY_UP_enable_autoscaler_v2", raising=False)  # Ray's default: v2
-    runner = CapturingRunner()
-    config = commands._bootstrap_config(provider_vm, no_config_cache=True)
+def ray_up(cluster_yaml, runner) -> None:
+    """What `ray up` does up to the head's setup: Ray's bootstrap, then head creation."""
+    config = commands._bootstrap_config(cluster_yaml, no_config_cache=True)
     commands.get_or_create_head_node(
         config,
         printable_config_file="/etc/ray-gcp/cluster.yaml",
@@ -82,6 +79,14 @@ def test_ray_up_creates_a_private_head_and_runs_our_commands(
         override_cluster_name=None,
         _runner=runner,
     )
+
+
+def test_ray_up_creates_a_private_head_and_runs_our_commands(
+    fake_gcp, provider_vm, monkeypatch, ssh_control_dirs
+):
+    monkeypatch.delenv("RAY_UP_enable_autoscaler_v2", raising=False)  # Ray's default: v2
+    runner = CapturingRunner()
+    ray_up(provider_vm, runner)
 
     # -- GCP: the bootstrap's four reads, then only the head's own instance calls.
     methods = fake_gcp.methods()
@@ -154,16 +159,7 @@ def test_ray_up_creates_the_head_in_the_next_zone_when_the_first_is_full(
         else None
     )
     monkeypatch.delenv("RAY_UP_enable_autoscaler_v2", raising=False)
-    config = commands._bootstrap_config(provider_vm, no_config_cache=True)
-    commands.get_or_create_head_node(
-        config,
-        printable_config_file="/etc/ray-gcp/cluster.yaml",
-        no_restart=False,
-        restart_only=False,
-        yes=True,
-        override_cluster_name=None,
-        _runner=CapturingRunner(),
-    )
+    ray_up(provider_vm, CapturingRunner())
     assert [c.kwargs["zone"] for c in fake_gcp.calls if c.method == "instances.insert"] == [
         full,
         spare,

@@ -24,7 +24,7 @@ from cluster.render import (
     LOCAL_HEAD_TYPE,
     LOCAL_PROVIDER_MODULE,
     PROVIDER_MODULE,
-    example_facts,
+    example_gcp_facts,
     launch_concurrency,
     render_gcp,
     render_local,
@@ -33,7 +33,7 @@ from cluster.render import (
 from cluster.spec import ClusterSpec, NodeTypeSpec, local_default_spec
 
 ROOT = Path(__file__).resolve().parents[2]
-FACTS = example_facts()
+FACTS = example_gcp_facts()
 COMMAND_LISTS = (
     "initialization_commands",
     "setup_commands",

@@ -10,7 +10,7 @@ from ray.autoscaler._private.gcp.node import INSTANCE_NAME_MAX_LEN, _generate_no
 from ray.autoscaler.tags import TAG_RAY_NODE_NAME
 
 from cluster import layout
-from cluster.render import example_facts
+from cluster.render import example_gcp_facts
 from cluster.spec import (
     CLUSTER_NAME_MAX_LEN,
     ClusterSpec,
@@ -215,7 +215,7 @@ def test_local_default_spec_is_small():
 
 
 def facts_dict(**overrides: Any) -> dict[str, Any]:
-    return {**example_facts().model_dump(), **overrides}
+    return {**example_gcp_facts().model_dump(), **overrides}
 
 
 def test_example_facts_are_valid():
@@ -272,7 +272,7 @@ def test_full_url_self_links_are_accepted():
     ],
 )
 def test_fallback_zones_must_be_other_zones_of_the_region(zones, needle):
-    facts = example_facts().model_dump()
+    facts = example_gcp_facts().model_dump()
     facts["fallback_zones"] = zones
     with pytest.raises(ValidationError, match=needle):
         GcpFacts(**facts)
@@ -281,10 +281,10 @@ def test_fallback_zones_must_be_other_zones_of_the_region(zones, needle):
 def test_fallback_zones_reach_the_rendered_provider_in_order():
     from cluster.render import render_gcp
 
-    facts = example_facts().model_copy(update={"fallback_zones": ("asia-northeast3-c", "asia-northeast3-b")})
+    facts = example_gcp_facts().model_copy(update={"fallback_zones": ("asia-northeast3-c", "asia-northeast3-b")})
     assert render_gcp(ClusterSpec(), facts)["provider"]["fallback_zones"] == [
         "asia-northeast3-c",
         "asia-northeast3-b",
     ]
-    off = example_facts().model_copy(update={"fallback_zones": ()})
+    off = example_gcp_facts().model_copy(update={"fallback_zones": ()})
     assert render_gcp(ClusterSpec(), off)["provider"]["fallback_zones"] == []
