@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from cluster.regions import REGION_ZONES, zones_of
 from infra import offline as harness
-from infra.regions import REGION_ZONES, zones_of
 from infra.settings import NAMESPACE, Settings, SettingsError, parse_settings
 
 PROJECT = harness.TEST_PROJECT
