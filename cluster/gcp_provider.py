@@ -59,7 +59,7 @@ from googleapiclient import errors
 from ray.autoscaler._private.command_runner import SSHCommandRunner
 from ray.autoscaler._private.gcp.config import get_node_type
 from ray.autoscaler._private.gcp.node import GCPCompute, GCPNodeType
-from ray.autoscaler._private.gcp.node_provider import GCPNodeProvider
+from ray.autoscaler._private.gcp.node_provider import GCPNodeProvider, _retry
 from ray.autoscaler._private.util import check_legacy_fields
 
 from cluster import api_endpoints
@@ -384,6 +384,10 @@ class ZonalGCPCompute(GCPCompute):
 
     def set_labels(self, node, labels: dict, wait_for_operation: bool = True) -> dict:
         compute = self._compute_for(node["name"], node)
+        if not node.get("labelFingerprint"):
+            # A node whose labels we updated in place (ReadOnlyGCPNodeProvider.set_node_tags)
+            # no longer knows GCE's fingerprint: read it, never send a stale one.
+            node = compute.get_instance(node["name"])
         return compute.set_labels(node, labels, wait_for_operation=wait_for_operation)
 
     def delete_instance(self, node_id: str, wait_for_operation: bool = True) -> dict:
@@ -498,6 +502,32 @@ class ReadOnlyGCPNodeProvider(GCPNodeProvider):
                 self.cluster_name,
             )
         }
+
+    @_retry
+    def set_node_tags(self, node_id: str, tags: dict) -> dict:
+        """Ray's set_node_tags, and the cached node then shows what was written.
+
+        Ray 2.60's ``GCPNodeProvider.set_node_tags`` labels the instance but
+        leaves its cached node (what ``node_tags`` reads) with the old labels.
+        Autoscaler v2's ``RayInstaller`` reads ``node_tags`` right after the
+        updater set ``ray-node-status: up-to-date``, sees the old status, calls
+        the install failed and retries; the retry's ``ray stop`` makes v2
+        terminate a healthy worker. So the cache here is updated to exactly the
+        labels ``GCPCompute.set_labels`` sent (the node's labels merged with
+        ``tags``). setLabels answers with a zone operation, not the new
+        ``labelFingerprint``: the cached copy drops the old one, and the next
+        write reads a fresh one (Ray's ``_get_node`` lists first;
+        ``ZonalGCPCompute.set_labels`` fetches the node if it has none).
+        """
+        with self.lock:
+            node = self._get_node(node_id)
+            resource = self._get_resource_depending_on_node_name(node_id)
+            result = resource.set_labels(node=node, labels=tags)
+            written = copy.copy(node)  # a GCPNode: a dict plus its resource
+            written["labels"] = dict(node.get("labels") or {}, **tags)
+            written.pop("labelFingerprint", None)
+            self.cached_nodes[node_id] = written
+            return result
 
     def get_command_runner(self, *args: Any, **kwargs: Any):
         runner = super().get_command_runner(*args, **kwargs)
