@@ -394,7 +394,7 @@ def render_gcp(spec: ClusterSpec, facts: GcpFacts) -> dict[str, Any]:
             "project_id": facts.project,
             "region": facts.region,
             "availability_zone": facts.zone,
-            # Ours (cluster.gcp_provider.ZonalGCPCompute): where nodes go when
+            # Ours (cluster.gcp_zonal.ZonalGCPCompute): where nodes go when
             # availability_zone is out of capacity; [] = no fallback.
             "fallback_zones": list(facts.fallback_zones),
             "use_internal_ips": True,
