@@ -152,8 +152,8 @@ def check_overrides(overrides: dict[str, Any]) -> list[str]:
 def settings_lines(config: dict[str, str], changed: set[str]) -> list[str]:
     """The effective settings, `*` marking those --set changed."""
     lines = [
-        "settings (* = set with --set; others are Pulumi.yaml's defaults, and gcp:project "
-        "is this harness's mock project unless --set):"
+        ("settings (* = set with --set; others are Pulumi.yaml's defaults, and gcp:project "
+         "is this harness's mock project unless --set):")
     ]
     keys = {k for k in config if k.startswith(f"{NAMESPACE}:") or k == PROJECT_KEY}
     for key in sorted(keys | set(declared_settings())):
@@ -193,8 +193,8 @@ class ClusterView:
 
     def lines(self) -> list[str]:
         return [
-            f"{self.title}: at most {self.max_workers} workers in all, "
-            f"idle timeout {self.idle_timeout_minutes:g} min",
+            (f"{self.title}: at most {self.max_workers} workers in all, "
+             f"idle timeout {self.idle_timeout_minutes:g} min"),
             f"  {self.zones}",
             f"  workload bucket {self.bucket}",
             *(g.line() for g in sorted(self.groups, key=lambda g: g.name)),
