@@ -582,7 +582,7 @@ def _kuberay_problems(settings: Settings) -> list[str]:
     from cluster.kuberay import example_kube_facts, render_raycluster
 
     try:
-        render_raycluster(settings.cluster_spec(), example_kube_facts(settings.project))
+        render_raycluster(settings.cluster_spec(), example_kube_facts(settings.project, settings.cluster_name))
     except SpecError as e:
         message = str(e)
         field = next(
