@@ -1,7 +1,8 @@
 """Run the Pulumi program offline the way Pulumi's language host runs it, and record everything.
 
 Used by tests/infra (every assertion on resource inputs) and by `make demo`
-(`python -m infra.offline` lists what `pulumi up` would create).
+(`python -m infra.offline` lists what `pulumi up` would create; what it reads
+from `--set` and prints after the resources is infra/preview.py).
 
 The language host (`pulumi-language-python-exec`) sets the config from the
 engine, configures the runtime, chdirs to the project root and runs
