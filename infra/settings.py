@@ -296,13 +296,8 @@ class Settings(BaseModel):
 
     @field_validator("fallback_zones", mode="before")
     @classmethod
-    def _fallback_list(cls, v: Any) -> Any:
-        if isinstance(v, str) and v.strip().startswith("["):
-            try:
-                return json.loads(v)
-            except json.JSONDecodeError:
-                raise ValueError("not a JSON list of zone names") from None
-        return _as_list(v)
+    def _fallback_list(cls, v: Any, info: ValidationInfo) -> Any:
+        return _as_list(v, info, what="zone names")
 
     @field_validator("fallback_zones")
     @classmethod
@@ -388,8 +383,8 @@ class Settings(BaseModel):
 
     @field_validator("ssh_source_ranges", mode="before")
     @classmethod
-    def _ssh_list(cls, v: Any) -> Any:
-        return _as_list(v)
+    def _ssh_list(cls, v: Any, info: ValidationInfo) -> Any:
+        return _as_list(v, info, what="CIDRs")
 
     @field_validator("ssh_source_ranges")
     @classmethod
@@ -409,8 +404,8 @@ class Settings(BaseModel):
 
     @field_validator("operators", mode="before")
     @classmethod
-    def _operator_list(cls, v: Any) -> Any:
-        return _as_list(v, what="principals")
+    def _operator_list(cls, v: Any, info: ValidationInfo) -> Any:
+        return _as_list(v, info, what="principals")
 
     @field_validator("operators")
     @classmethod
@@ -625,7 +620,7 @@ def _kuberay_problems(settings: Settings) -> list[str]:
     from cluster.kuberay import example_kube_facts, render_raycluster
 
     try:
-        render_raycluster(settings.cluster_spec(), example_kube_facts(settings.project))
+        render_raycluster(settings.cluster_spec(), example_kube_facts(settings.project, settings.cluster_name))
     except SpecError as e:
         message = str(e)
         field = next(
@@ -707,19 +702,27 @@ def _present_keys() -> set[str]:
 # ---- helpers ------------------------------------------------------------------
 
 
-def _as_list(v: Any, what: str = "CIDRs") -> Any:
-    """Pulumi passes arrays as JSON text; also accept `a,b` from `pulumi config set`."""
-    if isinstance(v, str):
-        text = v.strip()
-        if not text:
-            return []
-        if text.startswith("["):
-            try:
-                return json.loads(text)
-            except json.JSONDecodeError:
-                raise ValueError(f"not a JSON list of {what}") from None
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return v
+def _as_list(v: Any, info: ValidationInfo, *, what: str) -> Any:
+    """A list setting as the engine passes it: JSON text (or, typed, a list).
+
+    Any other string is what `pulumi config set KEY VALUE` without `--path` stores;
+    it is refused, showing the command that stores a list (Pulumi's typed-config
+    check refuses it at `pulumi up` too, with less to go on).
+    """
+    if not isinstance(v, str):
+        return v
+    text = v.strip()
+    if not text.startswith("["):
+        key = f"{NAMESPACE}:{to_camel(info.field_name or '')}"
+        first = next((part.strip() for part in text.split(",") if part.strip()), "<item>")
+        raise ValueError(
+            "not a list; store one item per index: "
+            f"pulumi config set --path '{key}[0]' {first} (then [1], ...)"
+        )
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"not a JSON list of {what}") from None
 
 
 def _is_rfc1918(net: ipaddress.IPv4Network) -> bool:
