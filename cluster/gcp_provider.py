@@ -35,6 +35,14 @@ addresses a node (list, get, setLabels, delete) goes to the node's own zone.
 The GCP methods stay Ray's: instances.insert/list/get/setLabels/delete and
 zoneOperations.get, once per zone where Ray made one call.
 
+API endpoints (``api_endpoints``, optional): ``{compute: URL, iam: URL,
+cloudresourcemanager: URL}``, each the API's whole base URL (Private Service
+Connect endpoints, or a fake API in tests). Both the bootstrap and the node
+provider build their clients through ``cluster.gcp_clients.construct_clients``,
+which passes each URL as ``client_options.api_endpoint``; the key stays in the
+head's copy of the config, so the head's autoscaler uses the same endpoints.
+Ray's own ``gcp_credentials`` (``credentials_token``) works with it unchanged.
+
 ``bootstrap_config`` checks, top-down, one function per step, and calls only
 GET APIs (``projects.get``, ``serviceAccounts.get`` per account,
 ``subnetworks.get`` per subnet). Every failure names the thing and the fix.
@@ -49,14 +57,13 @@ from typing import Any
 
 from googleapiclient import errors
 from ray.autoscaler._private.command_runner import SSHCommandRunner
-from ray.autoscaler._private.gcp.config import (
-    construct_clients_from_provider_config,
-    get_node_type,
-)
+from ray.autoscaler._private.gcp.config import get_node_type
 from ray.autoscaler._private.gcp.node import GCPCompute, GCPNodeType
 from ray.autoscaler._private.gcp.node_provider import GCPNodeProvider
 from ray.autoscaler._private.util import check_legacy_fields
 
+from cluster import api_endpoints
+from cluster.gcp_clients import construct_clients
 from cluster.render import apt_install_command
 from cluster.zones import DEFAULT_COOLDOWN_S, ZonePlacement, rezone, zone_error
 
@@ -81,7 +88,7 @@ def bootstrap_readonly(config: dict[str, Any]) -> dict[str, Any]:
     _check_node_types(config)
     _check_ssh(config)
 
-    crm, iam, compute, _tpu = construct_clients_from_provider_config(config["provider"])
+    crm, iam, compute, _tpu = construct_clients(config["provider"])
     _check_project(config, crm)
     _check_service_accounts(config, iam)
     _check_subnetworks(config, compute)
@@ -111,6 +118,9 @@ def _check_provider_section(config: dict[str, Any]) -> None:
             f"provider zones {zones} list a zone twice (availability_zone first, then "
             "fallback_zones): name each zone once"
         )
+    endpoint_problems = api_endpoints.problems(provider.get("api_endpoints") or {})
+    if endpoint_problems:
+        raise BootstrapCheckError("; ".join(endpoint_problems))
     if provider.get("use_internal_ips") is not True:
         raise BootstrapCheckError(
             "provider.use_internal_ips must be true: Ray nodes have no external IP and "
@@ -468,10 +478,11 @@ class ReadOnlyGCPNodeProvider(GCPNodeProvider):
 
     def _construct_clients(self) -> None:
         # As GCPNodeProvider._construct_clients (Compute Engine only, TPUs are
-        # refused at bootstrap), through this module's name so one patch covers
+        # refused at bootstrap), with provider.api_endpoints honoured
+        # (cluster.gcp_clients), through this module's name so one patch covers
         # both the bootstrap and the provider in tests. The placement (and its
         # cool-downs) survives Ray rebuilding the clients after a BrokenPipeError.
-        _, _, compute, _tpu = construct_clients_from_provider_config(self.provider_config)
+        _, _, compute, _tpu = construct_clients(self.provider_config)
         if getattr(self, "placement", None) is None:
             self.placement = ZonePlacement(
                 provider_zones(self.provider_config),

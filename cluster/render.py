@@ -373,6 +373,12 @@ def render_gcp(spec: ClusterSpec, facts: GcpFacts) -> dict[str, Any]:
             "fallback_zones": list(facts.fallback_zones),
             "use_internal_ips": True,
             "cache_stopped_nodes": False,
+            # Ours (cluster.gcp_clients): the APIs' base URLs, only when set.
+            **(
+                {"api_endpoints": facts.api_endpoints.as_config()}
+                if facts.api_endpoints.as_config()
+                else {}
+            ),
         },
         "auth": {
             "ssh_user": layout.NODE_SSH_USER,

@@ -171,3 +171,24 @@ def test_ray_up_creates_the_head_in_the_next_zone_when_the_first_is_full(
     for c in fake_gcp.calls:
         if c.method in ("instances.get", "instances.setLabels"):
             assert c.kwargs["zone"] == spare, c
+
+
+def test_the_heads_config_keeps_api_endpoints_and_credentials(
+    fake_gcp, provider_vm, monkeypatch, ssh_control_dirs
+):
+    """The head's autoscaler is another process: only its copy of the config can tell it
+    where the APIs are (and with which credentials)."""
+    endpoints = {
+        "compute": "http://10.99.0.1:8080/compute/v1/",
+        "iam": "http://10.99.0.1:8080/iam/",
+        "cloudresourcemanager": "http://10.99.0.1:8080/crm/",
+    }
+    credentials = {"type": "credentials_token", "credentials": "ya29.offline"}
+    provider_vm["provider"]["api_endpoints"] = endpoints
+    provider_vm["provider"]["gcp_credentials"] = credentials
+    monkeypatch.delenv("RAY_UP_enable_autoscaler_v2", raising=False)
+    runner = CapturingRunner()
+    ray_up(provider_vm, runner)
+    on_head = yaml.safe_load(runner.uploads["~/ray_bootstrap_config.yaml"])
+    assert on_head["provider"]["api_endpoints"] == endpoints
+    assert on_head["provider"]["gcp_credentials"] == credentials
