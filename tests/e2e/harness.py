@@ -132,8 +132,8 @@ class Harness:
         self._start_emulator()
 
         public_key = (secrets_dir / "ray-launcher-key.pub").read_text().strip()
-        self.config = self.render(facts.model_copy(update={"ssh_public_key": public_key}))
-        self.config["provider"]["api_endpoints"] = self.server.endpoints
+        self.config = self.render(facts.model_copy(update={"ssh_public_key": public_key}),
+                                  self.server.endpoints)
         self.config["provider"]["gcp_credentials"] = {
             "type": "credentials_token", "credentials": self.api_token}
         self.cluster_yaml = f"{OPERATOR_HOME}/cluster.yaml"
@@ -141,12 +141,14 @@ class Harness:
         (home / "cluster.yaml").chmod(0o600)
         return self
 
-    def render(self, facts) -> dict:
-        """``python -m cluster render --target gcp`` with this run's spec and facts."""
+    def render(self, facts, endpoints: dict[str, str]) -> dict:
+        """``python -m cluster render --target gcp`` with this run's spec, facts and
+        ``--api-endpoint`` for each API (what ``ray-gcp:apiEndpoints`` sets)."""
         (self.dir / "spec.yaml").write_text(yaml.safe_dump(self.spec.model_dump(mode="json")))
         (self.dir / "facts.json").write_text(facts.model_dump_json())
+        flags = [f for api, url in sorted(endpoints.items()) for f in ("--api-endpoint", f"{api}={url}")]
         out = subprocess.run(
-            [sys.executable, "-m", "cluster", "render", "--target", "gcp",
+            [sys.executable, "-m", "cluster", "render", "--target", "gcp", *flags,
              "--spec", str(self.dir / "spec.yaml"), "--facts", str(self.dir / "facts.json")],
             cwd=ROOT, capture_output=True, text=True, check=True,
         )

@@ -225,7 +225,17 @@ class Fleet:
         """The provider VM: private /tmp, the bundle at /opt/ray-gcp/src (as its boot
         script unpacks it) and the operator's ``home`` at /home/operator."""
         m = self._machine(name, ip)
-        steps = [["tmpfs", "/opt", "mode=755"], ["mkdir", "/opt/ray-gcp/src", "755"],
+        # ssh expands the `~` of `-i ~/.ray-gcp/ray-launcher-key` with the account's
+        # home, not $HOME: the operator (root here, for this host's venv) lives there.
+        passwd = []
+        for line in Path("/etc/passwd").read_text().splitlines():
+            fields = line.split(":")
+            if len(fields) == 7 and fields[2] == "0":
+                fields[5] = OPERATOR_HOME
+            passwd.append(":".join(fields))
+        (m.dir / "passwd").write_text("\n".join(passwd) + "\n")
+        steps = [["bind", str(m.dir / "passwd"), "/etc/passwd", True],
+                 ["tmpfs", "/opt", "mode=755"], ["mkdir", "/opt/ray-gcp/src", "755"],
                  ["bind", str(bundle), "/opt/ray-gcp/src", True],
                  ["tmpfs", "/home", "mode=755"], ["mkdir", OPERATOR_HOME, "700"],
                  ["bind", str(home), OPERATOR_HOME, False]]
