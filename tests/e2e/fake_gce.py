@@ -166,9 +166,9 @@ class FakeCloud:
             return wanted
 
     def release_ip(self, ip: str) -> None:
+        # To the back of the line: a deleted VM's address is not the next one handed out.
         with self.lock:
             self._free_ips.append(ipaddress.ip_address(ip))
-            self._free_ips.sort()
 
     def add_running_instance(self, name: str, zone: str, labels: dict[str, str]) -> dict:
         """An instance that exists outside Ray (the provider VM): RUNNING, no hooks."""

@@ -6,11 +6,11 @@ clients use it: comparisons ``field = value``, ``field != value`` and the
 ``AND``/``OR`` (``OR`` binds tighter, as in AIP-160), negated by ``NOT`` or a
 leading ``-``, grouped by parentheses; juxtaposed terms are ANDed. Values are
 bare words or double-quoted strings. Fields are dotted paths into the
-resource (``labels.ray-node-kind``, ``status``).
+resource (``labels.ray-node-type``, ``status``).
 
 Ray's ``GCPCompute.list_instances`` sends, for example::
 
-    ((labels.ray-node-kind = worker)) AND ((status = RUNNING) OR (status = STAGING))
+    ((labels.ray-node-type = worker)) AND ((status = RUNNING) OR (status = STAGING))
     AND (labels.ray-cluster-name = ray-gcp) AND (NOT labels.tpu_cores:*)
 
 Anything outside the grammar raises ``FilterError`` (the fake answers 400, as

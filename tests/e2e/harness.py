@@ -83,6 +83,7 @@ class Harness:
         self.provider = None
         self._emulator: subprocess.Popen | None = None
         self._popens: list[subprocess.Popen] = []
+        self._left: list[str] | None = None  # stop()'s answer, once stopped
 
     # ---- building -----------------------------------------------------------------
 
@@ -212,9 +213,9 @@ class Harness:
 
     def gcs_get(self, path: str) -> bytes:
         """GET from the GCS emulator (inside the provider's network)."""
-        with _in_netns(self.provider.netns):
-            with urllib.request.urlopen(self.emulator_url + path, timeout=30) as resp:
-                return resp.read()
+        with _in_netns(self.provider.netns), \
+                urllib.request.urlopen(self.emulator_url + path, timeout=30) as resp:
+            return resp.read()
 
     def gcs_text(self, key: str) -> str | None:
         quoted = urllib.request.quote(key, safe="")
@@ -246,6 +247,8 @@ class Harness:
 
     def stop(self) -> list[str]:
         """Stop everything this run started; returns what is left on the host."""
+        if self._left is not None:
+            return self._left
         for proc in self._popens:
             if proc.poll() is None:
                 try:
@@ -266,7 +269,7 @@ class Harness:
                 pid.add(m.pid_inode)
         net.discard(None)
         pid.discard(None)
-        left = leaks.leftovers(self.before, self.run_id, self.dir, net, pid)
+        left = self._left = leaks.leftovers(self.before, self.run_id, self.dir, net, pid)
         if not left and os.environ.get("RAY_GCP_E2E_KEEP") != "1":
             shutil.rmtree(self.dir, ignore_errors=True)
         return left

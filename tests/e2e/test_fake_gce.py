@@ -34,9 +34,9 @@ SPEC = ClusterSpec.from_settings(max_workers=2, spot_workers=True)
 CONFIG = render_gcp(SPEC, FACTS)
 WORKER = CONFIG["available_node_types"]["cpu-worker"]["node_config"]
 # Ray's label filter for one cluster's workers, verbatim from GCPCompute.list_instances.
-WORKERS = {"ray-node-kind": "worker"}
+WORKERS = {"ray-node-type": "worker"}
 # The labels Ray's NodeUpdater/launcher put on a new worker.
-LABELS = {"ray-node-kind": "worker", "ray-node-name": "ray-ray-gcp-worker",
+LABELS = {"ray-node-type": "worker", "ray-node-name": "ray-ray-gcp-worker",
           "ray-user-node-type": "cpu-worker", "ray-node-status": "uninitialized",
           "ray-launch-config": "0123456789abcdef0123456789abcdef01234567"}
 
@@ -93,7 +93,7 @@ def test_ray_create_polls_pending_running_done_then_lists_gets_labels_deletes(cl
 
     [listed] = gce.list_instances(WORKERS)
     assert listed["name"] == name
-    assert gce.list_instances({"ray-node-kind": "head"}) == []
+    assert gce.list_instances({"ray-node-type": "head"}) == []
     assert compute(cloud, B).list_instances(WORKERS) == []
 
     gce.set_labels(listed, {"ray-node-status": "up-to-date"}, wait_for_operation=False)
@@ -262,12 +262,12 @@ def test_requests_without_the_token_are_refused(cloud):
 
 
 def test_ray_list_filter_is_evaluated_as_gce_does():
-    ray = ("((labels.ray-node-kind = worker)) AND ((status = PROVISIONING) OR (status = STAGING)"
+    ray = ("((labels.ray-node-type = worker)) AND ((status = PROVISIONING) OR (status = STAGING)"
            " OR (status = RUNNING)) AND (labels.ray-cluster-name = ray-gcp) AND "
            "(NOT labels.tpu_cores:*)")
     match = compile_filter(ray)
     node = {"status": "RUNNING",
-            "labels": {"ray-node-kind": "worker", "ray-cluster-name": "ray-gcp"}}
+            "labels": {"ray-node-type": "worker", "ray-cluster-name": "ray-gcp"}}
     assert match(node)
     assert not match({**node, "status": "STOPPING"})
     assert not match({**node, "labels": {**node["labels"], "tpu_cores": "8"}})
