@@ -171,6 +171,7 @@ def test_ray_up_jobs_preemption_and_ray_down_end_to_end(harness: Harness):
     # The head's autoscaler holds the bootstrapped config with our endpoints and token.
     bootstrap = (h.machine_root(head) / "home/ray/ray_bootstrap_config.yaml").read_text()
     assert h.server.endpoints["compute"] in bootstrap and h.api_token in bootstrap
+    assert "cannot modify limit" not in out  # the open-files limit is raised within the hard limit
 
     with phase("Ray's ports refuse requests without the token"):
         rc, out = h.run([sys.executable, str(Path(__file__).with_name("probe_ports.py")),
@@ -200,6 +201,7 @@ def test_ray_up_jobs_preemption_and_ray_down_end_to_end(harness: Harness):
 
     cloud.exhausted[a] = "operation"  # zone -a has no capacity from now on
     monitor_before = monitor_process(h, head)
+    job_started = time.monotonic()
     job = h.popen(["ray", "submit", h.cluster_yaml, str(ROOT / "workloads/annotate.py"), "--",
                    "--input", f"gs://{BUCKET}/sample", "--output", f"gs://{BUCKET}/out",
                    "--max-side", "128", "--batch-size", "2", "--item-delay", "1",
@@ -241,12 +243,23 @@ def test_ray_up_jobs_preemption_and_ray_down_end_to_end(harness: Harness):
     keys = [r["key"] for r in rows]
     assert len(keys) == len(set(keys)) == SAMPLE, "an item was done twice or not at all"
     assert len(h.gcs_text("out/_summary.json") or "") > 0
+    # No healthy worker was deleted while the job ran (autoscaler v2 did, with a stale
+    # node_tags cache: the first finding).
+    deleted = [c.params["instance"] for c in cloud.calls
+               if c.method == "compute.instances.delete" and c.at >= job_started]
+    assert set(deleted) <= {victim}, f"the autoscaler deleted healthy workers mid-job: {deleted}"
     # The autoscaler lived through the lost node and its 404s.
     assert monitor_process(h, head) == monitor_before, "the head's autoscaler restarted"
     after = [c for c in cloud.calls if c.at > preempted_at and c.params.get("instance") == victim]
     print(f"[e2e] calls about the preempted {victim} afterwards: "
           f"{[(c.method, c.status) for c in after]}; replacement {replacement}")
     assert zone(instances(h)[replacement[0]]) == b
+
+    # One autoscaler log, no warning repeated every round.
+    logs = h.machine_root(head) / "tmp/ray/session_latest"
+    logs = h.machine_root(head) / os.readlink(logs).lstrip("/") / "logs"
+    monitor_log = (logs / "monitor.log").read_text()
+    assert "Dropping the empty legacy field head_node" not in monitor_log
 
     with phase("ray submit cluster_info.py (after the job)"):
         report = cluster_info(h, "cluster-info-2")

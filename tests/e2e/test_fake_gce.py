@@ -19,7 +19,7 @@ from googleapiclient import discovery
 from googleapiclient.errors import HttpError
 from ray.autoscaler._private.gcp.node import GCPCompute
 
-from cluster.gcp_provider import zonal_node_config
+from cluster.gcp_zonal import zonal_node_config
 from cluster.render import example_gcp_facts, render_gcp
 from cluster.spec import ClusterSpec
 from cluster.zones import zone_error
