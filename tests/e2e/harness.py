@@ -72,6 +72,23 @@ def free_uid() -> int:
     return uid
 
 
+def e2e_unavailable() -> str | None:
+    """Why this machine cannot run the test (None: it can)."""
+    if os.geteuid() != 0:
+        return "needs root (network, PID and mount namespaces)"
+    missing = [tool for tool in ("ip", "unshare", "nsenter", "ssh", "ssh-keygen", "rsync", "mount")
+               if shutil.which(tool) is None]
+    missing += [p for p in ("/usr/sbin/sshd", "/usr/bin/python3.11") if not Path(p).exists()]
+    if missing:
+        return f"missing {', '.join(missing)} (Debian: openssh-server rsync python3.11 python3-venv)"
+    probe = f"rgprobe{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, check=False)
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True, check=False)
+    if made.returncode != 0:
+        return f"cannot create a network namespace: {made.stderr.strip()}"
+    return None
+
+
 class Harness:
     def __init__(self, run_dir: Path, *, spec: ClusterSpec = E2E_SPEC, log=print,
                  op_step_s: float = 2.0):
@@ -245,8 +262,9 @@ class Harness:
 
     # ---- teardown ---------------------------------------------------------------------
 
-    def stop(self) -> list[str]:
-        """Stop everything this run started; returns what is left on the host."""
+    def stop(self, keep: bool = False) -> list[str]:
+        """Stop everything this run started; returns what is left on the host. The run
+        directory (logs) is removed unless ``keep``, RAY_GCP_E2E_KEEP=1 or traces are left."""
         if self._left is not None:
             return self._left
         for proc in self._popens:
@@ -259,6 +277,8 @@ class Harness:
         if self.server is not None:
             self.server.stop()
         net, pid = set(), set()
+        if keep and self.fleet is not None:
+            self._save_ray_logs()
         if self.fleet is not None:
             self.cloud.on_running = lambda instance: None
             self.fleet.stop_all()
@@ -270,9 +290,23 @@ class Harness:
         net.discard(None)
         pid.discard(None)
         left = self._left = leaks.leftovers(self.before, self.run_id, self.dir, net, pid)
-        if not left and os.environ.get("RAY_GCP_E2E_KEEP") != "1":
+        if not left and not keep and os.environ.get("RAY_GCP_E2E_KEEP") != "1":
             shutil.rmtree(self.dir, ignore_errors=True)
+        elif self.dir.exists():  # keep the logs, not the machines' venvs (~1 GB each)
+            for disk in (self.dir / "machines").glob("*/disk"):
+                shutil.rmtree(disk, ignore_errors=True)
         return left
+
+    def _save_ray_logs(self) -> None:
+        """Each machine's Ray logs (in its private /tmp) into its directory, for a post-mortem."""
+        for name, m in list(self.fleet.machines.items()):
+            root = Path(f"/proc/{m.pid1}/root")
+            try:
+                session = os.readlink(root / "tmp/ray/session_latest").lstrip("/")
+                shutil.copytree(root / session / "logs", m.dir / "ray-logs",
+                                ignore=shutil.ignore_patterns("*.sock"))
+            except OSError:
+                continue
 
     def summary(self) -> str:
         calls = {}
