@@ -289,7 +289,13 @@ class Harness:
                 pid.add(m.pid_inode)
         net.discard(None)
         pid.discard(None)
-        left = self._left = leaks.leftovers(self.before, self.run_id, self.dir, net, pid)
+        accounts = set()
+        if self.fleet is not None:
+            accounts = {"google-sudoers", *self.fleet.account_names}
+            accounts |= {str(i) for i in range(self.fleet.uid, self.fleet.uid + 8)}
+            accounts |= {str(self.fleet.uid + 500)}
+        left = self._left = leaks.leftovers(self.before, self.run_id, self.dir, net, pid,
+                                            accounts)
         if not left and not keep and os.environ.get("RAY_GCP_E2E_KEEP") != "1":
             shutil.rmtree(self.dir, ignore_errors=True)
         elif self.dir.exists():  # keep the logs, not the machines' venvs (~1 GB each)

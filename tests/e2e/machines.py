@@ -203,6 +203,7 @@ class Fleet:
         self._gone: set[str] = set()
         self._guard = threading.Lock()
         self.boot_errors: list[str] = []
+        self.account_names: set[str] = set()  # every login user a machine got (leak checks)
 
     def create(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -268,6 +269,7 @@ class Fleet:
 
     def _boot(self, m: Machine, instance: dict) -> None:
         users = metadata_users(instance, self.uid)
+        self.account_names |= {u.name for u in users}
         etc, disk = m.dir / "etc", m.dir / "disk"
         etc.mkdir()
         disk.mkdir(mode=0o755)

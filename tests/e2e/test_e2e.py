@@ -126,6 +126,32 @@ def result_rows(h: Harness) -> list[dict]:
     return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
+def autoscaler_logs(h: Harness, head: str, lines: int = 80) -> str:
+    """The tails of the head autoscaler's logs (for failure messages)."""
+    root = h.machine_root(head)
+    try:
+        logs = root / os.readlink(root / "tmp/ray/session_latest").lstrip("/") / "logs"
+        out = []
+        for name in ("monitor.log", "monitor.out", "monitor.err"):
+            text = (logs / name).read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {name} (last {len(text)} lines)\n" + "\n".join(text))
+        return "\n".join(out)
+    except OSError as e:
+        return f"(autoscaler logs unreadable: {e})"
+
+
+def no_worker_deleted_since(h: Harness, since: float, head: str, spare: str | None = None) -> bool:
+    """Fails at once if the autoscaler deleted a worker (other than ``spare``) since ``since``:
+    a worker whose setup or `ray start` failed is terminated, and no healthy one may be."""
+    deleted = [c.params["instance"] for c in h.cloud.calls
+               if c.method == "compute.instances.delete" and c.at >= since
+               and c.params["instance"] != spare]
+    if deleted:
+        raise AssertionError(f"the autoscaler deleted workers {deleted}: their setup or `ray "
+                             f"start` failed, or a healthy one was lost\n{autoscaler_logs(h, head)}")
+    return True
+
+
 def monitor_process(h: Harness, head: str) -> tuple[int, str]:
     procs = {p: c for p, c in h.processes_of(head).items()
              if re.search(r"/ray/autoscaler/(v2/)?monitor\.py ", c)}
@@ -193,10 +219,12 @@ def test_ray_up_jobs_preemption_and_ray_down_end_to_end(harness: Harness):
         with phase("both workers created in zone -b and joined, work under way"):
             workers = wait_for(
                 "two RUNNING workers with Ray up and results from both",
-                lambda: (len(ws := instances(h, "worker")) == 2
+                lambda: (no_worker_deleted_since(h, job_started, head)
+                         and len(ws := instances(h, "worker")) == 2
                          and all(w["status"] == "RUNNING" for w in ws.values())
                          and len({r["node"] for r in result_rows(h)}) == 2 and ws),
-                on_fail=lambda: h.output("annotate")[-4000:] + "\n" + "\n".join(h.fleet.boot_errors))
+                on_fail=lambda: (h.output("annotate")[-3000:] + "\n" + "\n".join(h.fleet.boot_errors)
+                                 + "\n" + autoscaler_logs(h, head)))
         assert {zone(w) for w in workers.values()} == {b}, workers.keys()
         failed_in_a = [c for c in cloud.calls if c.method == "compute.instances.insert"
                        and c.params.get("zone") == a and c.body["labels"].get(TAG_RAY_NODE_KIND) == "worker"]
@@ -210,8 +238,8 @@ def test_ray_up_jobs_preemption_and_ray_down_end_to_end(harness: Harness):
             cloud.preempt(victim)
             replacement = wait_for(
                 "a replacement worker that runs Ray",
-                lambda: [n for n, w in instances(h, "worker").items()
-                         if n not in workers and w["status"] == "RUNNING" and n in h.fleet.machines
+                lambda: no_worker_deleted_since(h, job_started, head, spare=victim) and [
+                    n for n, w in instances(h, "worker").items() if n not in workers and w["status"] == "RUNNING" and n in h.fleet.machines
                          and "raylet" in " ".join(h.processes_of(n).values())],
                 on_fail=lambda: h.output("annotate")[-3000:])
         with phase("annotate.py finishes"):
@@ -253,11 +281,11 @@ def test_ray_up_jobs_preemption_and_ray_down_end_to_end(harness: Harness):
         assert head_ip in addresses
 
     with phase("ray up again on the live cluster"):
-        inserts_before = len([c for c in cloud.calls if c.method == "compute.instances.insert"])
+        calls_before = len(cloud.calls)
         rc, out = h.ray("up", "-y", h.cluster_yaml, name="ray-up-2", timeout=GENEROUS)
         assert rc == 0, f"the second ray up failed ({rc}):\n{out[-6000:]}"
         assert list(instances(h, "head")) == [head], "the head was replaced"
-        head_inserts = [c for c in cloud.calls[inserts_before:] if c.method == "compute.instances.insert"
+        head_inserts = [c for c in cloud.calls[calls_before:] if c.method == "compute.instances.insert"
                         and c.body["labels"].get(TAG_RAY_NODE_KIND) == "head"]
         assert not head_inserts
         report = cluster_info(h, "cluster-info-3")
