@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -266,6 +267,9 @@ class Fleet:
             m = self.machines.pop(name, None)
             if m is not None:
                 m.stop()
+                # The boot disk goes with the instance (autoDelete), as on GCE.
+                if all(d.get("autoDelete") for d in instance.get("disks") or [{}]):
+                    shutil.rmtree(m.dir / "disk", ignore_errors=True)
 
     def _boot(self, m: Machine, instance: dict) -> None:
         users = metadata_users(instance, self.uid)
