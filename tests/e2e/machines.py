@@ -44,7 +44,9 @@ VM_INIT = Path(__file__).with_name("vm_init.py")
 WHEELS_IN_VM = "/run/ray-gcp-e2e/wheels"
 MACHINE_DIR = "/run/machine"  # the machine's own directory, inside it
 OPERATOR_HOME = "/home/operator"  # on the provider machine
-PREFIX_LEN = 20
+# No name server: a lookup goes to the machine's own loopback and fails there, so
+# no query is ever addressed to this host's resolver.
+NO_NAME_SERVER = "# no name server: the machine has no uplink\n"
 
 
 def sh(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -236,7 +238,9 @@ class Fleet:
                 fields[5] = OPERATOR_HOME
             passwd.append(":".join(fields))
         (m.dir / "passwd").write_text("\n".join(passwd) + "\n")
+        (m.dir / "resolv.conf").write_text(NO_NAME_SERVER)
         steps = [["bind", str(m.dir / "passwd"), "/etc/passwd", True],
+                 ["bind", str(m.dir / "resolv.conf"), "/etc/resolv.conf", True],
                  ["tmpfs", "/opt", "mode=755"], ["mkdir", "/opt/ray-gcp/src", "755"],
                  ["bind", str(bundle), "/opt/ray-gcp/src", True],
                  ["tmpfs", "/home", "mode=755"], ["mkdir", OPERATOR_HOME, "700"],
@@ -283,7 +287,7 @@ class Fleet:
         (etc / "hosts").write_text(
             f"127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
             f"{m.ip} {fqdn} {hostname}  # Added by Google\n")
-        (etc / "resolv.conf").write_text("# no name server: the machine has no uplink\n")
+        (etc / "resolv.conf").write_text(NO_NAME_SERVER)
         passwd = Path("/etc/passwd").read_text().rstrip("\n").splitlines()
         group = Path("/etc/group").read_text().rstrip("\n").splitlines()
         sudo_gid = self.uid + 500
