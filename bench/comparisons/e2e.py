@@ -45,7 +45,7 @@ DEMAND = '''
 import sys, time, ray
 workers, cpus = int(sys.argv[1]), float(sys.argv[2])
 ray.init()
-ray.autoscaler.sdk.request_resources(num_cpus=workers * cpus)
+ray.autoscaler.sdk.request_resources(num_cpus=int(workers * cpus))
 deadline = time.time() + float(sys.argv[3])
 seen = set()
 while time.time() < deadline and len(seen) < workers:
