@@ -1,4 +1,4 @@
-"""Sizes of every comparison: FULL for `make bench` (~15 min on 2 cores), QUICK for smoke runs."""
+"""Sizes of every comparison: FULL for `make bench` (~20 min on 2 cores), QUICK for smoke runs."""
 
 from __future__ import annotations
 

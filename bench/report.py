@@ -394,7 +394,7 @@ def render(doc: dict, png: str = "bench/results/benchmarks.png") -> str:
         "noise, not a result."),
         ("- Ray timings start after connecting and a warm-up wave of tasks: they compare executing "
         "work, not starting Ray. The Pool timing includes starting its processes."),
-        ("- Sizes are chosen so the whole `make bench` stays under ~15 minutes on 2 cores; the "
+        ("- Sizes are chosen so the whole `make bench` stays under ~20 minutes on 2 cores (about 15 without e2e); the "
         "parameters of each run are in the JSON."),
         "",
     ]

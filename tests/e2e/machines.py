@@ -297,6 +297,11 @@ class Fleet:
             group.append(f"{u.name}:x:{u.uid}:")
             shadow.append(f"{u.name}:*:20000:0:99999:7:::")  # '*': no password, not locked
             home = disk / u.name
+            # As the guest agent's `useradd -m`: the image's /etc/skel (Debian's .bashrc,
+            # which returns early in non-interactive shells, and .profile).
+            shutil.copytree("/etc/skel", home, symlinks=True)
+            for path in [home, *home.rglob("*")]:
+                os.lchown(path, u.uid, u.uid)
             (home / ".ssh").mkdir(parents=True)
             (home / ".ssh" / "authorized_keys").write_text("\n".join(u.keys) + "\n")
             (home / ".cache" / "uv").mkdir(parents=True)
