@@ -75,6 +75,15 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def host_paths() -> tuple[str, ...]:
+    """What a machine must still see of this host under its private /tmp: the checkout
+    (commands run from it), this venv and the Python it was made from."""
+    candidates = {str(Path(__file__).resolve().parents[2]), sys.prefix, sys.base_prefix,
+                  str(Path(os.path.realpath(sys.executable)).parent)}
+    paths = sorted(candidates)
+    return tuple(p for p in paths if not any(p != q and Path(p).is_relative_to(q) for q in paths))
+
+
 @dataclass
 class Switch:
     netns: str
@@ -114,6 +123,7 @@ class Machine:
     pid1_start: int | None = None
     net_inode: int | None = None  # of its network and PID namespaces (leak checks)
     pid_inode: int | None = None
+    keep: tuple[str, ...] = field(default_factory=lambda: host_paths())
 
     def start(self, switch: Switch, hostname: str, steps: list, daemon: list[str] | None,
               timeout: float = 60) -> None:
@@ -124,9 +134,17 @@ class Machine:
         self.net_inode = ns_inode(f"/run/netns/{self.netns}")
         switch.plug(self.netns, self.ip)
         ready = self.dir / "ready"
+        # This checkout, its venv and Python stay visible where they are, even under /tmp
+        # (a CI clone): parked under /run before /tmp becomes private, put back after.
+        keep = [p for p in self.keep if Path(p).is_relative_to("/tmp")]
+        park = [f"/run/keep/{i}" for i in range(len(keep))]
         steps = [["tmpfs", "/run", "mode=755"], ["mkdir", MACHINE_DIR, "755"],
                  ["bind", str(self.dir), MACHINE_DIR, False], *steps,
-                 ["tmpfs", "/dev/shm", "mode=1777"], ["tmpfs", "/tmp", "mode=1777"]]
+                 *(s for src, at in zip(keep, park) for s in (["mkdir", at, "755"],
+                                                              ["bind", src, at, False])),
+                 ["tmpfs", "/dev/shm", "mode=1777"], ["tmpfs", "/tmp", "mode=1777"],
+                 *(s for src, at in zip(keep, park) for s in (["mkdir", src, "755"],
+                                                              ["bind", at, src, False]))]
         spec = {"hostname": hostname, "steps": steps, "daemon": daemon,
                 "daemon_log": f"{MACHINE_DIR}/sshd.log", "ready": f"{MACHINE_DIR}/ready"}
         (self.dir / "init.json").write_text(json.dumps(spec, indent=1))
