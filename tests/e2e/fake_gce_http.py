@@ -109,7 +109,7 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def _in_netns(name: str | None):
+def in_netns(name: str | None):
     """This thread's network namespace is ``name``'s for the duration (sockets opened
     meanwhile stay in it)."""
     if name is None:
@@ -136,7 +136,7 @@ class FakeApiServer:
 
     def __init__(self, cloud: FakeCloud, host: str, port: int = 0, netns: str | None = None):
         self.cloud = cloud
-        with _in_netns(netns):
+        with in_netns(netns):
             self._httpd = _Server((host, port), _Handler)
         self._httpd.cloud = cloud
         self.base = f"http://{host}:{self._httpd.server_address[1]}"

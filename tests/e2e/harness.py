@@ -44,7 +44,7 @@ from cluster.render import example_gcp_facts
 from cluster.spec import ClusterSpec
 from tests.e2e import leaks
 from tests.e2e.fake_gce import FakeCloud
-from tests.e2e.fake_gce_http import _in_netns, serve
+from tests.e2e.fake_gce_http import in_netns, serve
 from tests.e2e.machines import OPERATOR_HOME, WHEELS_IN_VM, Fleet, sh
 from tests.e2e.prewarm import prewarm
 
@@ -230,7 +230,7 @@ class Harness:
 
     def gcs_get(self, path: str) -> bytes:
         """GET from the GCS emulator (inside the provider's network)."""
-        with _in_netns(self.provider.netns), \
+        with in_netns(self.provider.netns), \
                 urllib.request.urlopen(self.emulator_url + path, timeout=30) as resp:
             return resp.read()
 

@@ -32,7 +32,7 @@ import pytest
 from ray.autoscaler.tags import TAG_RAY_CLUSTER_NAME, TAG_RAY_NODE_KIND
 
 from tests.e2e.fake_gce import SERVED
-from tests.e2e.fake_gce_http import _in_netns
+from tests.e2e.fake_gce_http import in_netns
 from tests.e2e.harness import BUCKET, E2E_SPEC, PROVIDER, ROOT, Harness, e2e_unavailable
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
@@ -191,7 +191,7 @@ def test_ray_up_jobs_preemption_and_ray_down_end_to_end(harness: Harness):
         assert probe["client_no_token"] == "UNAUTHENTICATED", probe
         assert probe["gcs_token"] == "OK", probe  # the same call with the token gets through
         assert probe["dashboard_tcp"] == "ConnectionRefusedError", probe  # loopback only
-        with _in_netns(h.fleet.machines[head].netns):  # on the head itself: 401 without it
+        with in_netns(h.fleet.machines[head].netns):  # on the head itself: 401 without it
             url = "http://127.0.0.1:8265/api/jobs/"
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(url, timeout=30)
