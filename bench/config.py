@@ -1,4 +1,4 @@
-"""Sizes of every comparison: FULL for `make bench` (~15 min on 2 cores), QUICK for smoke runs."""
+"""Sizes of every comparison: FULL for `make bench` (~20 min on 2 cores), QUICK for smoke runs."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ FULL = {
               "warmup_seconds": 3.0, "timeout": 240},
     "tree_reduce": {"size": 8_000_000, "chunks": 64, "bins": 64, "reps": 7, "seed": 0,
                     "timeout": 600},
+    # One `ray up` .. `ray down` of the end-to-end harness (tests/e2e): 2 Spot workers.
+    "e2e": {"timeout": 1200},
 }
 
 QUICK = {
@@ -29,6 +31,7 @@ QUICK = {
     "serve": {**FULL["serve"], "rows": [8], "concurrency": 2, "duration": 2.0,
               "warmup_seconds": 1.0},
     "tree_reduce": {**FULL["tree_reduce"], "size": 100_000, "chunks": 8, "reps": 1},
+    "e2e": {"timeout": 1200},  # no smaller version: it boots the same machines
 }
 
 

@@ -118,13 +118,32 @@ def _tree(ax, d):
           f"tree_reduce: {d['chunks']} partials\n(lower is better)", ratio_base=0, fmt="{:.3f}")
 
 
+def _e2e(ax, d):
+    marks = [("head ready", d["head_ready"])]
+    marks += [(f"worker {i + 1} joined", t) for i, t in enumerate(d["workers_joined"])]
+    marks += [("ray down done", d["down_done"])]
+    ys = range(len(marks))
+    ax.barh(ys, [t for _, t in marks], color=COLORS[1])
+    for y, (_, t) in zip(ys, marks):
+        ax.text(t, y, f" {t:.0f} s", va="center", fontsize=8)
+    ax.set_yticks(list(ys), [m for m, _ in marks], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(t for _, t in marks) * 1.2)
+    ax.set_xlabel("seconds since `ray up` started")
+    ax.set_title("ray up .. ray down on fake VMs\n(namespaces, only the Google APIs faked)",
+                 fontsize=10)
+
+
 PANELS = {"annotate": _annotate, "granularity": _granularity, "scaleup": _scaleup,
-          "node_setup": _node_setup, "serve": _serve, "tree_reduce": _tree}
+          "node_setup": _node_setup, "serve": _serve, "tree_reduce": _tree, "e2e": _e2e}
 
 
 def render(doc: dict, path: Path) -> Path:
     comps = doc.get("comparisons", {})
-    fig, axes = plt.subplots(2, 3, figsize=(15, 9))
+    cols = 4 if len(ORDER) > 6 else 3
+    fig, axes = plt.subplots(2, cols, figsize=(5 * cols, 9))
+    for ax in list(axes.flat)[len(ORDER):]:
+        ax.set_axis_off()
     for ax, name in zip(axes.flat, ORDER):
         e = comps.get(name)
         if e is None or "data" not in e:

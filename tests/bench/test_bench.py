@@ -446,3 +446,26 @@ def test_wait_for_load_returns_at_once_when_quiet_and_gives_up_after_max_wait():
     logs.clear()
     load = cli.wait_for_load(-1.0, 0.2, logs.append, poll=0.05)  # never quiet enough
     assert load >= 0 and "waiting" in logs[0] and "starting" in logs[-1]
+
+
+E2E_DATA = {"workers": 2, "worker_cpus": 2.0, "head_ready": 120.4, "workers_joined": [61.0, 190.2],
+            "all_joined": 190.2, "down": 14.0, "down_done": 230.9, "instances_after_down": 0,
+            "leftovers": [], "api_calls": {"compute.instances.insert": 3}}
+
+
+def test_e2e_section_reports_milestones_and_its_check_needs_every_worker_and_a_clean_host(tmp_path):
+    from bench import plot
+    from bench.comparisons import e2e
+
+    doc = copy.deepcopy(DOC)
+    doc["comparisons"]["e2e"] = {"title": "e2e", "command": e2e.COMMAND, "started": "t",
+                                 "load_at_start": [1, 1, 1], "wall_seconds": 300,
+                                 "data": E2E_DATA}
+    md = report.render(_with_checks(doc))
+    assert "| e2e on fake VMs: head ready / all workers joined / ray down done | 120 / 190 / 231 s |" in md
+    assert "| worker 2 of 2 joined (demand sent after `ray up`) | 190 s |" in md
+    assert "Check: outputs agree (2 of 2 workers joined; 0 instances left" in md
+    assert plot.render(_with_checks(doc), tmp_path / "e.png").stat().st_size > 10_000
+    assert e2e.checks({**E2E_DATA, "workers_joined": [61.0]})["outputs_agree"] is False
+    assert e2e.checks({**E2E_DATA, "leftovers": ["process 1 survives"]})["outputs_agree"] is False
+    assert e2e.checks({**E2E_DATA, "instances_after_down": 1})["outputs_agree"] is False
