@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -26,8 +27,9 @@ import cv2
 import numpy as np
 import pytest
 
-from workloads import annotate, common, serve
+from workloads import annotate, common, serve, serve_http
 
+from .asgi_server import AppServer
 from .conftest import REPO, WORKLOADS, free_port, stop_process_group
 
 pytestmark = pytest.mark.cluster
@@ -414,13 +416,124 @@ def test_serve_answers_every_request_while_an_actor_dies(driver_env):
         server.stop()
 
 
+def alive_actor_classes(driver_env) -> list[str]:
+    """Class names of the ALIVE actors on the shared cluster (Ray's state API)."""
+    probe = subprocess.run([sys.executable, "-c", (
+        "import ray, json; ray.init(log_to_driver=False)\n"
+        "from ray.util.state import list_actors\n"
+        "print(json.dumps([a.class_name for a in list_actors("
+        "filters=[('state', '=', 'ALIVE')], limit=1000)]))")],
+        env=driver_env, capture_output=True, text=True, timeout=120, check=False)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    return json.loads(probe.stdout.strip().splitlines()[-1])
+
+
+def wait_for_line(server: HttpServer, prefix: str, timeout: float = 240) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in list(server.log):
+            if line.startswith(prefix):
+                return line.rstrip("\n")
+        assert server.proc.poll() is None, "".join(server.log)[-3000:]
+        assert time.monotonic() < deadline, "".join(server.log)[-3000:]
+        time.sleep(0.1)
+
+
+def assert_one_clean_stop_line(log: str, signame: str) -> None:
+    lines = log.splitlines()
+    stops = [ln for ln in lines if ln.startswith("serve: stopped")]
+    assert len(stops) == 1 and stops[0].startswith(f"serve: stopped by {signame} "), log[-3000:]
+    assert lines[-1] == stops[0], log[-3000:]  # the last word
+    for noise in ("received at time", "Traceback", "*** ", "PC: @", "Error"):
+        assert noise not in log, (noise, log[-3000:])
+
+
+def test_serve_prints_one_ready_line_once_it_answers_and_stops_cleanly_on_ctrl_c(driver_env):
+    server = HttpServer("serve.py", "--actors", 2, env=driver_env)
+    try:
+        ready = wait_for_line(server, "serve: ready at ")
+        assert ready.startswith(f"serve: ready at http://127.0.0.1:{server.port} "), ready
+        # The line means it answers now: no retry loop.
+        status, health = server.call("/healthz", timeout=30)
+        assert status == 200 and health["status"] == "ok", health
+        pids = [a["pid"] for a in health["actors"]]
+        status, body = server.call("/predict", {"instances": [[9] * 8, [0] * 8]})
+        assert status == 200 and [p["anomaly"] for p in body["predictions"]] == [True, False]
+        os.killpg(server.proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the group
+        assert server.proc.wait(timeout=120) == 0
+    finally:
+        server.stop()
+    time.sleep(0.5)  # the reader thread drains the pipe
+    log = "".join(server.log)
+    assert sum(ln.startswith("serve: ready at ") for ln in log.splitlines()) == 1
+    assert_one_clean_stop_line(log, "SIGINT")
+    assert "after answering 1 prediction request(s)" in log
+    deadline = time.monotonic() + 60  # the actors' processes went with it
+    while any(_pid_alive(p) for p in pids):
+        assert time.monotonic() < deadline, pids
+        time.sleep(0.5)
+
+
+def test_serve_stops_cleanly_on_sigterm_while_its_actors_start(driver_env):
+    server = HttpServer("serve.py", "--actors", 2, env=driver_env)
+    try:
+        wait_for_line(server, "serve: starting ")
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=120) == 0
+    finally:
+        server.stop()
+    time.sleep(0.5)
+    log = "".join(server.log)
+    assert "serve: ready" not in log
+    assert_one_clean_stop_line(log, "SIGTERM")
+    deadline = time.monotonic() + 60  # no model actor is left on the shared cluster
+    while "AnomalyModel" in alive_actor_classes(driver_env):
+        assert time.monotonic() < deadline
+        time.sleep(1)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_readme_serve_example_waits_for_readiness_and_stops_cleanly(driver_env):
+    """workloads/README.md's serve lines, run by bash as written (a free port for 8000)."""
+    block = _readme_local_block()
+    lines = block.splitlines()
+    first = next(i for i, ln in enumerate(lines) if "workloads/serve.py" in ln)
+    last = next(i for i, ln in enumerate(lines) if ln.startswith("kill $SERVE_PID"))
+    port = free_port()
+    script = "\n".join(lines[first:last + 1]).replace("8000", str(port)).replace(
+        ".venv/bin/", f"{os.path.dirname(sys.executable)}/")
+    r = subprocess.run(["bash", "-c", script], env=driver_env, cwd=REPO, capture_output=True,
+                       text=True, timeout=600, check=False)
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-3000:]
+    assert r.stdout.count(f"serve: ready at http://127.0.0.1:{port} ") == 1, log[-3000:]
+    answer = next(ln for ln in r.stdout.splitlines() if ln.startswith('{"predictions"'))
+    assert [p["anomaly"] for p in json.loads(answer)["predictions"]] == [False, True]
+    assert_one_clean_stop_line(r.stdout, "SIGTERM")
+    assert "received at time" not in log and "Traceback" not in log
+
+
 SAME_ERRORS = [b"{not json", b'{"instances": [[1,2,3]]}', b'{"instances": [[1,2,3,4,5,6,7,true]]}',
                b"[1]", b'{"instances": []}', b'{"instances": [[1,2,3,4,5,6,7,NaN]]}']
 
 
-def test_ray_serve_app_answers_like_serve_py(driver_env):
-    """serve_app.py on the local cluster: same predictions, same 400s and 404/405 as serve.py."""
-    server = HttpServer("serve_app.py", "--replicas", 2, "--max-batch-rows", 256, env=driver_env)
+@pytest.mark.parametrize("mode", [[], ["--throughput-optimized"]], ids=["default", "haproxy"])
+def test_ray_serve_app_answers_like_serve_py(driver_env, mode):
+    """serve_app.py on the local cluster: same predictions, same 400s and 404/405 as serve.py.
+
+    Also with --throughput-optimized: Serve's HAProxy ingress in front of
+    replicas that serve HTTP themselves (the bench's Ray Serve).
+    """
+    haproxy_dirs = set(Path(tempfile.gettempdir()).glob("serve-haproxy-*"))
+    server = HttpServer("serve_app.py", "--replicas", 2, "--max-batch-rows", 256, *mode,
+                        env=driver_env)
     try:
         server.wait_healthy()
         model = serve.fit_model(serve.DEFAULT_SEED, serve.DEFAULT_FEATURES)
@@ -439,43 +552,63 @@ def test_ray_serve_app_answers_like_serve_py(driver_env):
             assert status == 200, body
             expect_same_predictions(body["predictions"], rows, model)
 
-        flask = serve.create_app(serve.Batcher(FlaskPool(model), 8)).test_client()
-        for body in SAME_ERRORS:
-            want = flask.post("/predict", data=body, content_type="application/json")
-            assert want.status_code == 400
-            assert server.call("/predict", body) == (400, want.get_json()), body
-        for method, path in (("GET", "/"), ("GET", "/predict"), ("POST", "/healthz")):
-            want = flask.open(path, method=method)
-            got = server.call(path, b"{}" if method == "POST" else None, method=method)
-            assert got == (want.status_code, want.get_json()), (method, path)
+        front = AppServer(lambda: serve_http.App(serve.Batcher(InProcessModel(model), 8),
+                                                 InProcessModel.health, 8))
+        try:
+            ref = front.client()
+            for body in SAME_ERRORS:
+                want = ref.post("/predict", data=body)
+                assert want.status_code == 400
+                assert server.call("/predict", body) == (400, want.get_json()), body
+            for method, path in (("GET", "/"), ("GET", "/predict"), ("POST", "/healthz")):
+                want = ref.open(path, method=method, data=b"{}" if method == "POST" else None)
+                got = server.call(path, b"{}" if method == "POST" else None, method=method)
+                assert got == (want.status_code, want.get_json()), (method, path)
+        finally:
+            front.stop()
     finally:
         server.stop()
     # serve_app.py shut Serve down on SIGTERM: no Serve actor is left on the shared cluster
-    probe = subprocess.run([sys.executable, "-c", (
-        "import ray, json; ray.init(log_to_driver=False)\n"
-        "from ray.util.state import list_actors\n"
-        "print(json.dumps([a.class_name for a in list_actors("
-        "filters=[('state', '=', 'ALIVE')], limit=1000)]))")],
-        env=driver_env, capture_output=True, text=True, timeout=120, check=False)
-    assert probe.returncode == 0, probe.stderr[-2000:]
-    alive = json.loads(probe.stdout.strip().splitlines()[-1])
-    assert not [c for c in alive if "Serve" in c or c == "ProxyActor"], alive
+    alive = alive_actor_classes(driver_env)
+    assert not [c for c in alive if "Serve" in c or "Proxy" in c], alive
+    if mode:  # nor its HAProxy process, nor the run's HAProxy files
+        assert "HAProxy ingress" in "".join(server.log)
+        deadline = time.monotonic() + 60
+        while _haproxy_pids():
+            assert time.monotonic() < deadline, _haproxy_pids()
+            time.sleep(1)
+        assert set(Path(tempfile.gettempdir()).glob("serve-haproxy-*")) <= haproxy_dirs
 
 
-class FlaskPool:
-    """serve.py's app over the model in this process (the reference for the Serve app)."""
+def _haproxy_pids() -> list[int]:
+    """haproxy processes started with one of serve_app.py's HAProxy dirs (serve-haproxy-*)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"haproxy" in cmd and b"serve-haproxy-" in cmd:
+                out.append(int(entry))
+    return out
+
+
+class InProcessModel:
+    """serve.py's front over the model in this process (the reference for the Serve app)."""
 
     size = 1
 
     def __init__(self, model):
         self.model = model
 
-    def scores_on(self, i, x):
+    async def scores_on(self, i, x):
         from workloads import anomaly_model
 
         return anomaly_model.scores(self.model, x)
 
-    def health(self):
+    @staticmethod
+    async def health():
         return []
 
 
