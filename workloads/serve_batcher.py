@@ -89,7 +89,7 @@ class Batcher:
                  max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
                  max_queued_rows: int = DEFAULT_MAX_QUEUED_ROWS, attempts: int = 3,
                  gap_ms: float = DEFAULT_GAP_MS, min_split_rows: int = DEFAULT_MIN_SPLIT_ROWS,
-                 merge: bool = True):
+                 merge: bool = True, load_half_life_s: float = LOAD_HALF_LIFE_S):
         if max_batch_rows < 1 or max_wait_ms < 0 or max_queued_rows < 1 or gap_ms < 0:
             raise ValueError("max_batch_rows and max_queued_rows must be >= 1, "
                              "max_wait_ms and gap_ms >= 0")
@@ -102,6 +102,7 @@ class Batcher:
         self.max_queued_rows = max_queued_rows
         self.attempts = attempts
         self.merge = merge
+        self.load_half_life = load_half_life_s
         self.counters = collections.Counter()
         self.seconds = collections.Counter()  # queue / call time summed over requests and batches
         self._queue: collections.deque[_Request] = collections.deque()
@@ -138,7 +139,7 @@ class Batcher:
         self._unassigned += n
         self._last_arrival = now
         self._peak = max(self._admitted,
-                         self._peak * 0.5 ** ((now - self._peak_at) / LOAD_HALF_LIFE_S))
+                         self._peak * 0.5 ** ((now - self._peak_at) / self.load_half_life))
         self._peak_at = now
         self.counters["requests"] += 1
         self._queue.append(req)
@@ -199,24 +200,21 @@ class Batcher:
         self._pump()
 
     def _limit(self) -> int:
-        """Rows for the batch a free worker takes now.
+        """Rows for the batch a free worker takes now: its target share of what is queued.
 
-        At most the target share while more is queued, so the next free worker
-        gets the rest. Free workers share the queue (a large request on an idle
-        pool is cut across them), but only into parts of at least
-        min_split_rows and only as far as the target says: under load, when
-        the clients keep more rows in flight than the workers' shares, a
-        request stays whole (a cut costs another call's fixed ~6 ms).
-        Batching off: the head request's rows only.
+        The rest stays for the next free worker, unless that would be less than
+        min_split_rows (a call costs ~6 ms however few its rows). So on an idle
+        pool a large request is cut across the workers, while under load, when
+        the clients keep more rows in flight than the queue holds, a request
+        stays whole. Batching off: the head request's rows only.
         """
-        target = self._target()
         if self.merge:
             rows = self._unassigned
         else:
             head = self._queue[0]
             rows = len(head.x) - head.taken
-        parts = max(1, min(len(self._free) + 1, rows // self.min_split_rows, -(-rows // target)))
-        return min(self.max_batch_rows, target, -(-rows // parts))
+        target = self._target()
+        return min(self.max_batch_rows, rows if rows - target < self.min_split_rows else target)
 
     def _take(self, limit: int, now: float) -> tuple[list[tuple[_Request, int, int]], int]:
         """Up to ``limit`` rows from the head of the queue: whole requests where they fit.

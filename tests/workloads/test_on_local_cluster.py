@@ -336,7 +336,8 @@ class HttpServer:
             time.sleep(0.5)
 
     def stop(self):
-        stop_process_group(self.proc, timeout=60)
+        if self.proc.poll() is None:  # a test may have stopped it already
+            stop_process_group(self.proc, timeout=60)
 
 
 def expect_same_predictions(got, rows, model):

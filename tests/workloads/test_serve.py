@@ -393,6 +393,28 @@ def test_an_idle_pool_splits_a_large_request_but_not_a_small_one(pool):
     assert {i for i, *_ in fake.calls[1:]} == {0, 1}
 
 
+def test_under_load_a_request_stays_whole_even_when_workers_are_free(pool):
+    # After 8 callers kept 8 x 1024 rows in flight, a worker's share is 4096
+    # rows: a 2048-row request is not cut across the two free workers (a cut
+    # costs another call), although on an idle pool it would be.
+    gate = threading.Event()
+    fake = FakeActors(pool.model, size=2, hold=gate)
+    srv = serve_app(fake, max_batch_rows=8192, max_wait_ms=5, load_half_life_s=600)
+    try:
+        burst = post_all_async(srv, tagged_requests(8, sizes=[1024]))
+        wait_until(lambda: batcher_of(srv).stats()["queued_rows"] == 8192, what="8 callers in")
+        gate.set()
+        assert all(r[0] == 200 for r in burst().values())
+        before = len(fake.calls)
+        rows = tagged_requests(1, sizes=[2048], seed=9)[0]
+        got = srv.client().post("/predict", json={"instances": rows}).get_json()["predictions"]
+    finally:
+        gate.set()
+        srv.stop()
+    assert got == serve.predict_with(pool.model, rows)
+    assert [n for *_, n in fake.calls[before:]] == [2048]
+
+
 def test_a_lone_request_leaves_after_the_gap_not_the_longest_wait(pool):
     # max_wait 60 s: only the gap rule (no request for 20 ms) can send the batch on.
     fake = FakeActors(pool.model, size=1)
