@@ -139,12 +139,6 @@ def test_fast_and_checked_parsing_agree_on_every_accepted_body():
         assert np.array_equal(anomaly_model.parse_instances(body, 8), want)
 
 
-def test_response_body_is_the_same_bytes_as_the_plain_json_of_the_predictions():
-    scores = np.array([0.1, -0.2, 1e-17, -3.5e-300, 0.0, -0.0, 12345.678, 5e-324])
-    assert anomaly_model.response_body(scores) == anomaly_model.json_dumps(
-        {"predictions": anomaly_model.predictions(scores)})
-
-
 def test_true_is_reported_as_json_not_python(client):
     body = client.post("/predict", json={"instances": [[True] + [0] * 7]}).get_json()
     assert body["error"] == "instances[0][0] is not a number: true"
