@@ -7,10 +7,11 @@ shared with the Ray Serve app serve_app.py).
 
 The front is one event loop (uvicorn with httptools and uvloop,
 serve_http.py): it parses and validates each body, and dynamic batching
-(serve_batcher.py) merges concurrent requests into one actor call of at
-most --max-batch-rows rows: a batch leaves when it is full, when requests
-stop arriving for --batch-gap-ms, or --max-wait-ms after its oldest request
-arrived. Each caller gets exactly its own rows back, in order. A call costs
+(serve_batcher.py) merges concurrent requests into actor calls of at most
+--max-batch-rows rows: a batch leaves when it holds an actor's share of the
+rows in flight, when requests stop arriving for --batch-gap-ms, or
+--max-wait-ms after its oldest request arrived, so under load the actors
+take turns. Each caller gets exactly its own rows back, in order. A call costs
 about 6 ms however few its rows, so merging is what lets the pool beat one
 process doing everything. --max-batch-rows 0 turns merging off (every
 request its own actor call).
@@ -341,8 +342,9 @@ def _start(args, stop: _StopSignals, sock):
     print(f"serve: {args.actors} actors ready on {nodes} node(s) in {time.monotonic() - t0:.1f} s; "
           f"{common.cluster_shape().describe()}", file=sys.stderr, flush=True)
     if args.max_batch_rows:
-        mode = (f"batching up to {args.max_batch_rows} rows (a batch leaves when full, after a "
-                f"{args.batch_gap_ms:g} ms lull or {args.max_wait_ms:g} ms)")
+        mode = (f"batching up to {args.max_batch_rows} rows (a batch leaves with an actor's "
+                f"share of the rows in flight, after a {args.batch_gap_ms:g} ms lull or "
+                f"{args.max_wait_ms:g} ms)")
     else:
         mode = "batching off (one request per actor call)"
     print(f"serve: {mode}; 503 past {args.max_queued_rows} queued rows", file=sys.stderr,

@@ -4,17 +4,20 @@ Runs on the HTTP server's event loop: no threads, no locks. Every request's
 rows go into one FIFO queue; a free worker (one model actor; one batch in
 flight per actor) takes the next batch when one of these holds:
 
-- the queue holds ``max_batch_rows`` rows (a full batch);
-- no request arrived for ``gap_ms`` (the burst of requests that answers to
-  the previous batch set off is over: waiting longer only adds latency);
+- the queue holds the worker's *share*: the rows the clients keep in flight
+  (a recent peak of the rows admitted, forgotten with a half-life of
+  ``load_half_life_s``) divided by the workers, at least ``min_split_rows``
+  and at most ``max_batch_rows``;
+- no request arrived for ``gap_ms`` (the burst of requests that the previous
+  answers set off is over: waiting longer only adds latency);
 - the oldest queued request has waited ``max_wait_ms`` (the bound).
 
-So an idle server sends a lone request on after ``gap_ms``, a request of
-``max_batch_rows`` or more goes to a free actor at once, and under load
-batches grow by themselves (requests queue while every actor is busy). When several workers are free,
-the queued rows are shared between them, in parts of at least
-``min_split_rows``: a large request on an idle pool is cut across actors,
-small ones are not (a call costs ~6 ms however few its rows). No batch holds
+The worker takes its share and leaves the rest for the next one, unless the
+rest is under ``min_split_rows`` (a call costs ~6 ms however few its rows).
+So under a steady load the workers take turns, each with its own group of
+callers, instead of one batch holding every caller while the others idle;
+on an idle pool a large request is cut across the free workers, under load
+it stays whole; a lone small request leaves after ``gap_ms``. No batch holds
 more than ``max_batch_rows``; a larger request is cut into several.
 
 Each batch is answered once: by the first attempt that succeeds; a failed
@@ -22,7 +25,8 @@ call (dead, restarting or timed-out actor) is resent to the next worker, up
 to ``attempts`` calls. A batch whose every attempt fails fails only the
 requests with rows in it. At most ``max_queued_rows`` rows are admitted and
 not yet answered: past that a request is refused at once (Overloaded; the
-HTTP layer answers 503 with Retry-After).
+HTTP layer answers 503 with Retry-After, and asks ``check_room`` before it
+parses a body).
 
 The backend is anything with ``size`` (workers) and ``async scores_on(i, x)``
 (one call on worker i; raises ActorUnavailable to have it resent).

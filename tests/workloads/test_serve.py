@@ -225,6 +225,28 @@ def test_pool_failure_is_503():
         srv.stop()
 
 
+def test_a_taken_port_fails_at_once_before_anything_starts(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from .conftest import REPO, WORKLOADS
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        r = subprocess.run(
+            [sys.executable, os.path.join(WORKLOADS, "serve.py"), "--port", str(port)],
+            env={**env, "PYTHONPATH": REPO, "RAY_ADDRESS": "127.0.0.1:1"}, cwd=tmp_path,
+            capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"serve.py: error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
 def test_actor_class_is_shipped_by_reference():
     from ray import cloudpickle
 
