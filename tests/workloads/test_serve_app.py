@@ -1,6 +1,6 @@
 """workloads/serve_app.py without a cluster: import paths, the builder's args, the config file.
 
-The app itself is run on the local cluster in test_on_local_cluster.py.
+The app itself is run on the local cluster in test_serve_on_local_cluster.py.
 """
 
 from __future__ import annotations
