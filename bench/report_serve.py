@@ -129,7 +129,7 @@ def path_table(d: dict, key: str = "batching") -> str:
     first = next(iter((d.get(key) or {}).values()))["breakdown"]["ms_per_request"]
     return _table(["rows/request", "mean batch (rows)", *first,
                    "per batch: actor call round trip", "of which the model",
-                   "Ray's share of the call"], rows)
+                   "rest of the call (Ray, (de)serialising, waiting for a core)"], rows)
 
 
 def profile_text(d: dict) -> str:
