@@ -260,7 +260,11 @@ def build_parser():
 
 
 class _Stopped(BaseException):
-    """SIGINT/SIGTERM while starting: unwinds whatever blocks (ray.get) to the clean exit."""
+    """SIGINT/SIGTERM while starting: raised between the start-up's short waits, to the clean exit.
+
+    (A handler that raised it itself surfaced inside Ray's ray.get as a
+    SystemError.)
+    """
 
 
 class _StopSignals:
