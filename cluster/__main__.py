@@ -2,7 +2,7 @@
 
     python -m cluster local up|down|status [--state-dir DIR] [--autoscaler-v2]
     python -m cluster render --target gcp|local [--spec SPEC.yaml] [--facts FACTS.json]
-                             [--project P] [--region R]
+                             [--project P] [--region R] [--api-endpoint API=URL ...]
     python -m cluster render --target kuberay --kind raycluster|rayjob|rayservice|core
                              [--spec SPEC.yaml] [--facts KUBEFACTS.json] [--project P]
     python -m cluster requirements [--check]
@@ -14,7 +14,10 @@ names, subnet, bucket and zone; only the pinned image and the launcher key
 are placeholders. So it is what ``pulumi up`` with default settings puts on
 the provider VM (a test compares it with the stack's ``clusterConfig``).
 ``--facts`` takes a JSON (or YAML) object with GcpFacts' fields; ``--spec`` a
-ClusterSpec as YAML/JSON (default: the default spec). A bad value is reported
+ClusterSpec as YAML/JSON (default: the default spec). ``--api-endpoint
+API=URL`` (repeatable; API one of compute, iam, cloudresourcemanager) sets
+``provider.api_endpoints`` as ``ray-gcp:apiEndpoints`` does for the stack; with
+``--facts`` it adds to (or replaces) the facts file's ``api_endpoints``. A bad value is reported
 as ``field = value: problem (allowed: ...)``, exit status 2.
 ``--target kuberay`` prints KubeRay manifests for ``kubectl apply -f -``
 (``--kind core``: Namespace, ServiceAccount, NetworkPolicy and the workloads
@@ -100,6 +103,27 @@ def _check_place(project: str, region: str) -> list[str]:
     return problems
 
 
+def _parse_api_endpoints(items: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``--api-endpoint API=URL`` flags as a mapping, and what is wrong with them."""
+    from cluster import api_endpoints
+
+    out: dict[str, str] = {}
+    problems: list[str] = []
+    for item in items:
+        api, sep, url = item.partition("=")
+        if not sep:
+            problems.append(
+                f"--api-endpoint = {item!r}: write API=URL, e.g. "
+                f"compute={api_endpoints.DEFAULT_ENDPOINTS['compute']}"
+            )
+        elif api in out:
+            problems.append(f"--api-endpoint {api}: given twice")
+        else:
+            out[api] = url
+    problems += api_endpoints.problems(out, where="--api-endpoint", sep=" ")
+    return out, problems
+
+
 def _render(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -120,6 +144,15 @@ def _render(args: argparse.Namespace) -> int:
         problems.append("--facts: not used with --target local (GCP facts)")
     if args.target == "kuberay" and args.region is not None:
         problems.append("--region: not used with --target kuberay (the pods have no zone)")
+    endpoints: dict[str, str] = {}
+    if args.api_endpoint and args.target != "gcp":
+        problems.append(
+            f"--api-endpoint: not used with --target {args.target} (the VM path's "
+            "Google API clients only)"
+        )
+    else:
+        endpoints, endpoint_problems = _parse_api_endpoints(args.api_endpoint or [])
+        problems.extend(endpoint_problems)
     project = args.project or "my-ray-project"
     region = args.region or DEFAULT_REGION
     if args.target == "gcp" and not args.facts:
@@ -143,11 +176,18 @@ def _render(args: argparse.Namespace) -> int:
     if args.target == "gcp" and not problems:
         if args.facts:
             try:
-                facts = GcpFacts.model_validate(_load_mapping(args.facts))
+                raw = _load_mapping(args.facts)
+                if endpoints:
+                    raw["api_endpoints"] = {**(raw.get("api_endpoints") or {}), **endpoints}
+                facts = GcpFacts.model_validate(raw)
             except ValidationError as e:
                 problems.extend(describe_all(e, GcpFacts, prefix=f"{args.facts}: "))
         else:
             facts = example_gcp_facts(project=project, region=region, cluster_name=spec.cluster_name)
+            if endpoints:
+                facts = GcpFacts.model_validate(
+                    {**facts.model_dump(), "api_endpoints": endpoints}
+                )
     if problems:
         print(report(problems), file=sys.stderr)
         return 2
@@ -244,6 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         "--region", default=None,
         help="gcp target: the region of the example facts (default asia-northeast3, "
         "the stack's default); the zone is its first",
+    )
+    render.add_argument(
+        "--api-endpoint", action="append", metavar="API=URL",
+        help="gcp target: provider.api_endpoints entry (repeatable); API is compute, iam or "
+        "cloudresourcemanager, URL the API's whole base URL ending in '/', e.g. "
+        "compute=https://compute.googleapis.com/compute/v1/ (ray-gcp:apiEndpoints)",
     )
     render.add_argument("--gcs-port", type=int, default=6379, help="local target's GCS port")
     reqs = sub.add_parser("requirements", help="regenerate cluster/requirements-node.txt")

@@ -18,6 +18,8 @@ import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
+from cluster import api_endpoints
+from cluster.api_endpoints import ApiEndpoints
 from cluster.regions import (
     DEFAULT_REGION,
     DEFAULT_ZONE,
@@ -106,6 +108,19 @@ class Settings(BaseModel):
             "An empty list turns zone fallback off."
         ),
         **_allowed("a list of zones of `region` other than `zone`; [] for no fallback"),
+    )
+    api_endpoints: ApiEndpoints | None = Field(
+        default=None,
+        description=(
+            "Base URLs of the Google APIs that `ray up`, `ray down` and the head's autoscaler "
+            "call: an object with the optional keys compute, iam and cloudresourcemanager, "
+            "each the API's whole base URL ending in '/' (Private Service Connect endpoints, "
+            "or a fake API for offline tests). Unset: Google's public endpoints."
+        ),
+        **_allowed(
+            api_endpoints.ALLOWED
+            + "; set one with pulumi config set --path ray-gcp:apiEndpoints.compute URL"
+        ),
     )
     cluster_name: str = Field(
         default=DEFAULT_CLUSTER_NAME,
@@ -311,6 +326,21 @@ class Settings(BaseModel):
             seen.append(z)
         return tuple(seen)
 
+    @field_validator("api_endpoints", mode="before")
+    @classmethod
+    def _api_endpoints_object(cls, v: Any) -> Any:
+        # Pulumi hands an object value to the program as JSON text.
+        if isinstance(v, str):
+            try:
+                v = json.loads(v) if v.strip() else {}
+            except json.JSONDecodeError:
+                raise ValueError("not a JSON object") from None
+        if isinstance(v, Mapping) and not v:
+            return None  # {} is the same as unset
+        if v is not None and not isinstance(v, Mapping | ApiEndpoints):
+            raise ValueError("not an object")
+        return v
+
     @field_validator("cluster_name")
     @classmethod
     def _cluster_name(cls, v: str) -> str:
@@ -449,6 +479,11 @@ class Settings(BaseModel):
             return self.fallback_zones
         return default_fallback_zones(self.region, self.zone)
 
+    @property
+    def node_api_endpoints(self) -> dict[str, str]:
+        """``provider.api_endpoints`` of the rendered cluster config ({} when unset)."""
+        return self.api_endpoints.as_config() if self.api_endpoints else {}
+
     def cluster_spec(self) -> ClusterSpec:
         """The Ray cluster spec these settings describe (validated by cluster.spec)."""
         return ClusterSpec.from_settings(
@@ -498,6 +533,7 @@ PLATFORM_ONLY: dict[str, tuple[str, ...]] = {
         "custom_roles",
         "operators",
         "fallback_zones",  # GKE's cluster is zonal; its pools do not move between zones
+        "api_endpoints",  # the Ray launcher's and autoscaler's clients; KubeRay has none
     ),
     "gke": (
         "gke_pods_cidr",
@@ -523,6 +559,8 @@ def _platform_problems(settings: Settings) -> list[str]:
             value = getattr(settings, field)
             if value != Settings.model_fields[field].default:
                 # As Pulumi config stores it: false, ["user:a@b.c"], 'e2-small'.
+                if isinstance(value, BaseModel):
+                    value = value.model_dump(exclude_none=True)
                 shown = repr(value) if isinstance(value, str) else json.dumps(value)
                 problems.append(
                     f"{keys[field]} = {shown}: applies only to {keys['platform']} {platform}, "
@@ -725,8 +763,13 @@ def _describe(err: Mapping[str, Any]) -> str:
     name = next((n for n, f in Settings.model_fields.items() if loc in (n, f.alias)), loc)
     field = Settings.model_fields.get(name)
     key = PROJECT_KEY if name == "project" else Settings.config_keys().get(str(name), str(name))
+    # Inside an object setting: name the member, as `pulumi config set --path` does.
+    key += "".join(f".{part}" for part in err["loc"][1:] if isinstance(part, str))
     allowed = (field.json_schema_extra or {}).get("allowed") if field else None
-    line = f"{key} = {err.get('input')!r}: {_clean(err['msg'])}"
+    msg = _clean(err["msg"])
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    line = f"{key} = {err.get('input')!r}: {msg}"
     if allowed and "allowed:" not in line:
         line += f" (allowed: {allowed})"
     return line

@@ -169,3 +169,70 @@ def test_local_down_removes_the_token_and_says_so(tmp_path):
     assert down.returncode == 0, down.stderr
     assert not (state / "auth_token").exists()
     assert f"down: removed the auth token {state / 'auth_token'}" in down.stdout
+
+
+# ---- --api-endpoint (provider.api_endpoints, as ray-gcp:apiEndpoints) -----------------------
+
+
+def test_render_gcp_with_api_endpoints():
+    out = cli(
+        "render", "--target", "gcp",
+        "--api-endpoint", "compute=https://compute-psc.p.googleapis.com/compute/v1/",
+        "--api-endpoint", "iam=https://iam-psc.p.googleapis.com/",
+    )
+    assert out.returncode == 0, out.stderr
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["provider"]["api_endpoints"] == {
+        "compute": "https://compute-psc.p.googleapis.com/compute/v1/",
+        "iam": "https://iam-psc.p.googleapis.com/",
+    }
+    validate_config(prepare_config(cfg))
+    # Without the flag the key is absent (nothing changes for everyone else).
+    assert "api_endpoints" not in yaml.safe_load(cli("render", "--target", "gcp").stdout)["provider"]
+
+
+def test_api_endpoint_flag_adds_to_a_facts_file(tmp_path):
+    facts = example_gcp_facts().model_dump()
+    facts["api_endpoints"] = {"iam": "https://iam-psc.p.googleapis.com/"}
+    (tmp_path / "facts.json").write_text(json.dumps(facts))
+    out = cli(
+        "render", "--target", "gcp", "--facts", str(tmp_path / "facts.json"),
+        "--api-endpoint", "compute=http://127.0.0.1:8080/compute/v1/",
+    )
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load(out.stdout)["provider"]["api_endpoints"] == {
+        "iam": "https://iam-psc.p.googleapis.com/",
+        "compute": "http://127.0.0.1:8080/compute/v1/",
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--api-endpoint", "compute=ftp://h/compute/v1/"],
+         "--api-endpoint compute = 'ftp://h/compute/v1/': not an absolute http(s) URL"),
+        (["--api-endpoint", "compute=https://h/compute/v1"], "must end with '/'"),
+        (["--api-endpoint", "storage=https://h/"],
+         "--api-endpoint storage: unknown API; allowed keys: compute, iam, cloudresourcemanager"),
+        (["--api-endpoint", "https://h/compute/v1/"], "write API=URL"),
+        (["--api-endpoint", "iam=https://a/", "--api-endpoint", "iam=https://b/"], "given twice"),
+    ],
+)
+def test_bad_api_endpoint_flags_are_refused(args, needle):
+    out = cli("render", "--target", "gcp", *args)
+    assert out.returncode == 2
+    assert needle in out.stderr and out.stdout == ""
+
+
+def test_bad_api_endpoints_in_a_facts_file_name_the_key(tmp_path):
+    facts = example_gcp_facts().model_dump()
+    facts["api_endpoints"] = {"compute": "compute.googleapis.com"}
+    (tmp_path / "facts.json").write_text(json.dumps(facts))
+    out = cli("render", "--target", "gcp", "--facts", str(tmp_path / "facts.json"))
+    assert out.returncode == 2
+    assert "api_endpoints.compute = 'compute.googleapis.com': not an absolute http(s) URL" in out.stderr
+
+
+def test_api_endpoint_flag_is_for_the_gcp_target_only():
+    out = cli("render", "--target", "local", "--api-endpoint", "compute=http://127.0.0.1:1/c/")
+    assert out.returncode == 2 and "not used with --target local" in out.stderr

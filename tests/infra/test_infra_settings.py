@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from cluster.api_endpoints import ApiEndpoints
 from cluster.regions import REGION_ZONES, zones_of
 from infra import offline as harness
 from infra.settings import NAMESPACE, Settings, SettingsError, parse_settings
@@ -34,6 +35,12 @@ def test_pulumi_yaml_declares_exactly_the_settings_with_the_same_defaults():
         else:
             assert decl["default"] == (list(default) if isinstance(default, tuple) else default), key
         assert decl["description"] == info.description, key
+        if info.annotation == ApiEndpoints | None:
+            # Pulumi project config has no object type: declared untyped, so that
+            # `pulumi config set --path ray-gcp:apiEndpoints.compute URL` passes Pulumi's
+            # own check (a declared `type: string` would refuse the object).
+            assert "type" not in decl, key
+            continue
         expected_type = PULUMI_TYPES.get(info.annotation, "string")  # Literal[...] -> string
         assert decl["type"] == expected_type, key
 
@@ -318,3 +325,60 @@ def test_bad_fallback_zones_name_the_key_the_zone_and_the_region(value, needle):
         parse_settings({"fallbackZones": value}, PROJECT)
     assert f"{NAMESPACE}:fallbackZones = " in str(err.value)
     assert needle in str(err.value)
+
+
+# ---- apiEndpoints -------------------------------------------------------------------------
+
+PSC = {
+    "compute": "https://compute-ray.p.googleapis.com/compute/v1/",
+    "iam": "https://iam-ray.p.googleapis.com/",
+    "cloudresourcemanager": "https://cloudresourcemanager-ray.p.googleapis.com/",
+}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({}, {}),
+        ({"apiEndpoints": json.dumps(PSC)}, PSC),  # what the engine hands over for an object
+        ({"apiEndpoints": '{"compute": "http://10.99.0.1:8080/compute/v1/"}'},
+         {"compute": "http://10.99.0.1:8080/compute/v1/"}),
+        ({"apiEndpoints": "{}"}, {}),
+    ],
+    ids=["unset", "all-three", "compute-only", "empty-object"],
+)
+def test_api_endpoints(raw, expected):
+    s = parse_settings(raw, PROJECT)
+    assert s.node_api_endpoints == expected
+    assert (s.api_endpoints is None) == (not expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "needle"),
+    [
+        ('{"compute": "compute.googleapis.com/compute/v1/"}', "apiEndpoints.compute",
+         "not an absolute http(s) URL; allowed: an absolute http(s) URL ending in '/'"),
+        ('{"compute": "ftp://h/compute/v1/"}', "apiEndpoints.compute", "not an absolute http(s) URL"),
+        ('{"iam": "https://iam-ray.p.googleapis.com"}', "apiEndpoints.iam", "must end with '/'"),
+        ('{"iam": "https://h/?alt=json"}', "apiEndpoints.iam", "no query"),
+        ('{"storage": "https://h/"}', "apiEndpoints.storage",
+         "unknown key (allowed: an object whose keys are compute, iam, cloudresourcemanager"),
+        ('{"compute": 8080}', "apiEndpoints.compute", "Input should be a valid string"),
+        ('["https://h/"]', "apiEndpoints", "not an object"),
+        ('{"compute": ', "apiEndpoints", "not a JSON object"),
+    ],
+)
+def test_bad_api_endpoints_name_the_member_and_the_allowed_form(value, key, needle):
+    with pytest.raises(SettingsError) as err:
+        parse_settings({"apiEndpoints": value}, PROJECT)
+    assert f"{NAMESPACE}:{key} = " in str(err.value)
+    assert needle in str(err.value)
+
+
+def test_api_endpoints_are_refused_on_gke():
+    with pytest.raises(SettingsError) as err:
+        parse_settings({"platform": "gke", "apiEndpoints": json.dumps(PSC)}, PROJECT)
+    assert (
+        f"{NAMESPACE}:apiEndpoints = {json.dumps(PSC)}: applies only to {NAMESPACE}:platform vm"
+        in str(err.value)
+    )
