@@ -13,8 +13,8 @@ cluster, ``ray down``, and nothing of the run left on the host.
 
 Two preemptions land just before a call about the instance, so that the call
 meets Google's 404 (``FakeCloud.preempt_on_call``): the autoscaler's first
-label write about a new worker (it must take the worker as gone, without an
-``HttpError``, and replace it) and ``ray down``'s delete of a worker (it must
+label write about the mid-job replacement (it must take that worker as
+gone, without an ``HttpError``, and replace it too) and ``ray down``'s delete of a worker (it must
 still delete the rest; Ray 2.60's own ``terminate_node`` raises
 ``UnboundLocalError`` there).
 
@@ -229,9 +229,6 @@ def test_ray_up_jobs_preemption_and_ray_down_end_to_end(harness: Harness):
         assert sample.wait(GENEROUS) == 0, h.output("make-sample")
 
     cloud.exhausted[a] = "operation"  # zone -a has no capacity from now on
-    # GCE preempts the first worker between the autoscaler's list and its first label
-    # write about it (the installer's `waiting-for-ssh`): that call meets Google's 404.
-    cloud.preempt_on_call(is_first_label_write_of_a_worker)
     monitor_before = monitor_process(h, head)
     job_started = time.monotonic()
     job = h.popen(["ray", "submit", h.cluster_yaml, str(ROOT / "workloads/annotate.py"), "--",
@@ -239,8 +236,7 @@ def test_ray_up_jobs_preemption_and_ray_down_end_to_end(harness: Harness):
                    "--max-side", "128", "--batch-size", "2", "--item-delay", "1",
                    "--no-progress"], name="annotate")
     try:
-        with phase("workers created in zone -b, one preempted at its first label write and "
-                   "replaced, both joined, work under way"):
+        with phase("both workers created in zone -b and joined, work under way"):
             workers = wait_for(
                 "two RUNNING workers with Ray up and results from both",
                 lambda: (no_worker_deleted_since(h, job_started, head)
@@ -250,16 +246,6 @@ def test_ray_up_jobs_preemption_and_ray_down_end_to_end(harness: Harness):
                 on_fail=lambda: (h.output("annotate")[-3000:] + "\n" + "\n".join(h.fleet.boot_errors)
                                  + "\n" + autoscaler_logs(h, head)))
         assert {zone(w) for w in workers.values()} == {b}, workers.keys()
-        # The autoscaler's call about the worker preempted under it got the 404, and our
-        # provider took it as a gone node: no HttpError reached the autoscaler.
-        [lost] = [c.params["instance"] for c in cloud.calls
-                  if c.method == "compute.instances.setLabels" and c.status == 404]
-        assert lost not in workers
-        logs = autoscaler_log_text(h, head)
-        assert f"{lost}: GCE answered instances.setLabels with 404" in logs, autoscaler_logs(h, head)
-        escaped = [line for line in logs.splitlines() if "HttpError" in line and lost in line]
-        assert not escaped, "the 404 reached the autoscaler as an HttpError:\n" + "\n".join(escaped[:5])
-        assert monitor_process(h, head) == monitor_before, "the head's autoscaler restarted"
         failed_in_a = [c for c in cloud.calls if c.method == "compute.instances.insert"
                        and c.params.get("zone") == a and c.body["labels"].get(TAG_RAY_NODE_KIND) == "worker"]
         assert failed_in_a, "the autoscaler never tried the exhausted zone -a"
@@ -267,8 +253,13 @@ def test_ray_up_jobs_preemption_and_ray_down_end_to_end(harness: Harness):
         victim = min(workers, key=lambda n: workers[n]["creationTimestamp"])
         done_before = len(result_rows(h))
         assert done_before < SAMPLE, "the job finished before a worker could be lost"
-        with phase("a Spot worker preempted mid-job; a replacement joins"):
+        with phase("a Spot worker preempted mid-job; its replacement preempted at its first "
+                   "label write; a second replacement joins"):
             preempted_at = time.monotonic()
+            # GCE preempts the replacement between the autoscaler's list and its first label
+            # write about it (the installer's `waiting-for-ssh`): that call meets Google's 404.
+            # (No other worker is being set up: the next worker label write is the replacement's.)
+            cloud.preempt_on_call(is_first_label_write_of_a_worker)
             cloud.preempt(victim)
             replacement = wait_for(
                 "a replacement worker that runs Ray",
@@ -276,6 +267,16 @@ def test_ray_up_jobs_preemption_and_ray_down_end_to_end(harness: Harness):
                     n for n, w in instances(h, "worker").items() if n not in workers and w["status"] == "RUNNING" and n in h.fleet.machines
                          and "raylet" in " ".join(h.processes_of(n).values())],
                 on_fail=lambda: h.output("annotate")[-3000:])
+        # The autoscaler's call about the replacement preempted under it got the 404, and our
+        # provider took it as a gone node: no HttpError reached the autoscaler.
+        [lost] = [c.params["instance"] for c in cloud.calls
+                  if c.method == "compute.instances.setLabels" and c.status == 404]
+        assert lost not in workers and lost not in replacement
+        logs = autoscaler_log_text(h, head)
+        assert f"{lost}: GCE answered instances.setLabels with 404" in logs, autoscaler_logs(h, head)
+        escaped = [line for line in logs.splitlines() if "HttpError" in line and lost in line]
+        assert not escaped, "the 404 reached the autoscaler as an HttpError:\n" + "\n".join(escaped[:5])
+        assert monitor_process(h, head) == monitor_before, "the head's autoscaler restarted"
         with phase("annotate.py finishes"):
             rc = job.wait(GENEROUS)
     finally:
