@@ -1,4 +1,9 @@
-"""Render the provider VM's startup script from infra/provider_boot.sh.
+"""Render the provider VM's startup script from the pieces in infra/provider_boot/.
+
+The script is one bash file on the VM (GCE runs one ``startup-script``), kept
+here as one piece per concern (``BOOT_PIECES``, in the order they run), which
+``boot_template()`` joins; ``@@include NAME@@`` lines pull in files verbatim
+(the Python fetcher, which bash runs from a quoted here-document).
 
 Pure: text in, text out. Every value comes from ``cluster/layout.py`` unless a
 keyword argument overrides it, and is checked before it reaches the script, so
@@ -21,7 +26,20 @@ from pathlib import Path
 
 from cluster import layout
 
-TEMPLATE_PATH = Path(__file__).with_name("provider_boot.sh")
+PIECES_DIR = Path(__file__).with_name("provider_boot")
+# The boot script's pieces, in the order they are joined (and run).
+BOOT_PIECES = (
+    "settings.sh",  # rendered values, sandbox overrides, derived paths
+    "failure.sh",  # logging, the FAILED line, fail-closed exit trap
+    "preflight.sh",  # 1. root, lock, Python minor
+    "fetch.sh",  # 2. metadata, bundle, secrets into staging (runs fetch_staging.py)
+    "install.sh",  # 3-5. system packages, pinned uv, the pinned venv
+    "bundle_and_secrets.sh",  # 6-7. the bundle and the secrets swapped in
+    "access.sh",  # 8. cluster config, operator helper, sudoers, login profile
+    "ready.sh",  # 9. READY
+    "main.sh",  # the steps, in order
+)
+_INCLUDE = re.compile(r"^@@include ([A-Za-z0-9_.-]+)@@\n", re.MULTILINE)
 
 # Paths the boot script owns that cluster/layout.py does not name; derived
 # from layout's names so they move with them.
@@ -173,10 +191,21 @@ def render_boot_script(
     quoted["SYSTEM_PACKAGES"] = " ".join(shlex.quote(pkg) for pkg in system_packages)
     # substitute() raises KeyError on a placeholder without a value and
     # ValueError on a malformed one, so nothing unsubstituted can get through.
-    return _BootTemplate(TEMPLATE_PATH.read_text(encoding="utf-8")).substitute(quoted)
+    return _BootTemplate(boot_template()).substitute(quoted)
+
+
+def boot_template() -> str:
+    """The pieces joined in order, includes expanded: the template before substitution."""
+
+    def include(match: re.Match[str]) -> str:
+        return (PIECES_DIR / match.group(1)).read_text(encoding="utf-8")
+
+    return "".join(
+        _INCLUDE.sub(include, (PIECES_DIR / piece).read_text(encoding="utf-8"))
+        for piece in BOOT_PIECES
+    )
 
 
 def template_placeholders() -> set[str]:
-    """The @@NAME@@ placeholders of infra/provider_boot.sh (for tests and docs)."""
-    text = TEMPLATE_PATH.read_text(encoding="utf-8")
-    return set(re.findall(r"@@([A-Z][A-Z0-9_]*)@@", text))
+    """The @@NAME@@ placeholders of the boot script's pieces (for tests and docs)."""
+    return set(re.findall(r"@@([A-Z][A-Z0-9_]*)@@", boot_template()))

@@ -247,6 +247,22 @@ def test_render_substitutes_every_placeholder_with_layout_values():
     assert boot.render_boot_script(ray_version="9.9.9") != text
 
 
+def test_every_file_of_the_pieces_dir_is_a_piece_or_an_include_exactly_once():
+    files = sorted(p.name for p in boot.PIECES_DIR.iterdir() if p.name != "__pycache__")
+    includes = [
+        name
+        for piece in boot.BOOT_PIECES
+        for name in boot._INCLUDE.findall((boot.PIECES_DIR / piece).read_text())
+    ]
+    assert sorted([*boot.BOOT_PIECES, *includes]) == files
+    text = boot.boot_template()
+    assert "@@include" not in text
+    # Each include lands inside a quoted here-document, as bash must read it verbatim.
+    for name in includes:
+        assert (boot.PIECES_DIR / name).read_text() in text
+    assert text.startswith("#!/bin/bash\n")
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [

@@ -1,0 +1,9 @@
+preflight
+fetch
+install_system_packages
+install_uv
+install_venv
+install_src
+install_secrets
+install_config
+mark_ready
