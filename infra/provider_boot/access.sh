@@ -81,6 +81,8 @@ write_profile() {
   echo "      echo \"ray-gcp: could not install your launcher credentials: sudo $HELPER\" >&2"
   echo "  fi"
   echo "  unset _ray_gcp_operator"
+  # How long the cluster has been idle and when it stops (ray-gcp:idleTimeoutMinutes).
+  echo "  \"$IDLE_COMMAND\" banner >&2 2>/dev/null || true"
   echo "fi"
 }
 

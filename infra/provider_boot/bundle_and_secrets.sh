@@ -8,6 +8,7 @@ install_file() {
   fi
   install -m "$mode" "$src" "$dest.tmp"
   mv -f "$dest.tmp" "$dest"
+  FILES_WRITTEN=$((FILES_WRITTEN + 1))
   info "wrote $dest"
 }
 

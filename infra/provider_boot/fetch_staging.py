@@ -126,6 +126,20 @@ def parse_operators(text):
     return sorted(set(users))
 
 
+def parse_idle_timeout(text):
+    """0 (autostop off) or whole minutes 5..10080: cluster/autostop.py's rule, repeated
+    here because this script runs before the bundle is installed."""
+    value = text.strip()
+    if not (value.isascii() and value.isdigit()) or not (
+        int(value) == 0 or 5 <= int(value) <= 10080
+    ):
+        raise BootError(
+            f"metadata key {E['_RG_META_IDLE_TIMEOUT']!r} is {value[:20]!r}; allowed: 0 "
+            "(autostop off) or a whole number of minutes from 5 to 10080"
+        )
+    return int(value)
+
+
 def write_private(path, data):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -289,6 +303,10 @@ def main():
         raise BootError(f"metadata key {E['_RG_META_CLUSTER_CONFIG']!r} is empty")
     unpack_bundle(attribute(E["_RG_META_BUNDLE"]))
     print("ray-gcp-boot:   metadata and bundle fetched", flush=True)
+    # Older metadata (before ray-gcp:operators) has no such key: no listed operators.
+    operators = parse_operators(optional_attribute(E["_RG_META_OPERATORS"], "[]"))
+    # Older metadata (before ray-gcp:idleTimeoutMinutes) has no such key: the default.
+    minutes = parse_idle_timeout(optional_attribute(E["_RG_META_IDLE_TIMEOUT"], "60"))
 
     token = access_token()
     secrets_dir = os.path.join(STAGE, "secrets")
@@ -304,10 +322,10 @@ def main():
         f.write(cluster_yaml)
     with open(os.path.join(STAGE, "credential-mode"), "w") as f:
         f.write(mode + "\n")
-    # Older metadata (before ray-gcp:operators) has no such key: no listed operators.
-    operators = parse_operators(optional_attribute(E["_RG_META_OPERATORS"], "[]"))
     with open(os.path.join(STAGE, "operators"), "w") as f:
         f.write("".join(u + "\n" for u in operators))
+    with open(os.path.join(STAGE, "idle-timeout-minutes"), "w") as f:
+        f.write(f"{minutes}\n")
 
 
 try:

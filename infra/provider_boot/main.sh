@@ -6,4 +6,5 @@ install_venv
 install_src
 install_secrets
 install_config
+install_autostop
 mark_ready

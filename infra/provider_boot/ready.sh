@@ -1,6 +1,6 @@
-# ---- 9. ready ----------------------------------------------------------------------
+# ---- 10. ready ---------------------------------------------------------------------
 mark_ready() {
-  step 9 "ready"
+  step 10 "ready"
   {
     echo "ray-gcp provider VM boot completed $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "ray=$RAY_VERSION python=$PYTHON_MINOR uv=$UV_VERSION credential-mode=$CREDENTIAL_MODE"
