@@ -3,7 +3,7 @@
     python -m cluster local up|down|status [--state-dir DIR] [--autoscaler-v2]
     python -m cluster render --target gcp|local [--spec SPEC.yaml] [--facts FACTS.json]
                              [--project P] [--region R]
-    python -m cluster render --target kuberay --kind raycluster|rayjob|rayservice|core
+    python -m cluster render --target kuberay --kind raycluster|rayjob|rayservice|core|autostop
                              [--spec SPEC.yaml] [--facts KUBEFACTS.json] [--project P]
     python -m cluster requirements [--check]
 
@@ -181,8 +181,16 @@ def _render_kuberay(args: argparse.Namespace, spec, project: str) -> int:
             objs = [kuberay.render_rayjob(spec, facts)]
         elif args.kind == "rayservice":
             objs = [kuberay.render_rayservice(spec, facts)]
+        elif args.kind == "autostop":
+            from cluster import kuberay_autostop
+
+            objs = kuberay_autostop.render_autostop_objects(
+                spec, facts, args.idle_timeout_minutes, kuberay_autostop.read_autostop_sources()
+            )
         else:
-            objs = kuberay.render_core_objects(spec, facts, kuberay.read_workloads())
+            objs = kuberay.render_core_objects(
+                spec, facts, kuberay.read_workloads(), autostop=args.idle_timeout_minutes > 0
+            )
     except SpecError as e:
         print(f"invalid input: {e}", file=sys.stderr)
         return 2
@@ -228,9 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--target", choices=["gcp", "local", "kuberay"], required=True)
     render.add_argument(
         "--kind",
-        choices=["raycluster", "rayjob", "rayservice", "core"],
+        choices=["raycluster", "rayjob", "rayservice", "core", "autostop"],
         default="raycluster",
-        help="kuberay target: which manifest (core = Namespace, KSA, NetworkPolicy, ConfigMap)",
+        help="kuberay target: which manifest (core = Namespace, KSA, NetworkPolicy, ConfigMap; "
+        "autostop = the watcher that suspends the idle RayCluster)",
+    )
+    render.add_argument(
+        "--idle-timeout-minutes", type=int, default=60,
+        help="kuberay target: autostop after this many idle minutes (0 = off; core, autostop)",
     )
     render.add_argument("--spec", type=Path, help="ClusterSpec as YAML/JSON")
     render.add_argument(
