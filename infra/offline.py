@@ -356,6 +356,8 @@ def _import_program_modules() -> None:
         k8s.helm.v3: "Release",
         k8s.core.v1: "Namespace ServiceAccount Secret ConfigMap",
         k8s.networking.v1: "NetworkPolicy",
+        k8s.rbac.v1: "Role RoleBinding",
+        k8s.apps.v1: "Deployment",
         k8s.apiextensions: "CustomResource",
     }.items():
         for k8s_name in k8s_names.split():
@@ -508,11 +510,11 @@ def summary_lines(result: dict[str, Any], config: dict[str, str], changed: set[s
         lines.append(f" {mark} {key} = {config[key]}")
     outputs = result["outputs"]
     if "clusterConfig" not in outputs:  # platform gke: the spec the KubeRay objects render
-        return lines + _spec_summary(outputs["clusterSpec"]["value"])
+        return lines + _spec_summary(outputs["clusterSpec"]["value"]) + _autostop_summary(outputs)
     cluster = yaml.safe_load(outputs["clusterConfig"]["value"])
     lines.append(
         f"cluster {cluster['cluster_name']!r}: at most {cluster['max_workers']} workers in all, "
-        f"idle timeout {cluster['idle_timeout_minutes']:g} min"
+        f"idle workers removed after {cluster['idle_timeout_minutes']:g} min"
     )
     for name, node_type in sorted(cluster["available_node_types"].items()):
         node = node_type["node_config"]
@@ -526,7 +528,22 @@ def summary_lines(result: dict[str, Any], config: dict[str, str], changed: set[s
                  else f"{node_type['min_workers']}-{node_type['max_workers']}")
         lines.append(f"  {name}: {role} {count}, {machine}{gpus}, {scheduling}, "
                      f"resources {node_type['resources']}")
-    return lines
+    return lines + _autostop_summary(outputs)
+
+
+def _autostop_summary(outputs: dict[str, Any]) -> list[str]:
+    """What ray-gcp:idleTimeoutMinutes does on this platform, and how to come back."""
+    minutes = outputs["idleTimeoutMinutes"]["value"]
+    if minutes == 0:
+        return ["autostop: off (idleTimeoutMinutes = 0): the cluster runs until you stop it"]
+    if "clusterConfig" in outputs:
+        what = "`ray down`, then the provider VM powers off (only its disk is billed)"
+    else:
+        what = "the RayCluster is suspended (KubeRay deletes its Pods)"
+    return [
+        f"autostop: after {minutes} min idle, {what}",
+        "  back: $(pulumi stack output startCommand)",
+    ]
 
 
 def _spec_summary(spec: dict[str, Any]) -> list[str]:
@@ -534,7 +551,7 @@ def _spec_summary(spec: dict[str, Any]) -> list[str]:
     lines = [
         (
             f"cluster {spec['cluster_name']!r} (KubeRay): at most {spec['max_workers']} "
-            f"workers in all, idle timeout {spec['idle_timeout_minutes']:g} min"
+            f"workers in all, idle workers removed after {spec['idle_timeout_minutes']:g} min"
         )
     ]
     for name, node_type in sorted(spec["node_types"].items()):
