@@ -34,7 +34,7 @@ from cluster.kuberay import (
 )
 from cluster.spec import ClusterSpec, SpecError
 from tests.cluster.kube_schema import core_errors, crd_errors
-from tests.workloads.conftest import REPO
+from tests.cluster.test_idle_local import stop_job, submit_job
 
 SPEC = ClusterSpec()
 FACTS = example_kube_facts()
@@ -251,7 +251,7 @@ class FakeKubeApi:
         self.server.server_close()
 
 
-TIMEOUT_S = 6.0
+TIMEOUT_S = 4.0
 
 
 @pytest.fixture
@@ -266,7 +266,8 @@ def kube(tmp_path):
 def watch_for(local_cluster, api, *, cluster=SPEC.cluster_name, log=None) -> autostop_gke.GkeWatch:
     return autostop_gke.GkeWatch(
         api=api, namespace=FACTS.namespace, cluster=cluster, token=local_cluster.token(),
-        timeout_s=TIMEOUT_S, head_host="127.0.0.1", log=(log or []).append,
+        timeout_s=TIMEOUT_S, head_host="127.0.0.1",
+        log=(log if log is not None else []).append,
         dashboard_port=int(local_cluster.dashboard_url.rsplit(":", 1)[1]),
         gcs_port=int(local_cluster.address.rsplit(":", 1)[1]),
     )
@@ -284,23 +285,21 @@ def run_checks(watch, seconds: float, *, until_status: str | None = None) -> lis
 
 @pytest.mark.cluster
 def test_the_watcher_suspends_the_idle_raycluster_and_never_a_busy_one(
-        kube, local_cluster, driver_env):
+        kube, local_cluster):
     fake, api = kube
     log: list[str] = []
     watch = watch_for(local_cluster, api, log=log)
-    submit = subprocess.run(
-        [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--no-wait", "--",
-         "python", "-c", "import time; time.sleep(600)"],
-        env=driver_env, capture_output=True, text=True, timeout=180, check=True, cwd=REPO)
-    submission = next(w for w in (submit.stdout + submit.stderr).split()
-                      if w.startswith("raysubmit_"))
+    submission = submit_job(local_cluster)  # through the Jobs API, as `ray job submit`
     try:
-        busy = run_checks(watch, 3 * TIMEOUT_S)
+        busy = [watch.check()]
+        while busy[-1].checked_at - busy[0].checked_at < 1.5 * TIMEOUT_S:  # past the timeout
+            time.sleep(0.5)
+            busy.append(watch.check())
         assert busy[-1].status == idle.BUSY and submission in busy[-1].reason
+        assert busy[-1].checked_at - busy[0].checked_at >= TIMEOUT_S  # past the timeout
         assert fake.patches() == []
     finally:
-        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "job", "stop", submission],
-                       env=driver_env, capture_output=True, timeout=180, check=True, cwd=REPO)
+        stop_job(local_cluster, submission)
     states = run_checks(watch, 10 * TIMEOUT_S + 120, until_status=idle.STOPPED)
     assert states[-1].status == idle.STOPPED, log[-5:]
     (patch,) = fake.patches()

@@ -49,11 +49,11 @@ from cluster.autostop import StateFile, StopFailed, VmConfig, Watcher
 from cluster.render import render_gcp
 from cluster.spec import ClusterSpec
 from tests.cluster.conftest import FACTS
-from tests.workloads.conftest import REPO
+from tests.cluster.test_idle_local import stop_job, submit_job
 
 pytestmark = pytest.mark.cluster
 
-TIMEOUT_S = 6.0
+TIMEOUT_S = 4.0
 CHECK_EVERY_S = 0.5
 
 FAKE_SSH = textwrap.dedent('''\
@@ -157,7 +157,11 @@ class Vm:
         """A head and a worker, created through Ray's provider with Ray's own labels."""
         from ray.autoscaler._private.providers import _get_node_provider
 
-        resolved = commands._bootstrap_config(self.config.cluster_config(), no_config_cache=True)
+        # As `ray up` runs it: our read-only bootstrap checks the launcher key in ~/.ray-gcp.
+        home = autostop_vm.prepare_launcher_home(self.config)
+        with mock.patch.dict(os.environ, {"HOME": str(home)}):
+            resolved = commands._bootstrap_config(self.config.cluster_config(),
+                                                  no_config_cache=True)
         provider = _get_node_provider(resolved["provider"], resolved["cluster_name"],
                                       use_cache=False)
         name = resolved["cluster_name"]
@@ -210,12 +214,20 @@ class Vm:
         kwargs.update(overrides)
         return Watcher(**kwargs)
 
-    def watch(self, watcher: Watcher, *, until: float) -> list[idle.WatchState]:
-        """Check every CHECK_EVERY_S until stopped or `until` (monotonic)."""
+    def watch_over(self, watcher: Watcher, seconds: float) -> list[idle.WatchState]:
+        """Check until the checks span `seconds` of the watcher's clock (however slow each is)."""
+        states = [watcher.check()]
+        while states[-1].checked_at - states[0].checked_at < seconds:
+            time.sleep(CHECK_EVERY_S)
+            states.append(watcher.check())
+        return states
+
+    def watch(self, watcher: Watcher, *, until: float, attempts=None) -> list[idle.WatchState]:
+        """Check every CHECK_EVERY_S until stopped, `attempts()` holds or `until` (monotonic)."""
         states = []
         while time.monotonic() < until:
             states.append(watcher.check())
-            if states[-1].status == idle.STOPPED:
+            if states[-1].status == idle.STOPPED or (attempts and attempts()):
                 break
             time.sleep(CHECK_EVERY_S)
         return states
@@ -236,26 +248,22 @@ def wait_idle(cluster, timeout=180):
 
 
 def test_a_job_running_past_the_timeout_keeps_everything_then_idle_stops_it_all(
-        vm, local_cluster, driver_env, capsys):
+        vm, local_cluster, capsys):
     """While a job runs, three timeouts pass and nothing is deleted; once it ends, the
     watcher runs the real `ray down` after one timeout, every VM of the cluster is gone,
     and only then is the power-off invoked. Measures idle -> everything deleted."""
     vm.ray_up_nodes()
     wait_idle(local_cluster)
-    out = subprocess.run(
-        [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--no-wait", "--",
-         "python", "-c", "import time; time.sleep(600)"],
-        env=driver_env, capture_output=True, text=True, timeout=180, check=True, cwd=REPO)
-    submission = next(w for w in (out.stdout + out.stderr).split() if w.startswith("raysubmit_"))
+    submission = submit_job(local_cluster)  # through the Jobs API, as `ray job submit`
     watcher = vm.watcher()
     try:
-        busy = vm.watch(watcher, until=time.monotonic() + 3 * TIMEOUT_S)
+        busy = vm.watch_over(watcher, 1.5 * TIMEOUT_S)
         assert busy[-1].status == idle.BUSY and submission in busy[-1].reason, busy[-1].reason
+        assert busy[-1].checked_at - busy[0].checked_at >= TIMEOUT_S  # past the timeout
         assert len(vm.fake.instances) == 2 and vm.poweroffs == []
         assert all(s.status in (idle.BUSY, idle.IDLE) for s in busy)
     finally:
-        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "job", "stop", submission],
-                       env=driver_env, capture_output=True, timeout=180, check=True, cwd=REPO)
+        stop_job(local_cluster, submission)
     states = vm.watch(watcher, until=time.monotonic() + 10 * TIMEOUT_S + 120)
     final = states[-1]
     assert final.status == idle.STOPPED, [s.log_line() for s in states[-5:]]
@@ -307,7 +315,7 @@ def test_no_head_at_all_powers_the_provider_vm_off_after_the_timeout(vm):
 def test_an_operator_logged_in_keeps_it_up(vm):
     vm.ray_up_nodes()
     vm.logins = ("alice_example_com",)
-    states = vm.watch(vm.watcher(), until=time.monotonic() + 3 * TIMEOUT_S)
+    states = vm.watch_over(vm.watcher(), 1.5 * TIMEOUT_S)
     assert {s.status for s in states} == {idle.BUSY}
     assert "alice_example_com is logged in to the provider VM" in states[-1].reason
     assert len(vm.fake.instances) == 2 and vm.poweroffs == []
@@ -316,16 +324,17 @@ def test_an_operator_logged_in_keeps_it_up(vm):
 @pytest.mark.parametrize("failure", ["wrong token", "refused key"])
 def test_state_it_cannot_read_counts_as_busy(tmp_path, local_cluster, fake_gcp, monkeypatch,
                                              ssh_control_dirs, failure):
-    """A token that does not match (the dashboard answers 401) or a key the head refuses:
+    """A token that does not match (the dashboard answers 403) or a key the head refuses:
     never stopped, every check logged as an error."""
     vm = Vm(tmp_path, local_cluster, fake_gcp, monkeypatch,
             token="0" * 64 if failure == "wrong token" else None)
     if failure == "refused key":
         monkeypatch.setenv("FAKE_SSH_MODE", "denied")
     vm.ray_up_nodes()
-    states = vm.watch(vm.watcher(), until=time.monotonic() + 3 * TIMEOUT_S)
+    states = vm.watch_over(vm.watcher(), 1.5 * TIMEOUT_S)
     assert {s.status for s in states} == {idle.ERROR}
-    needle = "HTTP 401" if failure == "wrong token" else "refused the launcher key"
+    # Ray answers a token that does not match with 403.
+    needle = ("HTTP 403" if failure == "wrong token" else "refused the launcher key")
     assert needle in states[-1].reason and "counted as busy" in states[-1].reason
     assert len(vm.fake.instances) == 2 and vm.poweroffs == []
 
@@ -340,7 +349,8 @@ def test_a_failed_ray_down_does_not_power_off_and_is_retried(vm):
 
     watcher = vm.watcher(stop=autostop_vm.VmStop(vm.config, ray_down=failing_down),
                          probe=lambda: idle.ClusterSnapshot(time.time(), head="absent"))
-    states = vm.watch(watcher, until=time.monotonic() + 2 * TIMEOUT_S + 5)
+    states = vm.watch(watcher, until=time.monotonic() + 4 * TIMEOUT_S,
+                      attempts=lambda: len(attempts) >= 2)
     assert states[-1].status == idle.STOP_FAILED and len(attempts) >= 2
     assert "retried at the next check" in states[-1].reason
     assert vm.poweroffs == [] and len(vm.fake.instances) == 2
