@@ -33,7 +33,7 @@ def annotate_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
                      fmt_ratio(sp), f"{efficiency(sp, cores):.0%}"])
     sides = (f", {d['sample_sides'][0]}-{d['sample_sides'][1]} px resized to at most "
              f"{d['max_side']} px" if "sample_sides" in d else "")
-    text = (f"{d['items']} generated images (annotate.make_sample{sides}); every method runs "
+    text = (f"{d['items']} generated images (workloads.labelme_sample.make_sample{sides}); every method runs "
             "`workloads.annotate.process_item` on each (read, resize, rescale LabelMe JSON, "
             "quality metrics, atomic writes).\n\n"
             + _table(["method", "time (median, range)", "images/s", "speedup vs sequential",

@@ -23,8 +23,9 @@ write_autostop_service() {
   echo "Type=oneshot"
   echo "Environment=$AUTOSTOP_CONFIG_ENV=$AUTOSTOP_JSON"
   echo "Environment=HOME=$ROOT$AUTOSTOP_STATE_DIR"
-  echo "Environment=PYTHONUNBUFFERED=1"
-  echo "ExecStart=$VENV/bin/python -m cluster.autostop vm-check"
+  # -I: only the venv and the bundle on sys.path (never a working directory's);
+  # -u: each line reaches the journal at once.
+  echo "ExecStart=$VENV/bin/python -I -u -m cluster.autostop vm-check"
   echo "SyslogIdentifier=$AUTOSTOP_UNIT"
   # ray down waits for every VM of the cluster to be deleted.
   echo "TimeoutStartSec=45min"
@@ -49,7 +50,8 @@ write_idle_command() {
   echo "# ray-gcp-idle: the autostop state (status, the default) or the login banner (banner)."
   echo "# Written by the provider VM's boot script; see cluster/autostop.py."
   echo "[ \$# -gt 0 ] || set -- status"
-  echo "$AUTOSTOP_CONFIG_ENV=\"$AUTOSTOP_JSON\" exec \"$VENV/bin/python\" -m cluster.autostop \"\$@\""
+  # -I: the bundle's cluster/, never one in the caller's working directory.
+  echo "$AUTOSTOP_CONFIG_ENV=\"$AUTOSTOP_JSON\" exec \"$VENV/bin/python\" -I -m cluster.autostop \"\$@\""
 }
 
 install_autostop() {

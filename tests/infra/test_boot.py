@@ -594,7 +594,7 @@ def test_first_boot_installs_and_enables_the_autostop_timer(first_boot):
     service = sb.p(f"{boot.SYSTEMD_UNIT_DIR}/{unit}.service").read_text()
     timer = sb.p(f"{boot.SYSTEMD_UNIT_DIR}/{unit}.timer").read_text()
     venv = sb.p(layout.PROVIDER_VENV)
-    assert f"ExecStart={venv}/bin/python -m cluster.autostop vm-check\n" in service
+    assert f"ExecStart={venv}/bin/python -I -u -m cluster.autostop vm-check\n" in service
     assert "Type=oneshot\n" in service
     assert f"ConditionPathExists={sb.p(boot.PROVIDER_READY)}\n" in service
     assert f"Environment=RAY_GCP_AUTOSTOP_CONFIG={sb.p(layout.PROVIDER_AUTOSTOP_CONFIG)}\n" in service

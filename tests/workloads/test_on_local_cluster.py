@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import pytest
 
-from workloads import annotate, common, serve
+from workloads import annotate, common, labelme_resize, labelme_sample, serve
 
 from .conftest import REPO, WORKLOADS, free_port, stop_process_group
 
@@ -94,13 +94,13 @@ def expected_points(shape, sx, sy):
 def check_outputs(src, dst, keys):
     """Every key's output image and JSON are complete and exactly rescaled."""
     for key in keys:
-        orig = annotate.decode_image(src.read_bytes(key), key)
-        out = annotate.decode_image(dst.read_bytes(key), key)
+        orig = labelme_resize.decode_image(src.read_bytes(key), key)
+        out = labelme_resize.decode_image(dst.read_bytes(key), key)
         h, w = orig.shape[:2]
         nh, nw = out.shape[:2]
         s = min(1.0, MAX_SIDE / max(w, h))  # longest side -> MAX_SIDE, never upscaled
         assert (nw, nh) == (round(w * s), round(h * s)), key
-        jkey = annotate.annotation_key(key)
+        jkey = labelme_resize.annotation_key(key)
         if not src.exists(jkey):
             assert not dst.exists(jkey), key
             continue
@@ -126,7 +126,7 @@ MAX_SIDE = 96
 
 def test_annotate_exact_outputs_failures_and_resume(tmp_path, driver_env):
     src, dst = common.LocalStorage(tmp_path / "in"), common.LocalStorage(tmp_path / "out")
-    m = annotate.make_sample(src, 16, seed=3, corrupt=1, broken_json=1)
+    m = labelme_sample.make_sample(src, 16, seed=3, corrupt=1, broken_json=1)
     good = sorted(set(m.images) - set(m.corrupt_images) - set(m.broken_json))
     args = ["--input", src.url, "--output", dst.url, "--max-side", MAX_SIDE, "--batch-size", 3]
 
@@ -173,7 +173,7 @@ def test_annotate_exact_outputs_failures_and_resume(tmp_path, driver_env):
 
 def test_annotate_survives_a_lost_worker_node(tmp_path, local_cluster, driver_env):
     src, dst = common.LocalStorage(tmp_path / "in"), common.LocalStorage(tmp_path / "out")
-    m = annotate.make_sample(src, 60, seed=11, max_side=240)
+    m = labelme_sample.make_sample(src, 60, seed=11, max_side=240)
     proc = subprocess.Popen(
         [sys.executable, os.path.join(WORKLOADS, "annotate.py"), "--input", src.url,
          "--output", dst.url, "--max-side", str(MAX_SIDE), "--batch-size", "2",
@@ -229,7 +229,7 @@ def test_annotate_survives_a_lost_worker_node(tmp_path, local_cluster, driver_en
 def test_annotate_resumes_after_the_driver_is_killed(tmp_path, driver_env):
     """A real crash: SIGKILL the driver mid-run, rerun, every item done exactly once."""
     src, dst = common.LocalStorage(tmp_path / "in"), common.LocalStorage(tmp_path / "out")
-    m = annotate.make_sample(src, 30, seed=21, max_side=200)
+    m = labelme_sample.make_sample(src, 30, seed=21, max_side=200)
     args = [sys.executable, os.path.join(WORKLOADS, "annotate.py"), "--input", src.url,
             "--output", dst.url, "--max-side", str(MAX_SIDE), "--batch-size", "2", "--no-progress"]
     proc = subprocess.Popen([*args, "--item-delay", "0.4"], env=driver_env, cwd=REPO,
@@ -258,7 +258,7 @@ def test_annotate_resumes_after_the_driver_is_killed(tmp_path, driver_env):
 def test_annotate_reads_and_writes_gcs(emulated_gcs, gcs_emulator, driver_env):
     src = common.open_storage(f"gs://{emulated_gcs}/cluster/raw")
     dst = common.open_storage(f"gs://{emulated_gcs}/cluster/small")
-    m = annotate.make_sample(src, 8, seed=5, corrupt=1)
+    m = labelme_sample.make_sample(src, 8, seed=5, corrupt=1)
     env = driver_env | {"STORAGE_EMULATOR_HOST": gcs_emulator}
     r = run_driver("annotate.py", "--input", src.url, "--output", dst.url, "--max-side", MAX_SIDE,
                    "--batch-size", 3, "--no-progress", env=env)
@@ -278,7 +278,7 @@ def test_annotate_reads_and_writes_gcs(emulated_gcs, gcs_emulator, driver_env):
 def test_annotate_via_ray_job_submit_with_working_dir(tmp_path, local_cluster, driver_env):
     """The GCP route: `ray job submit --working-dir workloads -- python annotate.py ...`."""
     src, dst = common.LocalStorage(tmp_path / "in"), common.LocalStorage(tmp_path / "out")
-    m = annotate.make_sample(src, 5, seed=2)
+    m = labelme_sample.make_sample(src, 5, seed=2)
     # The entrypoint runs in the head's environment; name this venv's python
     # explicitly (on GCP `python` is the node venv's).
     r = subprocess.run(
@@ -555,7 +555,7 @@ def test_readme_job_submit_works_as_documented_and_says_what_a_missing_token_loo
     assert "--address" not in submit  # the environment names the dashboard
     bindir = os.path.dirname(sys.executable)
     src, dst = tmp_path / "sample", tmp_path / "sample-small2"
-    annotate.make_sample(common.LocalStorage(src), 5, seed=3)
+    labelme_sample.make_sample(common.LocalStorage(src), 5, seed=3)
     eval_line = eval_line.replace(
         "cluster local up", f"cluster local up --state-dir {local_cluster.state_dir}"
     )
@@ -591,6 +591,37 @@ def test_readme_job_submit_works_as_documented_and_says_what_a_missing_token_loo
     assert r.returncode != 0
     assert shown.strip() in (r.stdout + r.stderr).splitlines(), (r.stdout + r.stderr)[-2000:]
     assert not (tmp_path / "sample-small2-x").exists()
+
+
+def test_readme_serve_example_waits_for_the_server_then_stops_it(local_cluster):
+    """The README's serve lines, from `serve.py ... &` to `kill $SERVE_PID`, run by bash
+    as written (a free port for 8000, the venv for `.venv/bin/`): the curl after the
+    /healthz wait gets the predictions, not an empty answer from a server still fitting
+    its model, and the server is gone afterwards."""
+    block = _readme_local_block().replace("\\\n", " ")
+    lines = block.splitlines()
+    start = next(i for i, ln in enumerate(lines) if "workloads/serve.py" in ln)
+    end = next(i for i, ln in enumerate(lines) if ln.startswith("kill $SERVE_PID"))
+    port = str(free_port())
+    snippet = "\n".join(lines[start:end + 1]).replace("8000", port)
+    assert "healthz" in snippet  # the wait is part of the example
+    bindir = os.path.dirname(sys.executable)
+    script = (snippet.replace(".venv/bin/", f"{bindir}/")
+              + "\nwait $SERVE_PID 2>/dev/null || true\n")  # the test also waits for the exit
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(local_cluster.driver_env())
+    proc = subprocess.Popen(["bash", "-c", script], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            stop_process_group(proc, timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    answer = json.loads(out.strip().splitlines()[-1])
+    assert len(answer["predictions"]) == 2, out
+    with pytest.raises(OSError):  # nothing listens on the port any more
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
 
 
 def test_readme_planted_failures_sample_reports_what_the_readme_says(tmp_path, driver_env):
