@@ -350,3 +350,20 @@ def test_an_unreachable_head_is_suspended_after_the_timeout(kube):
     states = run_checks(watch, 30, until_status=idle.STOPPED)
     assert states[0].status == idle.UNREACHABLE and "does not answer" in states[0].reason
     assert states[-1].status == idle.STOPPED and len(fake.patches()) == 1
+
+
+def test_the_cli_prints_the_watcher_and_refuses_the_timeout_where_it_does_not_apply():
+    out = subprocess.run(
+        [sys.executable, "-m", "cluster", "render", "--target", "kuberay", "--kind", "autostop",
+         "--idle-timeout-minutes", "30"], capture_output=True, text=True, check=True).stdout
+    import yaml
+
+    docs = list(yaml.safe_load_all(out))
+    assert [d["kind"] for d in docs] == [
+        "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Deployment"]
+    env = docs[-1]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": autostop_gke.ENV_TIMEOUT, "value": "30"} in env
+    bad = subprocess.run([sys.executable, "-m", "cluster", "render", "--target", "gcp",
+                          "--idle-timeout-minutes", "30"], capture_output=True, text=True,
+                         check=False)
+    assert bad.returncode == 2 and "--idle-timeout-minutes: applies to" in bad.stderr
