@@ -255,4 +255,4 @@ def autostop_section() -> str:
         "GKE's own Pods on that node can keep it, so check with `kubectl get nodes` after "
         "a suspension."
     )
-    return "\n".join([AUTOSTOP_BEGIN, "", text, "", AUTOSTOP_END])
+    return f"{AUTOSTOP_BEGIN}\n\n{text}\n\n{AUTOSTOP_END}"
