@@ -14,9 +14,10 @@ The watcher's own code path (``cluster.autostop.Watcher`` with
   is the one step that cannot run and is refused, as Ray tolerates);
 * the power-off: recorded, never run.
 
-Timeouts are seconds here, the same code as the minutes on a VM. The
-end-to-end harness with real `ray up` and namespace VMs (branch t20-e2e) is
-not used: it has not landed.
+Timeouts are seconds here, the same code as the minutes on a VM. The same
+sequence after a real `ray up` on namespace VMs, with real SSH and the
+service's own command, is in the end-to-end test (tests/e2e/test_e2e.py,
+`make e2e`: needs root).
 """
 
 from __future__ import annotations
