@@ -25,7 +25,7 @@ import pytest
 from cluster import idle
 from cluster.idle_probe import gather
 from tests.workloads.conftest import REPO, stop_process_group
-from tests.workloads.test_on_local_cluster import HttpServer
+from tests.workloads.test_serve_on_local_cluster import HttpServer
 
 pytestmark = pytest.mark.cluster
 
@@ -132,7 +132,7 @@ def test_busy_while_a_driver_is_connected(local_cluster, driver_env):
 
 
 def test_busy_while_serve_py_runs(local_cluster, driver_env):
-    """workloads/serve.py: a Flask driver and its pool of AnomalyModel actors."""
+    """workloads/serve.py: an HTTP front (uvicorn) that is a driver, and its pool of AnomalyModel actors."""
     server = HttpServer("serve.py", "--actors", 1, env=driver_env)
     try:
         server.wait_healthy()
