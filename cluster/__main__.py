@@ -37,7 +37,10 @@ ClusterSpec (default: the stack's default spec). --api-endpoint API=URL
 (repeatable; gcp only) sets provider.api_endpoints as ray-gcp:apiEndpoints does
 for the stack; with --facts it adds to the facts file's api_endpoints.
 --kind core prints the
-Namespace, ServiceAccount, NetworkPolicy and workloads ConfigMap as one stream.
+Namespace, ServiceAccount, NetworkPolicy and workloads ConfigMap as one stream;
+--kind autostop the watcher that suspends the idle RayCluster
+(--idle-timeout-minutes, default 60; 0 = off, and the NetworkPolicy of --kind
+core then admits no watcher).
 A bad value is reported as `field = value: problem (allowed: ...)`, exit 2;
 so is a flag the target does not use."""
 RENDER_EXAMPLES = """\
@@ -220,6 +223,9 @@ def _unused_flags(args: argparse.Namespace) -> list[str]:
         )
     if args.target == "local" and args.facts:
         problems.append("--facts: not used with --target local (GCP facts)")
+    if args.idle_timeout_minutes is not None and args.kind not in ("core", "autostop"):
+        problems.append("--idle-timeout-minutes: applies to --target kuberay --kind core or "
+                        "autostop only")
     if args.api_endpoint and args.target != "gcp":
         problems.append(
             f"--api-endpoint: applies to --target gcp only (not --target {args.target}): "
@@ -243,6 +249,7 @@ def _render_kuberay(args: argparse.Namespace, spec, project: str) -> int:
     except ValidationError as e:
         print(report(describe_all(e, kuberay.KubeFacts, prefix=f"{args.facts}: ")), file=sys.stderr)
         return 2
+    minutes = 60 if args.idle_timeout_minutes is None else args.idle_timeout_minutes
     try:
         if args.kind in (None, "raycluster"):
             objs = [kuberay.render_raycluster(spec, facts)]
@@ -250,8 +257,16 @@ def _render_kuberay(args: argparse.Namespace, spec, project: str) -> int:
             objs = [kuberay.render_rayjob(spec, facts)]
         elif args.kind == "rayservice":
             objs = [kuberay.render_rayservice(spec, facts)]
+        elif args.kind == "autostop":
+            from cluster import kuberay_autostop
+
+            objs = kuberay_autostop.render_autostop_objects(
+                spec, facts, minutes, kuberay_autostop.read_autostop_sources()
+            )
         else:
-            objs = kuberay.render_core_objects(spec, facts, kuberay.read_workloads())
+            objs = kuberay.render_core_objects(
+                spec, facts, kuberay.read_workloads(), autostop=minutes > 0
+            )
     except SpecError as e:
         print(f"invalid input: {e}", file=sys.stderr)
         return 2
@@ -318,10 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--target", choices=["gcp", "local", "kuberay"], required=True)
     render.add_argument(
         "--kind",
-        choices=["raycluster", "rayjob", "rayservice", "core"],
+        choices=["raycluster", "rayjob", "rayservice", "core", "autostop"],
         default=None,
         help="kuberay only: which manifest (default raycluster; core = Namespace, KSA, "
-        "NetworkPolicy, ConfigMap)",
+        "NetworkPolicy, ConfigMap; autostop = the watcher that suspends the idle RayCluster)",
+    )
+    render.add_argument(
+        "--idle-timeout-minutes", type=int, default=None,
+        help="kuberay --kind core or autostop: autostop after this many idle minutes "
+        "(default 60; 0 = off)",
     )
     render.add_argument("--spec", type=Path, help="ClusterSpec as YAML/JSON")
     render.add_argument(

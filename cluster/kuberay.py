@@ -587,12 +587,21 @@ def read_workloads(root: Path | None = None) -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted(root.glob("*.py"))}
 
 
-def render_network_policy(spec: ClusterSpec, facts: KubeFacts) -> dict[str, Any]:
+def render_network_policy(
+    spec: ClusterSpec, facts: KubeFacts, *, autostop: bool = False
+) -> dict[str, Any]:
     """Ingress to Ray pods only from the same Ray cluster's pods (every port:
     Ray picks worker ports), plus the dashboard/Jobs API port from the
-    operator's namespace and the RayJob submitter pods. Egress is open
-    (bucket, PyPI for runtime envs, the API server for the autoscaler)."""
+    operator's namespace and the RayJob submitter pods, and with ``autostop``
+    the dashboard and GCS ports from the autostop watcher's Pod
+    (cluster/kuberay_autostop.py). Egress is open (bucket, PyPI for runtime
+    envs, the API server for the autoscaler)."""
     ray_pods = {"matchLabels": {CLUSTER_LABEL: spec.cluster_name}}
+    extra = []
+    if autostop:
+        from cluster.kuberay_autostop import watcher_ingress
+
+        extra.append(watcher_ingress(spec))
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -619,6 +628,7 @@ def render_network_policy(spec: ClusterSpec, facts: KubeFacts) -> dict[str, Any]
                     ],
                     "ports": [{"protocol": "TCP", "port": ray_start.DASHBOARD_PORT}],
                 },
+                *extra,
             ],
         },
     }
@@ -635,9 +645,10 @@ def workload_identity_principal(project_number: str, project_id: str, facts: Kub
 
 
 def render_core_objects(
-    spec: ClusterSpec, facts: KubeFacts, workloads: Mapping[str, str]
+    spec: ClusterSpec, facts: KubeFacts, workloads: Mapping[str, str], *, autostop: bool = False
 ) -> list[dict[str, Any]]:
-    """Namespace, ServiceAccount, NetworkPolicy and the workloads ConfigMap.
+    """Namespace, ServiceAccount, NetworkPolicy and the workloads ConfigMap
+    (``autostop``: the NetworkPolicy admits the autostop watcher).
 
     The Secret (``facts.auth_secret_name``, key ``auth_token``) is not here:
     its value is a secret, and Pulumi creates it from the random token.
@@ -664,7 +675,7 @@ def render_core_objects(
             # stays mounted: KubeRay's autoscaler sidecar patches the RayCluster
             # with it (the operator binds its Role to the head's SA).
         },
-        render_network_policy(spec, facts),
+        render_network_policy(spec, facts, autostop=autostop),
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",

@@ -27,6 +27,12 @@ PROVIDER_CONFIG_DIR = "/etc/ray-gcp"
 PROVIDER_CLUSTER_YAML = "/etc/ray-gcp/cluster.yaml"
 PROVIDER_SECRETS_DIR = "/etc/ray-gcp/secrets"
 OPERATOR_GROUP = "ray-operators"
+# Autostop (ray-gcp:idleTimeoutMinutes): the watcher's settings, written by the
+# boot script, and its state (JSON, no secrets: operators read it).
+PROVIDER_AUTOSTOP_CONFIG = "/etc/ray-gcp/autostop.json"
+PROVIDER_AUTOSTOP_STATE_DIR = "/var/lib/ray-gcp-autostop"
+AUTOSTOP_UNIT = "ray-gcp-autostop"  # .service (one check) and .timer (every minute)
+IDLE_STATUS_COMMAND = "/usr/local/bin/ray-gcp-idle"
 # Per-operator copies (mode 0600, owned by the operator) that cluster.yaml
 # names; ssh refuses a private key that others can read.
 OPERATOR_DIR = "~/.ray-gcp"
@@ -40,6 +46,7 @@ META_BUNDLE = "ray-gcp-bundle"  # base64 of a deterministic tar.gz
 META_SECRETS = "ray-gcp-secrets"  # JSON: {logical name: Secret Manager version path}
 META_CREDENTIAL_MODE = "ray-gcp-credential-mode"  # "metadata" | "key"
 META_OPERATORS = "ray-gcp-operators"  # JSON list: OS Login usernames of ray-gcp:operators users
+META_IDLE_TIMEOUT = "ray-gcp-idle-timeout-minutes"  # "0" (autostop off) or "5".."10080"
 
 # Logical secret names (keys of the META_SECRETS JSON).
 SECRET_SSH_PRIVATE_KEY = "ssh-private-key"

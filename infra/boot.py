@@ -1,4 +1,9 @@
-"""Render the provider VM's startup script from infra/provider_boot.sh.
+"""Render the provider VM's startup script from the pieces in infra/provider_boot/.
+
+The script is one bash file on the VM (GCE runs one ``startup-script``), kept
+here as one piece per concern (``BOOT_PIECES``, in the order they run), which
+``boot_template()`` joins; ``@@include NAME@@`` lines pull in files verbatim
+(the Python fetcher, which bash runs from a quoted here-document).
 
 Pure: text in, text out. Every value comes from ``cluster/layout.py`` unless a
 keyword argument overrides it, and is checked before it reaches the script, so
@@ -20,8 +25,23 @@ import string
 from pathlib import Path
 
 from cluster import layout
+from cluster.autostop import CONFIG_ENV as AUTOSTOP_CONFIG_ENV
 
-TEMPLATE_PATH = Path(__file__).with_name("provider_boot.sh")
+PIECES_DIR = Path(__file__).with_name("provider_boot")
+# The boot script's pieces, in the order they are joined (and run).
+BOOT_PIECES = (
+    "settings.sh",  # rendered values, sandbox overrides, derived paths
+    "failure.sh",  # logging, the FAILED line, fail-closed exit trap
+    "preflight.sh",  # 1. root, lock, Python minor
+    "fetch.sh",  # 2. metadata, bundle, secrets into staging (runs fetch_staging.py)
+    "install.sh",  # 3-5. system packages, pinned uv, the pinned venv
+    "bundle_and_secrets.sh",  # 6-7. the bundle and the secrets swapped in
+    "access.sh",  # 8. cluster config, operator helper, sudoers, login profile
+    "autostop.sh",  # 9. the autostop timer (ray-gcp:idleTimeoutMinutes), ray-gcp-idle
+    "ready.sh",  # 10. READY
+    "main.sh",  # the steps, in order
+)
+_INCLUDE = re.compile(r"^@@include ([A-Za-z0-9_.-]+)@@\n", re.MULTILINE)
 
 # Paths the boot script owns that cluster/layout.py does not name; derived
 # from layout's names so they move with them.
@@ -30,6 +50,7 @@ PROVIDER_READY = f"{layout.PROVIDER_CONFIG_DIR}/READY"  # written last by a boot
 OPERATOR_HELPER = f"{layout.PROVIDER_ROOT}/sbin/ray-gcp-operator-credentials"
 OPERATOR_SUDOERS = "/etc/sudoers.d/ray-gcp-operators"  # no dot: sudo skips such names
 LOGIN_PROFILE = "/etc/profile.d/ray-gcp.sh"
+SYSTEMD_UNIT_DIR = "/etc/systemd/system"
 # The per-operator copy of the service-account key (credential mode "key").
 OPERATOR_SA_KEY = layout.OPERATOR_SA_KEY
 # Inside the bundle (metadata key layout.META_BUNDLE): the nodes' exact pins.
@@ -96,6 +117,11 @@ def render_boot_script(
     operator_helper: str = OPERATOR_HELPER,
     operator_sudoers: str = OPERATOR_SUDOERS,
     login_profile: str = LOGIN_PROFILE,
+    autostop_config: str = layout.PROVIDER_AUTOSTOP_CONFIG,
+    autostop_state_dir: str = layout.PROVIDER_AUTOSTOP_STATE_DIR,
+    autostop_unit: str = layout.AUTOSTOP_UNIT,
+    idle_status_command: str = layout.IDLE_STATUS_COMMAND,
+    systemd_unit_dir: str = SYSTEMD_UNIT_DIR,
     operator_dir: str = layout.OPERATOR_DIR,
     operator_ssh_key: str = layout.OPERATOR_SSH_KEY,
     operator_auth_token: str = layout.OPERATOR_AUTH_TOKEN,
@@ -107,6 +133,7 @@ def render_boot_script(
     meta_secrets: str = layout.META_SECRETS,
     meta_credential_mode: str = layout.META_CREDENTIAL_MODE,
     meta_operators: str = layout.META_OPERATORS,
+    meta_idle_timeout: str = layout.META_IDLE_TIMEOUT,
     secret_ssh_private_key: str = layout.SECRET_SSH_PRIVATE_KEY,
     secret_ray_auth_token: str = layout.SECRET_RAY_AUTH_TOKEN,
     secret_sa_key: str = layout.SECRET_SA_KEY,
@@ -139,6 +166,15 @@ def render_boot_script(
         "OPERATOR_HELPER": _check("operator_helper", operator_helper, _ABS_PATH, p),
         "OPERATOR_SUDOERS": _check("operator_sudoers", operator_sudoers, _ABS_PATH, p),
         "LOGIN_PROFILE": _check("login_profile", login_profile, _ABS_PATH, p),
+        "AUTOSTOP_CONFIG": _check("autostop_config", autostop_config, _ABS_PATH, p),
+        "AUTOSTOP_STATE_DIR": _check("autostop_state_dir", autostop_state_dir, _ABS_PATH, p),
+        "AUTOSTOP_UNIT": _check("autostop_unit", autostop_unit, _NAME, n),
+        "IDLE_STATUS_COMMAND": _check(
+            "idle_status_command", idle_status_command, _ABS_PATH, p
+        ),
+        "SYSTEMD_UNIT_DIR": _check("systemd_unit_dir", systemd_unit_dir, _ABS_PATH, p),
+        # Not an argument: the variable cluster/autostop.py reads its settings file from.
+        "AUTOSTOP_CONFIG_ENV": AUTOSTOP_CONFIG_ENV,
         "OPERATOR_DIR": _home_relative("operator_dir", operator_dir, operator_dir),
         "OPERATOR_SSH_KEY": _home_relative("operator_ssh_key", operator_ssh_key, operator_dir),
         "OPERATOR_AUTH_TOKEN": _home_relative(
@@ -156,6 +192,7 @@ def render_boot_script(
         "META_SECRETS": _check("meta_secrets", meta_secrets, _NAME, n),
         "META_CREDENTIAL_MODE": _check("meta_credential_mode", meta_credential_mode, _NAME, n),
         "META_OPERATORS": _check("meta_operators", meta_operators, _NAME, n),
+        "META_IDLE_TIMEOUT": _check("meta_idle_timeout", meta_idle_timeout, _NAME, n),
         "SECRET_SSH_PRIVATE_KEY": _check(
             "secret_ssh_private_key", secret_ssh_private_key, _NAME, n
         ),
@@ -173,10 +210,21 @@ def render_boot_script(
     quoted["SYSTEM_PACKAGES"] = " ".join(shlex.quote(pkg) for pkg in system_packages)
     # substitute() raises KeyError on a placeholder without a value and
     # ValueError on a malformed one, so nothing unsubstituted can get through.
-    return _BootTemplate(TEMPLATE_PATH.read_text(encoding="utf-8")).substitute(quoted)
+    return _BootTemplate(boot_template()).substitute(quoted)
+
+
+def boot_template() -> str:
+    """The pieces joined in order, includes expanded: the template before substitution."""
+
+    def include(match: re.Match[str]) -> str:
+        return (PIECES_DIR / match.group(1)).read_text(encoding="utf-8")
+
+    return "".join(
+        _INCLUDE.sub(include, (PIECES_DIR / piece).read_text(encoding="utf-8"))
+        for piece in BOOT_PIECES
+    )
 
 
 def template_placeholders() -> set[str]:
-    """The @@NAME@@ placeholders of infra/provider_boot.sh (for tests and docs)."""
-    text = TEMPLATE_PATH.read_text(encoding="utf-8")
-    return set(re.findall(r"@@([A-Z][A-Z0-9_]*)@@", text))
+    """The @@NAME@@ placeholders of the boot script's pieces (for tests and docs)."""
+    return set(re.findall(r"@@([A-Z][A-Z0-9_]*)@@", boot_template()))

@@ -357,6 +357,8 @@ def _import_program_modules() -> None:
         k8s.helm.v3: "Release",
         k8s.core.v1: "Namespace ServiceAccount Secret ConfigMap",
         k8s.networking.v1: "NetworkPolicy",
+        k8s.rbac.v1: "Role RoleBinding",
+        k8s.apps.v1: "Deployment",
         k8s.apiextensions: "CustomResource",
     }.items():
         for k8s_name in k8s_names.split():

@@ -194,7 +194,7 @@ class ClusterView:
     def lines(self) -> list[str]:
         return [
             (f"{self.title}: at most {self.max_workers} workers in all, "
-             f"idle timeout {self.idle_timeout_minutes:g} min"),
+             f"idle workers removed after {self.idle_timeout_minutes:g} min"),
             f"  {self.zones}",
             f"  workload bucket {self.bucket}",
             *(g.line() for g in sorted(self.groups, key=lambda g: g.name)),
@@ -265,7 +265,24 @@ def _gke_view(spec_output: dict[str, Any], location: str, bucket: str) -> Cluste
     )
 
 
+def autostop_lines(outputs: dict[str, Any]) -> list[str]:
+    """What ray-gcp:idleTimeoutMinutes does on this platform, and how to come back."""
+    minutes = outputs["idleTimeoutMinutes"]
+    if minutes == 0:
+        return ["autostop: off (idleTimeoutMinutes = 0): the cluster runs until you stop it"]
+    if "clusterConfig" in outputs:
+        what = "`ray down`, then the provider VM powers off (only its disk is billed)"
+    else:
+        what = "the RayCluster is suspended (KubeRay deletes its Pods)"
+    return [
+        f"autostop: after {minutes} min idle, {what}",
+        "  back: $(pulumi stack output startCommand)",
+    ]
+
+
 def summary_lines(result: dict[str, Any], config: dict[str, str], changed: set[str]) -> list[str]:
-    """The effective settings, then the cluster they render (read back from the outputs)."""
+    """The effective settings, then the cluster they render (read back from the outputs),
+    then what autostop does."""
     outputs = {key: out["value"] for key, out in result["outputs"].items()}
-    return settings_lines(config, changed) + cluster_view(outputs).lines()
+    return (settings_lines(config, changed) + cluster_view(outputs).lines()
+            + autostop_lines(outputs))

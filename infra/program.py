@@ -15,6 +15,7 @@ from typing import Any
 import pulumi
 import pulumi_gcp as gcp
 
+from cluster.autostop_gke import resume_command
 from cluster.bundle import build_bundle
 from cluster.render import render_gcp, to_yaml
 from cluster.spec import GcpFacts
@@ -52,6 +53,11 @@ def render_cluster_yaml(settings: Settings, facts: dict[str, Any]) -> str:
 
 def ssh_command(instance: str, zone: str, project: str) -> str:
     return f"gcloud compute ssh {instance} --zone {zone} --project {project} --tunnel-through-iap"
+
+
+def start_command(instance: str, zone: str, project: str) -> str:
+    """Starts the provider VM that autostop powered off (then `ray up` as before)."""
+    return f"gcloud compute instances start {instance} --zone {zone} --project {project}"
 
 
 def build(settings: Settings) -> dict[str, Any]:
@@ -132,6 +138,10 @@ def build(settings: Settings) -> dict[str, Any]:
         "sshCommand": pulumi.Output.all(vm.name, vm.zone).apply(
             lambda a: ssh_command(a[0], a[1], settings.project)
         ),
+        "startCommand": pulumi.Output.all(vm.name, vm.zone).apply(
+            lambda a: start_command(a[0], a[1], settings.project)
+        ),
+        "idleTimeoutMinutes": settings.idle_timeout_minutes,
         "clusterConfig": cluster_yaml,
         "serviceAccounts": identity.emails,
         "network": network.network.name,
@@ -187,6 +197,9 @@ def build_gke(
         "rayNamespace": ray.namespace,
         "rayCluster": ray.ray_cluster_name,
         "rayServiceAccount": ray.service_account_name,
+        # Resumes the RayCluster that autostop suspended (after getCredentials).
+        "startCommand": resume_command(ray.ray_cluster_name, ray.namespace),
+        "idleTimeoutMinutes": settings.idle_timeout_minutes,
         # What `python -m cluster render --target kuberay --spec ... --facts ...`
         # needs to print this stack's RayJob / RayService (README: the GKE path).
         "clusterSpec": settings.cluster_spec().model_dump(mode="json"),

@@ -20,6 +20,12 @@ from pydantic.alias_generators import to_camel
 
 from cluster import api_endpoints
 from cluster.api_endpoints import ApiEndpoints
+from cluster.autostop import (
+    DEFAULT_TIMEOUT_MINUTES,
+    MAX_TIMEOUT_MINUTES,
+    MIN_TIMEOUT_MINUTES,
+    check_timeout_minutes,
+)
 from cluster.regions import (
     DEFAULT_REGION,
     DEFAULT_ZONE,
@@ -204,6 +210,20 @@ class Settings(BaseModel):
         default="10.10.0.0/20",
         description="Primary IPv4 range of the cluster subnet (RFC 1918, /8 to /29).",
         **_allowed("a private (RFC 1918) IPv4 CIDR between /8 and /29, e.g. 10.10.0.0/20"),
+    )
+    idle_timeout_minutes: int = Field(
+        default=DEFAULT_TIMEOUT_MINUTES,
+        description=(
+            "Autostop: minutes the Ray cluster (head included) may stay idle before it stops "
+            "itself; 0 keeps it up. Idle = no job, connected driver, user actor, task, "
+            "placement group or resource demand (vm: and nobody logged in to the provider VM), "
+            "or a head that does not answer. vm: `ray down`, then the provider VM powers off "
+            "(stack output startCommand starts it again); gke: the RayCluster is suspended."
+        ),
+        **_allowed(
+            f"0 (autostop off) or a whole number of minutes from {MIN_TIMEOUT_MINUTES} "
+            f"to {MAX_TIMEOUT_MINUTES}"
+        ),
     )
     platform: Literal["vm", "gke"] = Field(
         default="vm",
@@ -428,6 +448,15 @@ class Settings(BaseModel):
         if not 8 <= net.prefixlen <= 29:
             raise ValueError("GCE subnets are /8 to /29")
         return str(net)
+
+    @field_validator("idle_timeout_minutes", mode="before")
+    @classmethod
+    def _idle_timeout_minutes(cls, v: Any) -> int:
+        # One rule, shared with the boot script's and the GKE watcher's checks.
+        try:
+            return check_timeout_minutes(v)
+        except ValueError:
+            raise ValueError("not a whole number of minutes in the allowed range") from None
 
     @field_validator("gke_pods_cidr")
     @classmethod

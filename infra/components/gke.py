@@ -20,8 +20,10 @@ Secure by default, every choice here is checked by tests/infra/test_gke.py:
 
 Node pools, one per node type of the cluster spec, named as the KubeRay
 renderer's nodeSelector expects (`cluster.kuberay.gke_node_pool`):
-- `ray-system`: fixed size, the head's machine type: the KubeRay operator,
-  GKE's own system Pods and the Ray head.
+- `ray-system`: the head's machine type, two nodes: the KubeRay operator,
+  GKE's own system Pods, the autostop watcher and the Ray head. With autostop
+  on, autoscaled between one and two, so the head's node can go while the
+  RayCluster is suspended.
 - `cpu-worker`: the worker machine type, autoscaled by the cluster autoscaler
   from 0 to maxWorkers nodes (one Ray worker Pod fills one node), Spot when
   spotWorkers is set.
@@ -93,6 +95,18 @@ def kubeconfig(cluster_name: str, dns_endpoint: str) -> str:
         },
         sort_keys=False,
     )
+
+
+def system_pool_size(settings: Settings) -> dict[str, Any]:
+    """Fixed at two nodes; with autostop (idleTimeoutMinutes > 0) autoscaled from one to
+    two, so the cluster autoscaler can remove the head's node while the RayCluster is
+    suspended (the other node keeps the operator, the autostop watcher and GKE's Pods)."""
+    if settings.idle_timeout_minutes == 0:
+        return {"node_count": SYSTEM_POOL_NODES}
+    return {
+        "initial_node_count": SYSTEM_POOL_NODES,
+        "autoscaling": {"min_node_count": 1, "max_node_count": SYSTEM_POOL_NODES},
+    }
 
 
 def workload_pool(project: str) -> str:
@@ -183,10 +197,10 @@ class GkeCluster(Component):
         self.pools: dict[str, gcp.container.NodePool] = {
             SYSTEM_POOL: pool(
                 SYSTEM_POOL,
-                node_count=SYSTEM_POOL_NODES,
                 node_config=node_config(
                     settings, node_service_account, machine_type=spec.head.machine_type
                 ),
+                **system_pool_size(settings),
             )
         }
         for type_name, t in sorted(spec.worker_types.items()):

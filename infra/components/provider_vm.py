@@ -14,6 +14,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from cluster import layout
+from cluster.autostop import DEFAULT_TIMEOUT_MINUTES, check_timeout_minutes
 from infra import names
 from infra.components.base import Component, labels
 from infra.components.operators import operator_usernames
@@ -34,6 +35,7 @@ def provider_metadata(
     secret_versions: Mapping[str, str],
     credential_mode: str,
     operator_usernames: Sequence[str] = (),
+    idle_timeout_minutes: int = DEFAULT_TIMEOUT_MINUTES,
 ) -> dict[str, str]:
     """The VM's metadata items (pure, so tests can check it without Pulumi)."""
     items = {
@@ -49,6 +51,8 @@ def provider_metadata(
         layout.META_CREDENTIAL_MODE: credential_mode,
         # OS Login usernames the boot script lets into the ray-operators group.
         layout.META_OPERATORS: json.dumps(list(operator_usernames)),
+        # Autostop (infra/provider_boot/autostop.sh): 0 = off.
+        layout.META_IDLE_TIMEOUT: str(check_timeout_minutes(idle_timeout_minutes)),
     }
     for key, value in items.items():
         if len(value.encode()) > METADATA_VALUE_LIMIT:
@@ -85,6 +89,7 @@ class ProviderVm(Component):
                 secret_versions=args[1],
                 credential_mode=settings.credential_mode,
                 operator_usernames=operator_usernames(settings.operators),
+                idle_timeout_minutes=settings.idle_timeout_minutes,
             )
         )
         interface: dict = {"subnetwork": subnetwork}

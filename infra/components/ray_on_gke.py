@@ -1,5 +1,6 @@
 """The Ray side of `platform: gke`: namespace, service account, NetworkPolicy,
-the auth token Secret, the workloads ConfigMap and the RayCluster.
+the auth token Secret, the workloads ConfigMap, the RayCluster and its autostop
+watcher (cluster/kuberay_autostop.py).
 
 Every object is rendered by cluster/kuberay.py (spec and facts in, manifest
 dict out, the same objects `python -m cluster render --target kuberay`
@@ -31,6 +32,7 @@ from cluster.kuberay import (
     render_raycluster,
     workload_identity_principal,
 )
+from cluster.kuberay_autostop import read_autostop_sources, render_autostop_objects
 from infra import names
 from infra.components.base import Component
 from infra.components.secrets import AUTH_TOKEN_LENGTH
@@ -54,6 +56,13 @@ _MAKERS: dict[tuple[str, str], _Maker] = {
         name, metadata=m["metadata"], data=m["data"], opts=opts),
     ("networking.k8s.io/v1", "NetworkPolicy"): lambda name, m, opts: (
         k8s.networking.v1.NetworkPolicy(name, metadata=m["metadata"], spec=m["spec"], opts=opts)),
+    ("rbac.authorization.k8s.io/v1", "Role"): lambda name, m, opts: k8s.rbac.v1.Role(
+        name, metadata=m["metadata"], rules=m["rules"], opts=opts),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): lambda name, m, opts: (
+        k8s.rbac.v1.RoleBinding(name, metadata=m["metadata"], role_ref=m["roleRef"],
+                                subjects=m["subjects"], opts=opts)),
+    ("apps/v1", "Deployment"): lambda name, m, opts: k8s.apps.v1.Deployment(
+        name, metadata=m["metadata"], spec=m["spec"], opts=opts),
 }
 
 
@@ -111,7 +120,11 @@ class RayOnGke(Component):
         def in_cluster(*after: pulumi.Resource) -> pulumi.ResourceOptions:
             return self.child(provider=provider, depends_on=list(after))
 
-        core = {m["kind"]: m for m in render_core_objects(spec, facts, read_workloads())}
+        autostop = settings.idle_timeout_minutes > 0
+        core = {
+            m["kind"]: m
+            for m in render_core_objects(spec, facts, read_workloads(), autostop=autostop)
+        }
         namespace = manifest_resource(f"{name}-namespace", core.pop("Namespace"), in_cluster())
         self.objects = {
             kind: manifest_resource(f"{name}-{kind.lower()}", manifest, in_cluster(namespace))
@@ -154,6 +167,19 @@ class RayOnGke(Component):
             # ConfigMap; the NetworkPolicy guards the ports before a Pod listens.
             in_cluster(self.auth_secret, self.bucket_access, *self.objects.values()),
         )
+        # Autostop: the watcher that suspends this RayCluster once it has been idle for
+        # ray-gcp:idleTimeoutMinutes (nothing when 0). It needs the RayCluster (its
+        # Role names it) and the token Secret.
+        self.autostop = {
+            obj["kind"]: manifest_resource(
+                f"{name}-autostop-{obj['kind'].lower()}",
+                obj,
+                in_cluster(namespace, self.auth_secret, self.ray_cluster),
+            )
+            for obj in render_autostop_objects(
+                spec, facts, settings.idle_timeout_minutes, read_autostop_sources()
+            )
+        }
         self.register_outputs(
             {
                 "namespace": self.namespace,

@@ -54,9 +54,11 @@ PROVIDER = "ray-gcp-provider"
 SUBNET_CIDR = "10.10.0.0/20"  # infra/settings.py's default subnet_cidr
 API_PORT, GCS_PORT = 80, 9023
 BUCKET = "ray-gcp-e2e"
-# Two Spot workers of 2 CPUs, zone fallback on: what the test needs.
+# Two Spot workers of 2 CPUs, zone fallback on: what the test needs. Idle workers stay
+# 10 minutes, so that autostop's `ray down` still finds workers to delete.
 E2E_SPEC = ClusterSpec.from_settings(
-    max_workers=2, spot_workers=True, worker_machine_type="n2-standard-2"
+    max_workers=2, spot_workers=True, worker_machine_type="n2-standard-2",
+    idle_timeout_minutes=10,
 )
 FIRST_UID = 4242  # the machines' login user (only in their private /etc/passwd)
 
@@ -197,23 +199,26 @@ class Harness:
             "STORAGE_EMULATOR_HOST": self.emulator_url,
         }
 
-    def _argv(self, argv: list[str]) -> list[str]:
+    def _argv(self, argv: list[str], env: dict[str, str] | None = None) -> list[str]:
         return [*self.provider.nsenter(), "env", "-i",
-                *(f"{k}={v}" for k, v in self.env().items()), *argv]
+                *(f"{k}={v}" for k, v in (self.env() if env is None else env).items()), *argv]
 
-    def popen(self, argv: list[str], name: str) -> subprocess.Popen:
-        """Start a command inside the provider machine; output to logs/<name>.log."""
+    def popen(self, argv: list[str], name: str, env: dict[str, str] | None = None
+              ) -> subprocess.Popen:
+        """Start a command inside the provider machine; output to logs/<name>.log. ``env``:
+        its whole environment (default: the operator's, ``env()``)."""
         logs = self.dir / "logs"
         logs.mkdir(exist_ok=True)
         with open(logs / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(self._argv(argv), stdin=subprocess.DEVNULL, stdout=log,
+            proc = subprocess.Popen(self._argv(argv, env), stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         self._popens.append(proc)
         return proc
 
-    def run(self, argv: list[str], name: str, timeout: float = 1200) -> tuple[int, str]:
+    def run(self, argv: list[str], name: str, timeout: float = 1200,
+            env: dict[str, str] | None = None) -> tuple[int, str]:
         """Run a command inside the provider machine to its end: (exit status, output)."""
-        proc = self.popen(argv, name)
+        proc = self.popen(argv, name, env)
         try:
             rc = proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -9,7 +9,12 @@ Ray with token auth), the head's ports refusing requests without the token,
 that the head's autoscaler creates in zone -b because zone -a is exhausted,
 one worker preempted mid-job (the autoscaler survives it, a replacement
 joins, every item is done exactly once), ``ray up`` again on the live
-cluster, ``ray down``, and nothing of the run left on the host.
+cluster, then autostop (issue 21): the provider VM's check as its systemd
+unit runs it (tests/e2e/autostop.py), with a one-minute timeout, keeps
+everything while a ``ray submit`` driver stays connected past the timeout;
+once it has gone, after the timeout the check runs the real ``ray down``
+(every instance deleted), then the power-off (recorded by a stand-in
+``systemctl``, never done). Then nothing of the run left on the host.
 
 Two preemptions land just before a call about the instance, so that the call
 meets Google's 404 (``FakeCloud.preempt_on_call``): the autoscaler's first
@@ -29,6 +34,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +44,8 @@ from pathlib import Path
 import pytest
 from ray.autoscaler.tags import TAG_RAY_CLUSTER_NAME, TAG_RAY_NODE_KIND
 
+from cluster import idle
+from tests.e2e.autostop import ProviderAutostop
 from tests.e2e.fake_gce import SERVED
 from tests.e2e.fake_gce_http import in_netns
 from tests.e2e.harness import BUCKET, E2E_SPEC, PROVIDER, ROOT, Harness, e2e_unavailable
@@ -47,6 +55,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 SAMPLE = 200  # images: with --item-delay 1 the job outlasts a worker's replacement
 GENEROUS = 900  # s: any single wait, on a loaded 2-core machine
 CLUSTER = E2E_SPEC.cluster_name
+AUTOSTOP_MINUTES = 1  # the check's timeout here (the setting allows 5 and up; same code)
+AUTOSTOP_EVERY = 5.0  # s between checks (the timer: a minute)
 BOOTSTRAP_READS = ["cloudresourcemanager.projects.get", "iam.projects.serviceAccounts.get",
                    "iam.projects.serviceAccounts.get", "compute.subnetworks.get"]
 
@@ -179,7 +189,7 @@ def monitor_process(h: Harness, head: str) -> tuple[int, str]:
     return next(iter(procs.items()))
 
 
-def test_ray_up_jobs_preemption_and_ray_down_end_to_end(harness: Harness):
+def test_ray_up_jobs_preemption_autostop_and_ray_down_end_to_end(harness: Harness):
     h, cloud, phase = harness, harness.cloud, Phases()
     a, b = h.zones[0], h.zones[1]
 
@@ -326,21 +336,90 @@ def test_ray_up_jobs_preemption_and_ray_down_end_to_end(harness: Harness):
         report = cluster_info(h, "cluster-info-3")
         assert any(n["head"] and n["address"] == head_ip for n in report["nodes"])
 
-    with phase("ray down (a worker preempted just before its delete)"):
+    # Autostop (issue 21): the provider VM's check, as its systemd unit runs it, with a
+    # timeout of one minute (the same code as the default 60).
+    autostop = ProviderAutostop(h, timeout_minutes=AUTOSTOP_MINUTES)
+    release = f"/tmp/ray-gcp-e2e-release-{h.run_id}"
+    with phase("autostop: a driver connected past the timeout keeps everything"):
+        hold = h.popen(["ray", "submit", h.cluster_yaml, str(Path(__file__).with_name("hold_driver.py")),
+                        "--", release], name="hold-driver")
+        try:
+            wait_for("the held driver to connect",
+                     lambda: "holding until" in h.output("hold-driver") or hold.poll() is not None)
+            assert hold.poll() is None, h.output("hold-driver")[-3000:]
+            kept = set(instances(h))
+            busy_from = time.monotonic()
+            busy = autostop.watch(every=AUTOSTOP_EVERY, until=lambda states: (
+                states[-1].checked_at - states[0].checked_at > autostop.timeout_s + AUTOSTOP_EVERY))
+            assert hold.poll() is None, "the driver ended before the checks passed the timeout"
+        finally:
+            (h.machine_root(head) / release.lstrip("/")).write_text("")
+        assert hold.wait(GENEROUS) == 0, h.output("hold-driver")[-3000:]
+        assert all(s.status == idle.BUSY for s in busy), [s.log_line() for s in busy]
+        assert "hold_driver.py" in busy[-1].reason and "driver" in busy[-1].reason, busy[-1].reason
+        assert head in instances(h) and autostop.systemctl_calls() == []
+        gone = [c.params["instance"] for c in cloud.calls if c.at >= busy_from
+                and c.method == "compute.instances.delete"]
+        # Only idle workers may go (Ray's autoscaler); the head and the cluster stay.
+        assert head not in gone and set(gone) <= kept - {head}, gone
+        print(f"[e2e] autostop: {len(busy)} checks over "
+              f"{busy[-1].checked_at - busy[0].checked_at:.0f} s, all busy: {busy[-1].reason}")
+
+    with phase("autostop: idle for the timeout; its ray down deletes every instance (a worker "
+               "preempted just before its delete); power-off recorded"):
+        all_deleted: list[float] = []
         # GCE preempts a worker between `ray down`'s list and its delete of that worker: the
-        # delete meets Google's 404, and the rest of the cluster must still go.
+        # delete meets Google's 404, and the rest of the cluster must still go. (The workers'
+        # idle timeout, E2E_SPEC's 10 minutes, outlasts these phases: they are still up.)
         live = set(instances(h, "worker"))
         assert live, "no worker left for ray down to delete"
         cloud.preempt_on_call(lambda method, params, body: method == "compute.instances.delete"
                               and params["instance"] in live)
         calls_before = len(cloud.calls)
-        rc, out = h.ray("down", "-y", h.cluster_yaml, name="ray-down", timeout=GENEROUS)
-        assert rc == 0, f"ray down failed ({rc}):\n{out[-6000:]}"
-        gone_at_delete = [c.params["instance"] for c in cloud.calls[calls_before:]
+
+        def watch_instances() -> None:  # when the fake holds no instance of the cluster
+            while instances(h):
+                time.sleep(0.25)
+            all_deleted.append(time.time())
+
+        watcher = threading.Thread(target=watch_instances, daemon=True)
+        watcher.start()
+        deadline = time.monotonic() + autostop.timeout_s + GENEROUS
+        states = autostop.watch(every=AUTOSTOP_EVERY, until=lambda states: (
+            states[-1].status != idle.IDLE or time.monotonic() > deadline))
+        final = states[-1]
+        assert final.status == idle.STOPPED, (
+            [s.log_line() for s in states] + autostop.journal[-5:])
+        assert [s.status for s in states[:-1]] == [idle.IDLE] * (len(states) - 1), (
+            [s.log_line() for s in states])
+        watcher.join(60)
+        assert all_deleted, f"instances left after the stop: {list(instances(h))}"
+        wait_for("every machine of the cluster gone", lambda: set(h.fleet.machines) == {PROVIDER},
+                 timeout=300)
+        # ray down, a check that nothing is left, then (only then) the power-off.
+        assert autostop.journal[-2].startswith("ray-gcp-autostop: stopped: ray down -y "), autostop.journal
+        assert "no VM of the cluster is left" in autostop.journal[-2]
+        assert autostop.journal[-1] == "ray-gcp-autostop: powering off the provider VM: systemctl poweroff"
+        [(powered_off_at, args)] = autostop.systemctl_calls()
+        assert args == "poweroff" and powered_off_at >= all_deleted[0]
+        quiet_for = final.checked_at - final.quiet_since
+        assert quiet_for >= autostop.timeout_s, quiet_for
+        gone_at_delete = [c for c in cloud.calls[calls_before:]
                           if c.method == "compute.instances.delete" and c.status == 404]
-        assert len(gone_at_delete) == 1 and gone_at_delete[0] in live, gone_at_delete
-        wait_for("every instance of the cluster deleted and its machine gone",
-                 lambda: not instances(h) and set(h.fleet.machines) == {PROVIDER}, timeout=300)
+        assert [c.params["instance"] for c in gone_at_delete] in ([w] for w in live), gone_at_delete
+        # The stopping check's start, on the fake's (monotonic) clock: the 404 came after it.
+        stopping_check_began = final.checked_at + (time.monotonic() - time.time())
+        assert gone_at_delete[0].at >= stopping_check_began - 1.0, (
+            "the 404 met the autoscaler's delete, not ray down's")
+        status = autostop.status()
+        assert "state: stopped" in status, status
+        idle_to_deleted = all_deleted[0] - final.quiet_since
+        print(f"[e2e] autostop: timeout {AUTOSTOP_MINUTES} min, a check every {AUTOSTOP_EVERY:.0f} s; "
+              f"idle (quiet since the driver ended) -> every instance deleted: {idle_to_deleted:.1f} s "
+              f"(the stopping check began {final.checked_at - final.quiet_since:.1f} s after; "
+              f"ray down and its check: {all_deleted[0] - final.checked_at:.1f} s); "
+              f"power-off recorded {powered_off_at - all_deleted[0]:.1f} s after\n"
+              f"[e2e] autostop journal:\n  " + "\n  ".join(autostop.journal[-6:]))
     assert PROVIDER in cloud.instances  # ray down leaves what is not the cluster's
 
     # Nothing but reads and the instance calls: no IAM, project metadata or subnet writes.

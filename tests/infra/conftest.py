@@ -18,7 +18,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "default": {},
     "key-mode": {"ray-gcp:credentialMode": "key"},
     "ssh-ranges": {"ray-gcp:sshSourceRanges": ["203.0.113.0/24", "10.20.0.0/16"]},
-    "spot": {"ray-gcp:spotWorkers": True, "ray-gcp:minWorkers": 1, "ray-gcp:maxWorkers": 10},
+    "spot": {"ray-gcp:spotWorkers": True, "ray-gcp:minWorkers": 1, "ray-gcp:maxWorkers": 10,
+             "ray-gcp:idleTimeoutMinutes": 15},
     "predefined-roles": {"ray-gcp:customRoles": False},
     "operators": {
         "ray-gcp:operators": ["user:alice.smith@example.com", "group:ml-team@example.com"]
@@ -41,6 +42,7 @@ GKE_SCENARIOS: dict[str, dict[str, Any]] = {
         "ray-gcp:minWorkers": 2,
         "ray-gcp:maxWorkers": 8,
         "ray-gcp:gkeReleaseChannel": "STABLE",
+        "ray-gcp:idleTimeoutMinutes": 0,  # autostop off: no watcher, a fixed system pool
     },
     "gke-gpu": {
         "ray-gcp:platform": "gke",

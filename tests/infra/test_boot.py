@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -242,9 +243,28 @@ def test_render_substitutes_every_placeholder_with_layout_values():
     assert f"PROVIDER_SECRETS_DIR={layout.PROVIDER_SECRETS_DIR}\n" in text
     assert f"META_SECRETS={layout.META_SECRETS}\n" in text
     assert "SYSTEM_PACKAGES=(rsync python3-venv curl)\n" in text
-    # Every keyword argument feeds a placeholder, and every placeholder has one.
-    assert len(boot.template_placeholders()) == 30
+    # Every keyword argument feeds a placeholder, and every placeholder has one (plus the
+    # variable cluster/autostop.py reads its settings file from, which is not an argument).
+    arguments = {name.upper() for name in inspect.signature(boot.render_boot_script).parameters}
+    assert boot.template_placeholders() == arguments | {"AUTOSTOP_CONFIG_ENV"}
+    assert "AUTOSTOP_CONFIG_ENV=RAY_GCP_AUTOSTOP_CONFIG\n" in text
     assert boot.render_boot_script(ray_version="9.9.9") != text
+
+
+def test_every_file_of_the_pieces_dir_is_a_piece_or_an_include_exactly_once():
+    files = sorted(p.name for p in boot.PIECES_DIR.iterdir() if p.name != "__pycache__")
+    includes = [
+        name
+        for piece in boot.BOOT_PIECES
+        for name in boot._INCLUDE.findall((boot.PIECES_DIR / piece).read_text())
+    ]
+    assert sorted([*boot.BOOT_PIECES, *includes]) == files
+    text = boot.boot_template()
+    assert "@@include" not in text
+    # Each include lands inside a quoted here-document, as bash must read it verbatim.
+    for name in includes:
+        assert (boot.PIECES_DIR / name).read_text() in text
+    assert text.startswith("#!/bin/bash\n")
 
 
 @pytest.mark.parametrize(
@@ -505,7 +525,10 @@ def test_second_boot_changes_nothing_and_reinstalls_nothing(booted):
     assert before.pop(ready)[:4] == after.pop(ready)[:4]  # rewritten last, same mode/owner
     assert after == before
     new = [c[0] for c in sb.calls()[n_calls:]]
-    assert set(new) <= {"dpkg-query", "uv", "getent", "visudo"}, new
+    assert set(new) <= {"dpkg-query", "uv", "getent", "visudo", "systemctl"}, new
+    # The timer is enabled again (a no-op), the unchanged units are not reloaded.
+    systemctl = [c[1:] for c in sb.calls()[n_calls:] if c[0] == "systemctl"]
+    assert systemctl == [["enable", "--now", f"{layout.AUTOSTOP_UNIT}.timer"]]
     assert ["uv", "--version"] == sb.calls()[-len(new) :][new.index("uv")][:2]
     assert [c for c in sb.calls()[n_calls:] if c[0] == "uv" and c[1] != "--version"] == []
     assert "already has exactly the pinned requirements" in second.stdout
@@ -557,6 +580,78 @@ def test_the_real_bundle_and_provider_metadata_boot(make_sandbox):
         cwd=sb.base,
     ).stdout.split()
     assert out == [layout.RAY_VERSION, str(src / "cluster" / "layout.py")]
+
+
+# ---- autostop: the timer, its settings file, ray-gcp-idle --------------------------------
+
+
+def test_first_boot_installs_and_enables_the_autostop_timer(first_boot):
+    """The default (no metadata key: 60 min): the service runs one check of the
+    bundle's cluster/autostop.py with the venv's Python, the timer runs it every
+    minute from 2 min after boot, and the boot enables it."""
+    sb, result = first_boot
+    unit = layout.AUTOSTOP_UNIT
+    service = sb.p(f"{boot.SYSTEMD_UNIT_DIR}/{unit}.service").read_text()
+    timer = sb.p(f"{boot.SYSTEMD_UNIT_DIR}/{unit}.timer").read_text()
+    venv = sb.p(layout.PROVIDER_VENV)
+    assert f"ExecStart={venv}/bin/python -I -u -m cluster.autostop vm-check\n" in service
+    assert "Type=oneshot\n" in service
+    assert f"ConditionPathExists={sb.p(boot.PROVIDER_READY)}\n" in service
+    assert f"Environment=RAY_GCP_AUTOSTOP_CONFIG={sb.p(layout.PROVIDER_AUTOSTOP_CONFIG)}\n" in service
+    for line in ("OnBootSec=2min", "OnUnitInactiveSec=1min", "WantedBy=timers.target"):
+        assert f"{line}\n" in timer
+    systemctl = [c[1:] for c in sb.calls() if c[0] == "systemctl"]
+    assert systemctl == [["daemon-reload"], ["enable", "--now", f"{unit}.timer"]]
+    assert (sb.state / "enabled" / f"{unit}.timer").exists()
+    config = json.loads(sb.p(layout.PROVIDER_AUTOSTOP_CONFIG).read_text())
+    assert config == {
+        "idle_timeout_minutes": 60,
+        "cluster_yaml": str(sb.p(layout.PROVIDER_CLUSTER_YAML)),
+        "secrets_dir": str(sb.p(layout.PROVIDER_SECRETS_DIR)),
+        "state_dir": str(sb.p(layout.PROVIDER_AUTOSTOP_STATE_DIR)),
+        "ray": f"{venv}/bin/ray",
+    }
+    assert mode_of(sb.p(layout.PROVIDER_AUTOSTOP_STATE_DIR)) == 0o755
+    assert mode_of(sb.p(layout.IDLE_STATUS_COMMAND)) == 0o755
+    assert "[9/10] autostop (after 60 min idle)" in result.stdout
+    profile = sb.p(boot.LOGIN_PROFILE).read_text()
+    assert f'"{sb.p(layout.IDLE_STATUS_COMMAND)}" banner >&2' in profile
+
+
+def test_autostop_units_pass_systemd_analyze_verify(first_boot):
+    sb, _ = first_boot
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    units = [sb.p(f"{boot.SYSTEMD_UNIT_DIR}/{layout.AUTOSTOP_UNIT}.{kind}")
+             for kind in ("service", "timer")]
+    result = subprocess.run([analyze, "verify", "--man=no", *map(str, units)],
+                            capture_output=True, text=True, check=False,
+                            env={"PATH": "/usr/bin:/bin", "SYSTEMD_LOG_LEVEL": "warning"})
+    # Only complaints about our two files count (verify also loads the host's units).
+    ours = [line for line in (result.stdout + result.stderr).splitlines()
+            if layout.AUTOSTOP_UNIT in line]
+    assert ours == [], result.stdout + result.stderr
+
+
+def test_idle_timeout_zero_disables_the_timer(booted):
+    sb, _ = booted
+    timer = f"{layout.AUTOSTOP_UNIT}.timer"
+    assert (sb.state / "enabled" / timer).exists()
+    sb.metadata.attributes[layout.META_IDLE_TIMEOUT] = "0"
+    n = len(sb.calls())
+    result = sb.boot()
+    assert result.returncode == 0, result.stderr
+    assert "[9/10] autostop (off)" in result.stdout
+    systemctl = [c[1:] for c in sb.calls()[n:] if c[0] == "systemctl"]
+    assert systemctl == [["is-enabled", "--quiet", timer], ["disable", "--now", timer]]
+    assert not (sb.state / "enabled" / timer).exists()
+    assert json.loads(sb.p(layout.PROVIDER_AUTOSTOP_CONFIG).read_text())["idle_timeout_minutes"] == 0
+    # And back on, with another timeout.
+    sb.metadata.attributes[layout.META_IDLE_TIMEOUT] = "15"
+    assert sb.boot().returncode == 0
+    assert (sb.state / "enabled" / timer).exists()
+    assert json.loads(sb.p(layout.PROVIDER_AUTOSTOP_CONFIG).read_text())["idle_timeout_minutes"] == 15
 
 
 # ---- credential mode "key" ----------------------------------------------------------
@@ -789,6 +884,8 @@ def test_corrupted_payload_checksum_fails_the_boot(make_sandbox):
             "pins ray==2.59.0, but cluster/layout.py RAY_VERSION is",
         ),
         (layout.META_CLUSTER_CONFIG, None, f"'{layout.META_CLUSTER_CONFIG}' is missing"),
+        (layout.META_IDLE_TIMEOUT, "4", "allowed: 0 (autostop off) or a whole number of minutes"),
+        (layout.META_IDLE_TIMEOUT, "60.5", f"metadata key '{layout.META_IDLE_TIMEOUT}' is '60.5'"),
     ],
 )
 def test_bad_metadata_fails_with_a_clear_message(make_sandbox, key, value, needle):

@@ -32,3 +32,24 @@ def test_every_price_names_its_source_and_unit():
     for name, price in costs.PRICES.items():
         assert price.usd > 0 and price.per and price.source, name
     assert costs.PRICES_AS_OF in costs.readme_section()
+
+
+def test_readme_autostop_savings_are_the_generated_ones():
+    """Regenerate with `python -c 'from infra.costs import autostop_section; print(autostop_section())'`."""
+    assert costs.autostop_section() in README
+
+
+def test_autostop_savings_add_up_from_the_price_table():
+    s = costs.autostop_savings()
+    hours = costs.HOURS_PER_MONTH
+    p = {k: v.usd for k, v in costs.PRICES.items()}
+    head = p["n2-standard-4"] * hours + p["pd-balanced"] * 50 + p["nat-gateway-per-vm"] * hours
+    provider = p["e2-medium"] * hours + p["pd-balanced"] * 20
+    nat = (p["nat-gateway-per-vm"] + p["nat-ip"]) * hours
+    secrets = p["secret-version"] * 2
+    assert s.vm_idle == pytest.approx(provider + nat + secrets + head)
+    # Stopped: the provider VM's disk, the NAT IP and the secrets bill; nothing else.
+    assert s.vm_stopped == pytest.approx(p["pd-balanced"] * 20 + p["nat-ip"] * hours + secrets)
+    gke_node = p["n2-standard-4"] * hours + p["pd-balanced"] * 100 + p["nat-gateway-per-vm"] * hours
+    assert s.gke_saved == pytest.approx(gke_node)
+    assert f"${s.vm_saved:.2f} per idle month" in costs.autostop_section()

@@ -23,6 +23,7 @@ from cluster.kuberay import (
     render_core_objects,
     render_raycluster,
 )
+from cluster.kuberay_autostop import read_autostop_sources, render_autostop_objects
 from infra import offline as harness
 from infra.components.gke import AUTH_PLUGIN, SYSTEM_POOL, SYSTEM_POOL_NODES, kubeconfig
 from infra.components.kuberay_operator import OPERATOR_NAMESPACE
@@ -40,6 +41,7 @@ RELEASE = "kubernetes:helm.sh/v3:Release"
 GKE_STACK_OUTPUTS = {
     "platform", "gkeCluster", "gkeLocation", "gkeDnsEndpoint", "getCredentials",
     "kuberayChartVersion", "rayNamespace", "rayCluster", "rayServiceAccount",
+    "startCommand", "idleTimeoutMinutes",
     "clusterSpec", "kubeFacts",
     "serviceAccounts", "network", "subnetwork", "bucket",
 }
@@ -206,7 +208,7 @@ def test_gke_grants_are_exactly_the_justified_ones(each_gke_scenario):
 
 def test_ray_pods_reach_the_bucket_through_workload_identity_with_no_key(each_gke_scenario):
     rec = each_gke_scenario
-    (ksa,) = rec.of_type("kubernetes:core/v1:ServiceAccount")
+    ksa = rec.one("kubernetes:core/v1:ServiceAccount", "ray-serviceaccount")
     namespace, name = ksa["inputs"]["metadata"]["namespace"], ksa["inputs"]["metadata"]["name"]
     (grant,) = rec.of_type("gcp:storage/bucketIAMMember:BucketIAMMember")
     assert grant["inputs"]["member"] == (
@@ -232,7 +234,12 @@ def test_node_pools_follow_the_settings(each_gke_scenario):
     expected = {SYSTEM_POOL, "cpu-worker"} | ({"gpu-worker"} if settings.gke_gpu_type else set())
     assert set(pools) == expected
     system = pools[SYSTEM_POOL]
-    assert system["nodeCount"] == SYSTEM_POOL_NODES and "autoscaling" not in system
+    if settings.idle_timeout_minutes:
+        # Autostop on: the head's node may go while the RayCluster is suspended.
+        assert system["initialNodeCount"] == SYSTEM_POOL_NODES and "nodeCount" not in system
+        assert system["autoscaling"] == {"minNodeCount": 1, "maxNodeCount": SYSTEM_POOL_NODES}
+    else:
+        assert system["nodeCount"] == SYSTEM_POOL_NODES and "autoscaling" not in system
     assert system["nodeConfig"]["machineType"] == settings.head_machine_type
     assert not system["nodeConfig"].get("spot")
     workers = pools["cpu-worker"]
@@ -299,12 +306,20 @@ def test_ray_objects_are_the_renderers_output(each_gke_scenario):
     settings = settings_of(rec.scenario)
     spec = settings.cluster_spec()
     facts = kube_facts(settings, OPERATOR_NAMESPACE)
-    expected = render_core_objects(spec, facts, read_workloads()) + [render_raycluster(spec, facts)]
+    autostop = settings.idle_timeout_minutes > 0
+    expected = (
+        render_core_objects(spec, facts, read_workloads(), autostop=autostop)
+        + [render_raycluster(spec, facts)]
+        + render_autostop_objects(
+            spec, facts, settings.idle_timeout_minutes, read_autostop_sources())
+    )
     declared = [r for r in k8s_resources(rec) if r["type"] not in (RELEASE, SECRET)]
     assert len(declared) == len(expected)
-    by_kind = {r["inputs"]["kind"]: ints(r["inputs"]) for r in declared}
+    by_name = {(r["inputs"]["kind"], r["inputs"]["metadata"]["name"]): ints(r["inputs"])
+               for r in declared}
     for manifest in expected:
-        assert by_kind[manifest["kind"]] == manifest, manifest["kind"]
+        key = (manifest["kind"], manifest["metadata"]["name"])
+        assert by_name[key] == manifest, key
 
 
 def test_a_kind_without_a_pulumi_type_is_refused_not_declared_as_a_custom_resource():
@@ -376,8 +391,11 @@ def test_no_ray_port_is_reachable_from_outside_the_cluster(each_gke_scenario):
             for selector in source.values():
                 assert selector.get("matchLabels"), f"an empty selector admits all: {source}"
         ports = {int(p["port"]) for p in rule.get("ports", [])}
-        opened_to_others = sources != [{"podSelector": {"matchLabels": ray_labels}}]
-        if opened_to_others:
+        watcher = {"podSelector": {"matchLabels": {"ray-gcp/autostop": rec.outputs["rayCluster"]}}}
+        if sources == [watcher]:
+            # The autostop watcher (a Pod of the namespace): the dashboard and the GCS.
+            assert ports == {8265, 6379}, rule
+        elif sources != [{"podSelector": {"matchLabels": ray_labels}}]:
             assert ports == {8265}, rule  # the operator and submitters: dashboard only
 
 
@@ -385,9 +403,11 @@ def test_ray_objects_wait_for_the_operator_secret_and_policy(each_gke_scenario):
     rec = each_gke_scenario
     ray = rec.one(RAYCLUSTER)
     deps = set(ray["dependencies"])
-    for typ in (RELEASE, SECRET, NETWORK_POLICY, "kubernetes:core/v1:ServiceAccount",
-                "kubernetes:core/v1:ConfigMap", "gcp:storage/bucketIAMMember:BucketIAMMember"):
-        assert rec.one(typ)["urn"] in deps, typ
+    for typ, name in ((RELEASE, None), (SECRET, None), (NETWORK_POLICY, None),
+                      ("kubernetes:core/v1:ServiceAccount", "ray-serviceaccount"),
+                      ("kubernetes:core/v1:ConfigMap", "ray-configmap"),
+                      ("gcp:storage/bucketIAMMember:BucketIAMMember", None)):
+        assert rec.one(typ, name)["urn"] in deps, typ
     # The operator's chart installs the CRDs: it must exist before any Ray object.
     for r in k8s_resources(rec):
         if r["type"] != RELEASE:

@@ -15,7 +15,7 @@ from infra.settings import parse_settings
 
 STACK_OUTPUTS = {
     "providerInstance", "providerZone", "sshCommand", "clusterConfig", "serviceAccounts",
-    "network", "subnetwork", "bucket", "image",
+    "network", "subnetwork", "bucket", "image", "startCommand", "idleTimeoutMinutes",
 }
 COMPONENT_TYPES = {
     "ray-gcp:infra:ProjectServices", "ray-gcp:infra:WorkloadBucket", "ray-gcp:infra:Identity",

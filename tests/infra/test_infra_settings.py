@@ -218,6 +218,11 @@ BAD_SETTINGS = [
     ({"gkeGpuMachineType": "g2-standard-4"}, "ray-gcp:gkeGpuMachineType",
      "applies only to ray-gcp:platform gke"),
     ({"gkePodsCidr": "10.80.0.0/14"}, "ray-gcp:gkePodsCidr", "applies only to ray-gcp:platform gke"),
+    # autostop: 0 (off) or whole minutes from 5 to 10080, on both platforms
+    ({"idleTimeoutMinutes": "4"}, "ray-gcp:idleTimeoutMinutes", "0 (autostop off) or a whole"),
+    ({"idleTimeoutMinutes": "10081"}, "ray-gcp:idleTimeoutMinutes", "from 5 to 10080"),
+    ({"platform": "gke", "idleTimeoutMinutes": "1.5"}, "ray-gcp:idleTimeoutMinutes",
+     "from 5 to 10080"),
 ]
 
 
@@ -264,6 +269,8 @@ PROGRAM_BAD = {
     "malformed machine type": ({"ray-gcp:workerMachineType": "big"}, "ray-gcp:workerMachineType"),
     "numeric spot flag": ({"ray-gcp:spotWorkers": 2}, "ray-gcp:spotWorkers"),
     "misspelt key": ({"ray-gcp:spotWorker": True}, "ray-gcp:spotWorker"),
+    "fractional idle timeout": ({"ray-gcp:idleTimeoutMinutes": 2.5}, "ray-gcp:idleTimeoutMinutes"),
+    "negative idle timeout": ({"ray-gcp:idleTimeoutMinutes": -60}, "ray-gcp:idleTimeoutMinutes"),
 }
 # ... and every entry of BAD_SETTINGS, as the engine strings parse_settings was given.
 PROGRAM_CASES = {

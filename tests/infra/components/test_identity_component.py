@@ -63,7 +63,12 @@ def test_the_complete_list_of_role_bindings(any_scenario):
     """Every grant of every scenario, VM and GKE, read from every resource whose
     type is an IAM member, binding or policy (tests/infra/access.py)."""
     if any_scenario.scenario in GKE_SCENARIOS:
-        assert ksas(any_scenario) == {"ksa:ray/ray-workloads"}
+        # The Ray Pods' account, and autostop's watcher (when on), which holds no GCP grant:
+        # its only right is Kubernetes RBAC on one RayCluster (tests/infra/test_gke.py).
+        autostop_on = GKE_SCENARIOS[any_scenario.scenario].get("ray-gcp:idleTimeoutMinutes", 60) != 0
+        watcher = {k for k in ksas(any_scenario) if k.endswith("-autostop")}
+        assert len(watcher) == (1 if autostop_on else 0), ksas(any_scenario)
+        assert ksas(any_scenario) - watcher == {"ksa:ray/ray-workloads"}
         assert all_grants(any_scenario) == EXPECTED_GKE_GRANTS
         return
     each_scenario = any_scenario

@@ -65,12 +65,13 @@ def test_metadata_keys_and_values(each_scenario):
     assert set(meta) == {
         "enable-oslogin", "block-project-ssh-keys", "serial-port-enable", "startup-script",
         layout.META_CLUSTER_CONFIG, layout.META_BUNDLE, layout.META_SECRETS,
-        layout.META_CREDENTIAL_MODE, layout.META_OPERATORS}
+        layout.META_CREDENTIAL_MODE, layout.META_OPERATORS, layout.META_IDLE_TIMEOUT}
     assert (meta["enable-oslogin"], meta["block-project-ssh-keys"], meta["serial-port-enable"]) == (
         "TRUE", "TRUE", "FALSE")
     assert meta["startup-script"] == render_boot_script()
     assert meta[layout.META_CLUSTER_CONFIG] == rec.outputs["clusterConfig"]
     assert meta[layout.META_CREDENTIAL_MODE] == mode
+    assert meta[layout.META_IDLE_TIMEOUT] == ("15" if rec.scenario == "spot" else "60")
     with tarfile.open(fileobj=io.BytesIO(base64.b64decode(meta[layout.META_BUNDLE]))) as tar:
         names = tar.getnames()
     assert {n.split("/")[0] for n in names} == {"cluster", "workloads"}

@@ -3,7 +3,8 @@
 ``install_stubs(bin_dir, state_dir)`` writes executables that go first on the
 boot script's PATH. Each appends one JSON line ``[command, arg, ...]`` to
 ``state_dir/calls.jsonl`` and emulates just enough of the real command for the
-script's checks: apt-get "installs" into a fake dpkg database that dpkg-query
+script's checks: systemctl enables units as files in ``state_dir/enabled``;
+apt-get "installs" into a fake dpkg database that dpkg-query
 reads; groupadd creates groups getent then finds; ``python3 -m venv`` makes a
 tools dir whose pip "installs" a uv stub of the requested version; that uv
 creates a REAL venv (``python -m venv --without-pip``, so ``.pth`` files and
@@ -77,6 +78,21 @@ for line in path.read_text().splitlines():
             sys.exit(1)
 """,
     "logger": "",
+    # systemctl daemon-reload | enable --now U | disable --now U | is-enabled --quiet U:
+    # enabled units are files in state/enabled/.
+    "systemctl": """
+enabled = STATE / "enabled"
+enabled.mkdir(exist_ok=True)
+unit = ARGS[-1]
+if ARGS[0] == "is-enabled":
+    sys.exit(0 if (enabled / unit).exists() else 1)
+elif ARGS[0] == "enable":
+    (enabled / unit).touch()
+elif ARGS[0] == "disable":
+    (enabled / unit).unlink(missing_ok=True)
+elif ARGS != ["daemon-reload"]:
+    sys.exit(f"systemctl stub: unexpected arguments {ARGS}")
+""",
     # gpasswd -a USER GROUP: records the membership (state/members/GROUP, one user a line).
     "gpasswd": """
 if ARGS[0] == "-a":
@@ -176,7 +192,8 @@ def install_stubs(bin_dir: Path, state_dir: Path, *, login: bool = False) -> Non
     bin_dir.mkdir(parents=True, exist_ok=True)
     state_dir.mkdir(parents=True, exist_ok=True)
     names = [
-        "apt-get", "dpkg-query", "getent", "groupadd", "gpasswd", "visudo", "logger", "runuser"
+        "apt-get", "dpkg-query", "getent", "groupadd", "gpasswd", "visudo", "logger", "runuser",
+        "systemctl",
     ]
     if login:
         names += ["sudo", "id"]

@@ -121,7 +121,7 @@ def table(calls: dict[str, dict[str, list]]) -> str:
         "# Regenerate after reviewing a change: UPDATE_CALLS=1 .venv/bin/python -m pytest "
         "tests/infra/iam -q\n"
         f"# Scenarios: tests/infra/conftest.py SCENARIOS + {sorted(EXTRA_SPECS)}; actors: "
-        f"provider (boot, ray up, ray down), head (autoscaler, drivers' GCS), "
+        f"provider (boot, ray up, autostop, ray down), head (autoscaler, drivers' GCS), "
         "worker (GCS).\n"
     )
     return header + yaml.safe_dump(doc, sort_keys=False, width=100, default_flow_style=False)

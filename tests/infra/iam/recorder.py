@@ -2,8 +2,10 @@
 
 - provider VM: the boot script (bash, sandboxed: fake metadata server and fake
   Secret Manager, tests/infra/fakes/), then `ray up` (Ray's
-  `_bootstrap_config` and `get_or_create_head_node`) and `ray down` (Ray's
-  `teardown_cluster`), through ReadOnlyGCPNodeProvider against FakeGcp;
+  `_bootstrap_config` and `get_or_create_head_node`), the autostop watcher's
+  head lookup (cluster/autostop_vm.py `find_head`), `ray down` (Ray's
+  `teardown_cluster`) and autostop's check that no VM is left, through
+  ReadOnlyGCPNodeProvider against FakeGcp;
 - head: the autoscaler's provider calls: create_node per worker type (zone
   operation polling), non_terminated_nodes, node_tags on a fresh provider
   (instances.get), set_node_tags, terminate_node; plus the drivers' bucket I/O;
@@ -30,7 +32,7 @@ from unittest import mock
 import requests
 import yaml
 
-from cluster import gcp_provider, layout
+from cluster import autostop_vm, gcp_provider, layout
 from infra import names
 from infra.iam import PROJECT, Call
 from tests.cluster.fakes import FakeGcp, RecordingProcessRunner
@@ -197,10 +199,16 @@ def record_ray_up_and_down(scenario: Scenario, directory: Path) -> list[Call]:
             _runner=RecordingProcessRunner(),
         )
         assert len(fake.instances) == 1, f"ray up made {len(fake.instances)} VMs"
-        # `ray down`
+        # Autostop's check (cluster/autostop_vm.py): the head VM, through Ray's provider.
+        head = autostop_vm.find_head(config)
+        assert head is not None and head.node_id in fake.instances
+        # `ray down` (an operator's, or autostop's stop)
         commands.teardown_cluster(str(config_file), yes=True, workers_only=False,
                                   override_cluster_name=None, keep_min_workers=False)
         assert fake.instances == {}, "ray down left VMs behind"
+        # Autostop then checks that nothing is left before the VM powers itself off
+        # (a guest shutdown: no GCP call, no permission).
+        assert autostop_vm.cluster_nodes(config) == []
     return scenario.reduce(fake)
 
 

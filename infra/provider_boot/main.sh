@@ -1,0 +1,10 @@
+preflight
+fetch
+install_system_packages
+install_uv
+install_venv
+install_src
+install_secrets
+install_config
+install_autostop
+mark_ready
