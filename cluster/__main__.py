@@ -6,6 +6,8 @@
     python -m cluster render --target kuberay --kind raycluster|rayjob|rayservice|core
                              [--spec SPEC.yaml] [--facts KUBEFACTS.json] [--project P]
     python -m cluster requirements [--check]
+    python -m cluster logs runs|job ID|node NAME|files [--bucket B] [--cluster C] [--run S]
+                           [--node N] [--file GLOB] [--since T] [--until T] [--prefix]
 
 ``render --target gcp`` without ``--facts`` renders the default ClusterSpec
 (the stack's default settings) with the facts ``pulumi up`` would produce
@@ -22,6 +24,10 @@ ConfigMap, as a multi-document stream); ``--facts`` then takes KubeFacts'
 fields (default: example facts for ``--project``).
 ``requirements`` rewrites cluster/requirements-node.txt from uv.lock
 (``--check`` only compares and exits 1 on drift).
+``logs`` reads the Ray logs the nodes shipped to ``gs://BUCKET/logs/`` (also
+after ``ray down``): ``runs`` lists the runs, ``job ID`` prints a job's
+driver output and its workers' files, ``node NAME`` a node's files; every
+section names its node. See cluster/logs.py and cluster/README.md ("Logs").
 """
 
 from __future__ import annotations
@@ -34,9 +40,17 @@ DEFAULT_STATE_DIR = Path(".ray-local")
 
 
 def _local(args: argparse.Namespace) -> int:
+    import os
+
     from cluster.local import LocalCluster
 
-    lc = LocalCluster(args.state_dir, autoscaler_v2=args.autoscaler_v2)
+    endpoint = os.environ.get("STORAGE_EMULATOR_HOST") if args.log_bucket else None
+    if args.log_bucket and not endpoint:
+        print("--log-bucket: the local cluster ships to a Cloud Storage emulator; set "
+              "STORAGE_EMULATOR_HOST (e.g. http://127.0.0.1:9023)", file=sys.stderr)
+        return 2
+    lc = LocalCluster(args.state_dir, autoscaler_v2=args.autoscaler_v2,
+                      log_bucket=args.log_bucket, log_endpoint=endpoint)
     if args.action == "up":
         if lc.is_up():
             print(f"already running (state in {lc.state_dir}); nothing started", flush=True)
@@ -44,6 +58,9 @@ def _local(args: argparse.Namespace) -> int:
             print(f"starting local Ray cluster (state in {lc.state_dir}) ...", flush=True)
         lc.up()
         print(f"up: GCS {lc.address}, dashboard {lc.dashboard_url}")
+        if lc.shipping:
+            print(f"logs: every node ships to gs://{args.log_bucket}/logs/ ({endpoint}); "
+                  "read them with `python -m cluster logs --bucket ... --cluster ...`")
         print("driver environment (RAY_ADDRESS for drivers, RAY_API_SERVER_ADDRESS for `ray job`):")
         for k, v in sorted(lc.driver_env().items()):
             print(f"  export {k}={v}")
@@ -222,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     local.add_argument(
         "--autoscaler-v2", action="store_true", help="up: run Ray's v2 autoscaler (as `ray up`)"
     )
+    local.add_argument(
+        "--log-bucket", default=None,
+        help="up: ship every node's Ray logs to this bucket of the emulator STORAGE_EMULATOR_HOST",
+    )
     render = sub.add_parser(
         "render", help="print a Ray autoscaler config or KubeRay manifests as YAML"
     )
@@ -248,6 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--gcs-port", type=int, default=6379, help="local target's GCS port")
     reqs = sub.add_parser("requirements", help="regenerate cluster/requirements-node.txt")
     reqs.add_argument("--check", action="store_true", help="only compare with uv.lock")
+    from cluster import logs
+
+    logs_cmd = sub.add_parser(
+        "logs", help="read the shipped Ray logs (runs, a job, a node), also after `ray down`",
+        description=logs.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    logs.add_arguments(logs_cmd)
     args = parser.parse_args(argv)
     if args.command == "local":
         return _local(args)
@@ -255,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         return _render(args)
     if args.command == "requirements":
         return _requirements(args)
+    if args.command == "logs":
+        return logs.main(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

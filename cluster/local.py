@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -41,16 +42,23 @@ from pathlib import Path
 from typing import Any
 
 from cluster import ray_start
+from cluster.local_provider import node_temp_dir
 from cluster.render import LOCAL_HEAD_TYPE, render_local, to_yaml
 from cluster.spec import ClusterSpec, local_default_spec
 
 MARKER_ENV = "RAY_GCP_LOCAL_STATE"
+DRIVER_LOG_DIR_ENV = "RAY_GCP_DRIVER_LOG_DIR"  # cluster.driver_log.LOG_DIR_ENV
 # ray/autoscaler/_private/fake_multi_node/node_provider.py: the head's fixed id.
 FAKE_HEAD_NODE_ID = "f" * 51 + "00000"
 STATE_FILE = "state.json"
 TOKEN_FILE = "auth_token"
 CONFIG_FILE = "local-cluster.yaml"
 LOG_FILE = "ray-start.log"
+SHIPPER_LOG = "logship-head.log"
+# The head's name in the shipped logs; fake workers are local-<type>-<id>.
+HEAD_LOG_NAME = "local-head"
+# How long down() gives the log shippers for their last pass.
+SHIPPER_GRACE_S = 15.0
 HOST = "127.0.0.1"
 # A driver's ray.init replaces 127.0.0.1 in RAY_ADDRESS with the machine's own
 # interface IP (services.resolve_ip_for_localhost) unless clusters are
@@ -187,6 +195,19 @@ def _proc_env(pid: int) -> dict[str, str]:
     return out
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace"
+        )
+    except OSError:
+        return ""
+
+
+def _is_shipper(pid: int) -> bool:
+    return "-m cluster.logship run " in _cmdline(pid)
+
+
 def _proc_pgid(pid: int) -> int | None:
     try:
         return os.getpgid(pid)
@@ -230,15 +251,29 @@ class LocalCluster:
         *,
         autoscaler_v2: bool = False,
         full_zones: tuple[str, ...] = (),
+        log_bucket: str | None = None,
+        log_endpoint: str | None = None,
     ):
         """``autoscaler_v2``: run Ray's v2 autoscaler (what `ray up` uses on GCP)
         instead of v1 (the default of `ray start --autoscaling-config`).
         ``full_zones``: local zones (``render.LOCAL_ZONES``) that refuse every
-        node with ZONE_RESOURCE_POOL_EXHAUSTED, to watch zone fallback."""
+        node with ZONE_RESOURCE_POOL_EXHAUSTED, to watch zone fallback.
+        ``log_bucket`` and ``log_endpoint`` (a Cloud Storage emulator,
+        ``http://127.0.0.1:PORT``): the head and every fake node ship their Ray
+        logs there as VMs do (``cluster/logship.py``, the spec's ``logs``
+        settings), and drivers keep a copy of their output; None (the
+        default): nothing is shipped and no bucket is needed."""
         self.state_dir = Path(state_dir).resolve()
         self.spec = spec or local_default_spec()
         self.autoscaler_v2 = autoscaler_v2
         self.full_zones = tuple(full_zones)
+        if log_bucket and not log_endpoint:
+            raise LocalClusterError(
+                "log_bucket needs log_endpoint: the local cluster ships to a Cloud Storage "
+                "emulator (e.g. STORAGE_EMULATOR_HOST=http://127.0.0.1:9023), not to GCP"
+            )
+        self.log_bucket = log_bucket if self.spec.logs.ship else None
+        self.log_endpoint = log_endpoint
         self._state: dict[str, Any] = {}
         self._load_state()
 
@@ -267,6 +302,30 @@ class LocalCluster:
     def token(self) -> str:
         return self.token_path.read_text().strip()
 
+    @property
+    def shipping(self) -> bool:
+        """True when this cluster ships its logs (``log_bucket``)."""
+        return bool(self._state.get("log_bucket", self.log_bucket))
+
+    @property
+    def head_logs_dir(self) -> Path:
+        """The head's Ray log directory (each fake node has its own, like a VM)."""
+        return self.temp_dir / "session_latest" / "logs"
+
+    def node_logs_dir(self, node_id: str) -> Path:
+        """A fake worker node's Ray log directory."""
+        return Path(node_temp_dir(str(self.temp_dir), node_id)) / "session_latest" / "logs"
+
+    def _shipping_env(self) -> dict[str, str]:
+        """With shipping: drivers copy their output into the head's logs
+        (cluster/driver_log.py), as on a VM."""
+        if not self.shipping:
+            return {}
+        return {
+            **ray_start.driver_env(self.spec),
+            DRIVER_LOG_DIR_ENV: str(self.head_logs_dir),
+        }
+
     def driver_env(self) -> dict[str, str]:
         """Env vars a driver subprocess needs (merge into os.environ)."""
         return {
@@ -277,6 +336,7 @@ class LocalCluster:
             "RAY_AUTH_TOKEN_PATH": str(self.token_path),
             "RAY_USAGE_STATS_ENABLED": "0",
             **LOOPBACK_ENV,
+            **self._shipping_env(),
         }
 
     def is_up(self) -> bool:
@@ -325,7 +385,13 @@ class LocalCluster:
         ports = dict(zip(_PORT_NAMES, _free_ports(len(_PORT_NAMES)), strict=True))
         temp_dir = tempfile.mkdtemp(prefix="rg-", dir="/tmp")
         config = render_local(
-            self.spec, gcs_port=ports["gcs"], host=HOST, full_zones=self.full_zones
+            self.spec,
+            gcs_port=ports["gcs"],
+            host=HOST,
+            full_zones=self.full_zones,
+            node_temp_root=temp_dir,
+            log_bucket=self.log_bucket,
+            log_endpoint=self.log_endpoint,
         )
         self.config_path.write_text(to_yaml(config))
         # Record before starting anything, so a crash in between is cleanable.
@@ -335,10 +401,20 @@ class LocalCluster:
             "pgid": None,
             "started": time.time(),
             "autoscaler_v2": self.autoscaler_v2,
+            "log_bucket": self.log_bucket,
         }
         self._save_state()
 
         cmd = [sys.executable, "-m", "ray.scripts.scripts", *self.head_argv()]
+        shipper = self._head_shipper_argv()
+        if shipper:
+            # As on a VM, the shipper starts first and waits for the session; both
+            # run in the head's new session and process group.
+            log_path = shlex.quote(str(self.state_dir / SHIPPER_LOG))
+            script = (
+                f"{shlex.join(shipper)} >>{log_path} 2>&1 </dev/null & exec {shlex.join(cmd)}"
+            )
+            cmd = ["/bin/sh", "-c", script]
         with open(self.state_dir / LOG_FILE, "ab") as log:
             proc = subprocess.Popen(
                 cmd,
@@ -362,6 +438,25 @@ class LocalCluster:
             raise LocalClusterError(
                 f"`ray start --head` failed (exit {rc}); see {self.state_dir / LOG_FILE}"
             )
+
+    def _head_shipper_argv(self) -> list[str]:
+        """The head's log shipper (as a VM runs it), or [] without shipping."""
+        if not self.shipping:
+            return []
+        from cluster.logship import ShipConfig, run_argv
+
+        cfg = ShipConfig(
+            bucket=self.log_bucket,
+            cluster=self.spec.cluster_name,
+            node=HEAD_LOG_NAME,
+            role="head",
+            node_type=LOCAL_HEAD_TYPE,
+            logs_dir=str(self.head_logs_dir),
+            interval_s=self.spec.logs.interval_s,
+            max_file_bytes=self.spec.logs.max_file_bytes,
+        )
+        return ["env", f"STORAGE_EMULATOR_HOST={self.log_endpoint}", sys.executable, "-m",
+                "cluster.logship", "run", *run_argv(cfg)]
 
     def head_argv(self) -> list[str]:
         """`ray start` arguments of the head: cluster.ray_start's head parameters
@@ -404,14 +499,25 @@ class LocalCluster:
         """
         self._load_state()
         pids = self._owned_pids()
-        self._signal(pids, signal.SIGTERM)
+        # Ray first, the log shippers after it (their last pass then holds
+        # Ray's last lines), as when a VM shuts down.
+        shippers = {p for p in pids if _is_shipper(p)}
+        self._signal(pids - shippers, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             # Ray's daemons may fork late children; re-scan, not just re-check.
-            remaining = self._owned_pids()
+            remaining = {p for p in self._owned_pids() if not _is_shipper(p)}
             if not remaining:
                 break
             time.sleep(0.2)
+        self._signal({p for p in self._owned_pids() if not _is_shipper(p)}, signal.SIGKILL)
+        shippers = {p for p in self._owned_pids() if _is_shipper(p)}
+        self._signal(shippers, signal.SIGTERM)
+        deadline = time.monotonic() + SHIPPER_GRACE_S
+        while shippers and time.monotonic() < deadline:
+            shippers = {p for p in shippers if _pid_alive(p)}
+            time.sleep(0.2)
+        pids = pids | shippers
         leftovers = self._owned_pids()
         self._signal(leftovers, signal.SIGKILL)
         kill_deadline = time.monotonic() + 5
@@ -508,10 +614,14 @@ class LocalCluster:
                 f"node {node_id!r} is not an alive worker; alive: {sorted(ids)}"
             )
         owned = self._owned_pids()
+        # The raylet and the node's shipper carry its id; its log monitor (a child
+        # of the autoscaler) names the node's own directory.
+        node_dir = node_temp_dir(str(self.temp_dir), node_id) + "/"
         roots = {
             pid
             for pid in owned
             if _proc_env(pid).get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id
+            or node_dir in _cmdline(pid)
         }
         victims = _descendants(roots, owned)
         if not roots:
@@ -585,6 +695,8 @@ class LocalCluster:
                 # Their default ports (44217, 44227) would collide between clusters.
                 "AUTOSCALER_METRIC_PORT": str(self._state["ports"]["autoscaler_metrics"]),
                 "DASHBOARD_METRIC_PORT": str(self._state["ports"]["dashboard_metrics"]),
+                # With log shipping: job drivers record their job id, as on a VM.
+                **self._shipping_env(),
                 # `ray job submit -- python x.py` runs this venv's python, as on a node.
                 # (No LOOPBACK_ENV here: fake nodes are told apart by their
                 # node-id "IPs", which it would collapse into 127.0.0.1.)
