@@ -16,17 +16,16 @@ OPERATOR_TUNNEL = "gcp:iap/tunnelInstanceIAMMember:TunnelInstanceIAMMember"
 OPERATOR_INSTANCE = "gcp:compute/instanceIAMMember:InstanceIAMMember"
 
 # The whole IAM of the stack: (who, role, scope). Reviewed; change with care.
-# Grants that do not depend on customRoles:
+# Grants that do not depend on customRoles. No Ray node holds a logging or
+# monitoring role: nothing on them writes there (their logs go to the bucket).
 COMMON_GRANTS = {
     ("provider", "roles/logging.logWriter", "project"),
     ("provider", "roles/iam.serviceAccountUser", "account:head"),
     ("provider", "roles/iam.serviceAccountViewer", "account:worker"),
+    # Reads the shipped logs only (an IAM condition: logs/ of the bucket).
+    ("provider", "roles/storage.objectViewer", "bucket:logs/"),
     ("head", "roles/iam.serviceAccountUser", "account:worker"),
-    ("head", "roles/logging.logWriter", "project"),
-    ("head", "roles/monitoring.metricWriter", "project"),
     ("head", "roles/storage.objectUser", "bucket"),
-    ("worker", "roles/logging.logWriter", "project"),
-    ("worker", "roles/monitoring.metricWriter", "project"),
     ("worker", "roles/storage.objectUser", "bucket"),
 }
 # customRoles (the default): custom:<role> is the stack's own custom role.
@@ -97,7 +96,16 @@ def all_grants(rec) -> set[tuple[str, str, str]]:
 
     def bucket_scope(inputs):
         assert inputs["bucket"] == rec.outputs["bucket"]
-        return "bucket"
+        if inputs.get("condition") is None:
+            return "bucket"
+        # The one condition we write: objects under logs/ and listings of that prefix.
+        bucket = rec.outputs["bucket"]
+        assert inputs["condition"]["expression"] == (
+            f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/logs/") || '
+            'api.getAttribute("storage.googleapis.com/objectListPrefix", "")'
+            '.startsWith("logs/")'
+        ), inputs["condition"]
+        return "bucket:logs/"
 
     def secret_scope(inputs):
         secret = inputs["secretId"].rsplit("/", 1)[1]
@@ -177,7 +185,7 @@ def test_service_account_user_only_on_specific_accounts(each_scenario):
         if role.startswith("roles/iam."):
             assert scope.startswith("account:"), (who, role, scope)
         if role.startswith("roles/storage."):
-            assert scope == "bucket", (who, role, scope)
+            assert scope in ("bucket", "bucket:logs/"), (who, role, scope)
 
 
 def test_no_service_account_key_unless_opted_in(programs):
