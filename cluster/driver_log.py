@@ -12,8 +12,9 @@ with the SSH session. This module is Ray's runtime-env hook
   points the driver's stdout and stderr (file descriptors 1 and 2, so child
   processes and C extensions too) at it. The tee writes everything on to the
   terminal, unchanged, and appends it to
-  ``<logs dir>/driver-<UTC time>-<pid>.log``, rotated at ``--max-bytes``
-  (one older copy, ``.1``) so a runaway driver cannot fill the disk. It
+  ``<logs dir>/driver-<UTC time>-<pid>.log``, rotated at
+  ``$RAY_GCP_DRIVER_LOG_MAX_BYTES`` (one older copy, ``.1``; the spec's
+  ``logs.rotate_bytes``) so a runaway driver cannot fill the disk. It
   ignores SIGINT, SIGTERM and SIGHUP and ends when the driver's last
   descriptor closes, so the final lines reach the file even when the driver
   is killed;
@@ -170,12 +171,16 @@ def tee(path: str, max_bytes: int, out_r: int, err_r: int, out_fd: int, err_fd: 
                     _write_all(targets[fd], data)
                 except OSError:  # the terminal went away; keep the file
                     alive[fd] = False
-            f.write(data)
+            while data:  # never more than max_bytes in the file
+                room = max_bytes - f.tell()
+                if room <= 0:
+                    f.close()
+                    os.replace(path, path + ".1")
+                    f = open(path, "ab")  # noqa: SIM115
+                    room = max_bytes
+                f.write(data[:room])
+                data = data[room:]
             f.flush()
-            if f.tell() >= max_bytes:
-                f.close()
-                os.replace(path, path + ".1")
-                f = open(path, "ab")  # noqa: SIM115
     f.close()
     return 0
 

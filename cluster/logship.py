@@ -85,10 +85,13 @@ DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 MIN_MAX_FILE_BYTES = 64 * 1024
 MIN_CHUNK_BYTES = 4 * 1024
 COMPOSE_RUN = gcs_http.COMPOSE_MAX_SOURCES
+START_BYTES = 64  # remembered per file, to tell a reused inode from the file it had
 MAX_COMPOSE_LEVEL = 2  # 32 * 32 = 1024 components, GCS's limit per composite
 # Files Ray rewrites in place (state dumps, not logs) and its per-job scratch dirs.
 SKIPPED_FILES = re.compile(r"^(debug_state.*\.txt|.*\.pid|.*\.lock|.*\.sock)$")
 SKIPPED_DIRS = frozenset({"nsight", "rocprof_sys", "profiles"})
+# A copy made by rotation (Ray's and Python's): the name gains ".<n>" after its extension.
+ROTATED = re.compile(r"^(.+\.(?:out|err|log|txt))\.(\d+)$")
 
 logger = logging.getLogger("ray-gcp.logship")
 
@@ -204,6 +207,7 @@ class Stream:
     gen: int
     offset: int = 0
     checked: float = 0.0  # the last time a pass saw the file at `offset` bytes
+    start: bytes = b""  # its first bytes: a new file that reuses the inode differs
 
 
 @dataclasses.dataclass
@@ -251,7 +255,14 @@ class Shipper:
         if found is not None and (self.session is None or found[0] != self.session.name):
             if self.session is not None:
                 self._ship(self.session)  # the old run's last lines
-            self.session = self._open(*found)
+                self.session = None
+            try:
+                self.session = self._open(*found)
+            except gcs_http.GcsError as e:
+                self.stats["errors"] += 1
+                logger.warning("listing %s: %s (next pass in %gs)", found[0], e,
+                               self.cfg.interval_s)
+                return
         if self.session is not None:
             self._ship(self.session)
 
@@ -306,7 +317,7 @@ class Shipper:
             if not st.manifest_written:
                 st.manifest_written = self._write_manifest(st)
             for key, path, stat in self._scan(st.logs_dir):
-                stream = self._stream(st, key, stat)
+                stream = self._stream(st, key, path, stat)
                 if stat.st_size > stream.offset:
                     self._ship_stream(st, stream, path, stat.st_size)
                 stream.checked = now
@@ -318,10 +329,15 @@ class Shipper:
             logger.warning("%s (next pass in %.1fs)", e, self.cfg.interval_s)
         st.last_pass = now
 
-    def _stream(self, st: Session, key: str, stat: os.stat_result) -> Stream:
+    def _stream(self, st: Session, key: str, path: str, stat: os.stat_result) -> Stream:
         ino = (stat.st_dev, stat.st_ino)
         stream = st.streams.get(ino)
-        if stream is not None and stat.st_size >= stream.offset:
+        if (
+            stream is not None
+            and stat.st_size >= stream.offset
+            and stream.key == key
+            and (stat.st_size == stream.offset or _starts_with(path, stream.start))
+        ):
             return stream
         flog = st.files.setdefault(key, FileLog())
         resumed = st.resumed.pop(key, None)
@@ -334,9 +350,16 @@ class Shipper:
         st.streams[ino] = stream
         return stream
 
-    def _scan(self, logs_dir: str):
-        """(name, path, stat) of every regular log file, names relative to logs/
-        (``old/`` left out: Ray's log monitor moves finished workers' files there)."""
+    def _scan(self, logs_dir: str) -> list[tuple[str, str, os.stat_result]]:
+        """(name, path, stat) of every regular log file, oldest copy of a name first.
+
+        Names are relative to logs/, without ``old/`` (Ray's log monitor moves
+        finished workers' files there) and without a rotation suffix
+        (``worker-x.out.1``: Ray's rotation renames the full file and opens a
+        new one), so every copy of a file is one name; a copy seen first after
+        its rotation gets a lower generation than the newer copies.
+        """
+        found = []
         stack = [(logs_dir, "")]
         while stack:
             directory, rel = stack.pop()
@@ -354,9 +377,14 @@ class Shipper:
                         continue
                     if not entry.is_file(follow_symlinks=False) or SKIPPED_FILES.match(entry.name):
                         continue
-                    yield name, entry.path, entry.stat(follow_symlinks=False)
+                    stat = entry.stat(follow_symlinks=False)
                 except OSError:
                     continue  # moved or deleted meanwhile; seen again next pass
+                m = ROTATED.match(name)
+                key, copy = (m.group(1), int(m.group(2))) if m else (name, 0)
+                found.append((key, -copy, entry.path, stat))
+        found.sort(key=lambda f: (f[0], f[1]))
+        return [(key, path, stat) for key, _, path, stat in found]
 
     def _ship_stream(self, st: Session, stream: Stream, path: str, size: int) -> None:
         cfg = self.cfg
@@ -384,6 +412,8 @@ class Shipper:
             return
         t0 = int(min(stream.checked, read_at))
         t1 = int(read_at) + (read_at > int(read_at))
+        if stream.offset == 0:
+            stream.start = data[:START_BYTES]
         chunk = Chunk(stream.key, stream.gen, stream.offset, stream.offset + len(data), t0, t1, 0)
         name = chunk_name(st.prefix, chunk.file, chunk.gen, chunk.start, chunk.end, t0, t1)
         info = self._call(self.gcs.upload, name, data)
@@ -487,6 +517,17 @@ class Shipper:
         except Exception:  # one bad pass must not end the shipping
             self.stats["errors"] += 1
             logger.exception("pass failed (next pass in %gs)", self.cfg.interval_s)
+
+
+def _starts_with(path: str, start: bytes) -> bool:
+    """Whether the file still begins as it did (False: the inode now holds another file)."""
+    if not start:
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(start)) == start
+    except OSError:
+        return True  # moved meanwhile: decided next pass
 
 
 # ---- command line ---------------------------------------------------------------

@@ -129,9 +129,14 @@ DRIVER_LOG_HOOK = "cluster.driver_log.hook"
 
 def driver_env(spec: ClusterSpec) -> dict[str, str]:
     """Environment of drivers (and, inherited, of every Ray process) on a node
-    that has the ``cluster`` package: VMs and the local cluster. Empty when
-    logs are not shipped."""
-    return {"RAY_RUNTIME_ENV_HOOK": DRIVER_LOG_HOOK} if spec.logs.ship else {}
+    that has the ``cluster`` package: VMs and the local cluster. The copy of a
+    driver's output rotates like Ray's own files. Empty when logs are not shipped."""
+    if not spec.logs.ship:
+        return {}
+    return {
+        "RAY_RUNTIME_ENV_HOOK": DRIVER_LOG_HOOK,
+        "RAY_GCP_DRIVER_LOG_MAX_BYTES": str(spec.logs.rotate_bytes),
+    }
 
 
 def autoscaler_env(spec: ClusterSpec) -> dict[str, str]:

@@ -26,9 +26,10 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.emulator import free_port, stop_process_group
 from workloads import annotate, common, serve
 
-from .conftest import REPO, WORKLOADS, free_port, stop_process_group
+from .conftest import REPO, WORKLOADS
 
 pytestmark = pytest.mark.cluster
 

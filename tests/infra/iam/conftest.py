@@ -14,10 +14,10 @@ from cluster.spec import ClusterSpec, GcpFacts
 from infra import boot
 from infra import offline as harness
 from infra.iam import AGENT_CALLS
+from tests.emulator import EMULATOR_BUCKET
 from tests.infra.conftest import SCENARIOS
 from tests.infra.iam import recorder
 from tests.infra.test_boot import new_sandbox
-from tests.workloads.conftest import EMULATOR_BUCKET, gcs_emulator  # noqa: F401 (fixture)
 
 # Node types no infra setting produces yet, rendered from the default deployment's facts:
 # a GPU worker type next to a spot CPU type.
@@ -81,7 +81,7 @@ def scenarios(programs) -> dict[str, recorder.Scenario]:
 
 
 @pytest.fixture(scope="session")
-def recorded(scenarios, gcs_emulator, tmp_path_factory):  # noqa: F811
+def recorded(scenarios, gcs_emulator, tmp_path_factory):
     """actor -> scenario -> recorded calls (and Google's agents' declared calls,
     infra.iam.AGENT_CALLS); plus the metadata paths of each boot. gke-node's
     calls are all declared; they stand under the scenario name "gke"."""
