@@ -118,14 +118,28 @@ def _tree(ax, d):
           f"tree_reduce: {d['chunks']} partials\n(lower is better)", ratio_base=0, fmt="{:.3f}")
 
 
+def _logship(ax, d):
+    labels, values = [], []
+    for w in ("annotate", "chatty"):
+        for m in ("off", "on"):
+            labels.append(f"{w}\nshipping {'paused' if m == 'off' else 'on'}")
+            values.append(median(d["seconds"][w][m]))
+    _bars(ax, labels, values, "seconds (median)",
+          "log shipping on vs paused\n(lower is better)", ratio_base=None, fmt="{:.2f}")
+
+
 PANELS = {"annotate": _annotate, "granularity": _granularity, "scaleup": _scaleup,
-          "node_setup": _node_setup, "serve": _serve, "tree_reduce": _tree}
+          "node_setup": _node_setup, "serve": _serve, "tree_reduce": _tree,
+          "logship": _logship}
 
 
 def render(doc: dict, path: Path) -> Path:
     comps = doc.get("comparisons", {})
-    fig, axes = plt.subplots(2, 3, figsize=(15, 9))
-    for ax, name in zip(axes.flat, ORDER):
+    rows = -(-len(ORDER) // 3)
+    fig, axes = plt.subplots(rows, 3, figsize=(15, 4.5 * rows))
+    for ax in list(axes.flat)[len(ORDER):]:
+        ax.set_axis_off()
+    for ax, name in zip(axes.flat, ORDER, strict=False):
         e = comps.get(name)
         if e is None or "data" not in e:
             ax.set_title(name, fontsize=10)

@@ -231,10 +231,34 @@ def tree_reduce_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
                    fmt_ratio(ratio(s["chain"]["median"], s["tree"]["median"])))]
 
 
+def logship_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
+    labels = {"annotate": f"annotate, {d['annotate_items']} images",
+              "chatty": (f"chatty: {d['chatty']['tasks']} tasks x {d['chatty']['lines']:,} "
+                         "printed lines of 100 B")}
+    rows, heads = [], []
+    for w in ("annotate", "chatty"):
+        off, on = (summary(d["seconds"][w][m]) for m in ("off", "on"))
+        rel = on["median"] / off["median"]  # time with shipping / without
+        rows.append([labels[w], fmt_spread(off), fmt_spread(on), fmt_ratio(rel)])
+        heads.append((f"log shipping: {w} time, shipping on / paused", fmt_ratio(rel)))
+    share = d.get("shipper_cpu_share")
+    text = (f"One local cluster shipping every node's Ray logs (interval {d['interval_s']:g} s, "
+            f"at most {d['max_file_bytes'] // (1024 * 1024)} MiB per file) to a GCS emulator on "
+            "this machine; repetitions alternate shipping on and paused (SIGSTOP, no driver "
+            "hook), so both sides share the cluster and its workers. The shippers used "
+            f"{d['shipper_cpu_seconds']:.2f} CPU s during the 'on' runs"
+            + (f" ({share:.1%} of their wall time)" if share is not None else "")
+            + f"; {d['objects_in_bucket']} objects were left in the bucket.\n\n"
+            + _table(["workload", "shipping paused (median, range)", "shipping on",
+                      "on / paused (1.00x = no cost)"], rows))
+    return text, heads
+
+
 SECTIONS = {
     "annotate": annotate_section, "granularity": granularity_section,
     "scaleup": scaleup_section, "node_setup": node_setup_section,
     "serve": serve_section, "tree_reduce": tree_reduce_section,
+    "logship": logship_section,
 }
 
 TRANSFER = {
@@ -278,6 +302,12 @@ TRANSFER = {
         "the Ray hop and its Flask process (parsing 16k numbers per request under one GIL) "
         "competes with the actors for the same {cores} cores, and here it does not beat one "
         "process doing everything; on GCP the actors' CPU is on the workers, not the head's."),
+    "logship": (
+        "A shipper per node polls its Ray log directory and uploads what grew; its cost is "
+        "the CPU of those passes and uploads, which does not depend on the cluster's size. On "
+        "GCP each node's shipper uses that node's own cores and uploads to Cloud Storage, not "
+        "to an emulator sharing these {cores} cores, so the cost here is an upper bound. The "
+        "chatty workload is the worst case: every worker file grows every pass."),
     "tree_reduce": (
         "The tree has log2(chunks) levels instead of chunks-1 dependent steps; on {cores} CPUs "
         "only a few combines run at once, so a bigger cluster widens the gap. Per-step latency "

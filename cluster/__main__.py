@@ -225,7 +225,7 @@ def _requirements(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cluster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     local = sub.add_parser("local", help="a local autoscaling Ray cluster with fake nodes")
@@ -276,6 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         description=logs.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     logs.add_arguments(logs_cmd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cluster import logs
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "local":
         return _local(args)

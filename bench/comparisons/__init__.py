@@ -9,6 +9,15 @@
 - ``checks(data) -> dict``: correctness of what was measured (outputs agree).
 """
 
-from bench.comparisons import annotate, granularity, node_setup, scaleup, serve, tree_reduce
+from bench.comparisons import (
+    annotate,
+    granularity,
+    logship,
+    node_setup,
+    scaleup,
+    serve,
+    tree_reduce,
+)
 
-ALL = {m.NAME: m for m in (annotate, granularity, scaleup, node_setup, serve, tree_reduce)}
+ALL = {m.NAME: m for m in (annotate, granularity, scaleup, node_setup, serve, tree_reduce,
+                           logship)}

@@ -45,6 +45,7 @@ def test_bundle_is_normalised_sorted_and_small():
     assert names == sorted(names)
     assert {"cluster/__init__.py", "cluster/gcp_provider.py", REQUIREMENTS_PATH} <= set(names)
     assert "cluster/layout.py" in names and "workloads/__init__.py" in names
+    assert not [n for n in names if n.endswith(".md")]  # docs stay in the repository
     for m in members(blob):
         assert (m.mtime, m.uid, m.gid, m.uname, m.gname) == (0, 0, 0, "", "")
         assert m.isfile()

@@ -302,9 +302,11 @@ def test_ray_objects_are_the_renderers_output(each_gke_scenario):
     expected = render_core_objects(spec, facts, read_workloads()) + [render_raycluster(spec, facts)]
     declared = [r for r in k8s_resources(rec) if r["type"] not in (RELEASE, SECRET)]
     assert len(declared) == len(expected)
-    by_kind = {r["inputs"]["kind"]: ints(r["inputs"]) for r in declared}
+    by_name = {(r["inputs"]["kind"], r["inputs"]["metadata"]["name"]): ints(r["inputs"])
+               for r in declared}
     for manifest in expected:
-        assert by_kind[manifest["kind"]] == manifest, manifest["kind"]
+        key = (manifest["kind"], manifest["metadata"]["name"])
+        assert by_name[key] == manifest, key
 
 
 def test_a_kind_without_a_pulumi_type_is_refused_not_declared_as_a_custom_resource():
@@ -386,8 +388,11 @@ def test_ray_objects_wait_for_the_operator_secret_and_policy(each_gke_scenario):
     ray = rec.one(RAYCLUSTER)
     deps = set(ray["dependencies"])
     for typ in (RELEASE, SECRET, NETWORK_POLICY, "kubernetes:core/v1:ServiceAccount",
-                "kubernetes:core/v1:ConfigMap", "gcp:storage/bucketIAMMember:BucketIAMMember"):
+                "gcp:storage/bucketIAMMember:BucketIAMMember"):
         assert rec.one(typ)["urn"] in deps, typ
+    # The workloads ConfigMap and (with logShipping) the log shipper's: the Pods mount both.
+    for configmap in rec.of_type("kubernetes:core/v1:ConfigMap"):
+        assert configmap["urn"] in deps, configmap["name"]
     # The operator's chart installs the CRDs: it must exist before any Ray object.
     for r in k8s_resources(rec):
         if r["type"] != RELEASE:

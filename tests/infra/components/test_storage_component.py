@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tests.infra.conftest import SCENARIOS
+
 BUCKET = "gcp:storage/bucket:Bucket"
 
 
@@ -16,8 +18,13 @@ def test_bucket_is_private_versioned_regional_and_labelled(each_scenario):
     assert bucket["forceDestroy"] is False
     assert bucket["labels"]["ray-gcp-cluster"] == rec.outputs["providerInstance"].removesuffix(
         "-provider")
+    # Old versions after 30 days; the shipped Ray logs (logs/) after logRetentionDays,
+    # live and noncurrent alike.
+    retention = SCENARIOS[rec.scenario].get("ray-gcp:logRetentionDays", 30)
     assert bucket["lifecycleRules"] == [
-        {"action": {"type": "Delete"}, "condition": {"daysSinceNoncurrentTime": 30}}
+        {"action": {"type": "Delete"}, "condition": {"daysSinceNoncurrentTime": 30}},
+        {"action": {"type": "Delete"},
+         "condition": {"age": retention, "matchesPrefixes": ["logs/"], "withState": "ANY"}},
     ]
     assert rec.outputs["bucket"] == bucket["name"]
 
