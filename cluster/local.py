@@ -31,7 +31,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,17 @@ from typing import Any
 
 from cluster import ray_start
 from cluster.local_provider import node_temp_dir
+from cluster.procs import (
+    all_pids,
+    cmdline,
+    descendants,
+    free_ports,
+    is_shipper,
+    pid_alive,
+    port_open,
+    proc_env,
+    proc_pgid,
+)
 from cluster.render import LOCAL_HEAD_TYPE, render_local, to_yaml
 from cluster.spec import ClusterSpec, local_default_spec
 
@@ -147,100 +157,6 @@ class ClusterStatus:
         return "\n".join(lines)
 
 
-def _free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports (held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _port_open(port: int) -> bool:
-    with contextlib.closing(socket.socket()) as s:
-        s.settimeout(0.5)
-        return s.connect_ex((HOST, port)) == 0
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0); treat it as gone.
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
-
-
-def _proc_env(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    out = {}
-    for item in raw.split(b"\0"):
-        k, sep, v = item.partition(b"=")
-        if sep:
-            out[k.decode(errors="replace")] = v.decode(errors="replace")
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-            errors="replace"
-        )
-    except OSError:
-        return ""
-
-
-def _is_shipper(pid: int) -> bool:
-    return "-m cluster.logship run " in _cmdline(pid)
-
-
-def _proc_pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except OSError:
-        return None
-
-
-def _proc_ppid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def _descendants(roots: set[int], among: set[int]) -> set[int]:
-    """roots plus every process in `among` whose parent chain reaches a root."""
-    parent = {pid: _proc_ppid(pid) for pid in among}
-    out = set(roots)
-    changed = True
-    while changed:
-        changed = False
-        for pid, ppid in parent.items():
-            if pid not in out and ppid in out:
-                out.add(pid)
-                changed = True
-    return out
-
-
-def _all_pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
 class LocalCluster:
     """One local autoscaling Ray cluster, owned by ``state_dir``."""
 
@@ -343,7 +259,7 @@ class LocalCluster:
         """True when state is recorded, the head's processes live and GCS answers."""
         if not self._state:
             return False
-        return bool(self._owned_pids()) and _port_open(self._state["ports"]["gcs"])
+        return bool(self._owned_pids()) and port_open(self._state["ports"]["gcs"])
 
     def up(self, timeout: float = 90.0, attempts: int = 2) -> LocalCluster:
         """Start the head (idempotent); wait until GCS and the dashboard answer.
@@ -382,7 +298,7 @@ class LocalCluster:
 
     def _start_head(self, timeout: float) -> None:
         self._ensure_token()
-        ports = dict(zip(_PORT_NAMES, _free_ports(len(_PORT_NAMES)), strict=True))
+        ports = dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES)), strict=True))
         temp_dir = tempfile.mkdtemp(prefix="rg-", dir="/tmp")
         config = render_local(
             self.spec,
@@ -501,21 +417,21 @@ class LocalCluster:
         pids = self._owned_pids()
         # Ray first, the log shippers after it (their last pass then holds
         # Ray's last lines), as when a VM shuts down.
-        shippers = {p for p in pids if _is_shipper(p)}
+        shippers = {p for p in pids if is_shipper(p)}
         self._signal(pids - shippers, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             # Ray's daemons may fork late children; re-scan, not just re-check.
-            remaining = {p for p in self._owned_pids() if not _is_shipper(p)}
+            remaining = {p for p in self._owned_pids() if not is_shipper(p)}
             if not remaining:
                 break
             time.sleep(0.2)
-        self._signal({p for p in self._owned_pids() if not _is_shipper(p)}, signal.SIGKILL)
-        shippers = {p for p in self._owned_pids() if _is_shipper(p)}
+        self._signal({p for p in self._owned_pids() if not is_shipper(p)}, signal.SIGKILL)
+        shippers = {p for p in self._owned_pids() if is_shipper(p)}
         self._signal(shippers, signal.SIGTERM)
         deadline = time.monotonic() + SHIPPER_GRACE_S
         while shippers and time.monotonic() < deadline:
-            shippers = {p for p in shippers if _pid_alive(p)}
+            shippers = {p for p in shippers if pid_alive(p)}
             time.sleep(0.2)
         pids = pids | shippers
         leftovers = self._owned_pids()
@@ -620,10 +536,10 @@ class LocalCluster:
         roots = {
             pid
             for pid in owned
-            if _proc_env(pid).get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id
-            or node_dir in _cmdline(pid)
+            if proc_env(pid).get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id
+            or node_dir in cmdline(pid)
         }
-        victims = _descendants(roots, owned)
+        victims = descendants(roots, owned)
         if not roots:
             raise LocalClusterError(f"found no process of node {node_id}")
         self._signal(victims, signal.SIGKILL)
@@ -661,7 +577,7 @@ class LocalCluster:
         """node id -> node type of the fake workers, from their raylets' environment."""
         out = {}
         for pid in self._owned_pids():
-            env = _proc_env(pid)
+            env = proc_env(pid)
             node_id = env.get("RAY_OVERRIDE_NODE_ID_FOR_TESTING")
             if node_id and env.get("RAY_NODE_TYPE_NAME"):
                 out[node_id] = env["RAY_NODE_TYPE_NAME"]
@@ -739,13 +655,13 @@ class LocalCluster:
         me = os.getpid()
         pgid = self._state.get("pgid")
         owned = set()
-        for pid in _all_pids():
+        for pid in all_pids():
             if pid == me:
                 continue
-            ours = (pgid and _proc_pgid(pid) == pgid) or (
-                _proc_env(pid).get(MARKER_ENV) == str(self.state_dir)
+            ours = (pgid and proc_pgid(pid) == pgid) or (
+                proc_env(pid).get(MARKER_ENV) == str(self.state_dir)
             )
-            if ours and _pid_alive(pid):
+            if ours and pid_alive(pid):
                 owned.add(pid)
         return owned
 
@@ -766,7 +682,7 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         last_err: Exception | None = None
         while time.monotonic() < deadline:
-            if _port_open(self._state["ports"]["gcs"]):
+            if port_open(self._state["ports"]["gcs"]):
                 try:
                     self.status()
                     return

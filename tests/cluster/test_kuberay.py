@@ -564,7 +564,7 @@ def test_every_ray_pod_ships_its_ray_logs_with_a_sidecar(kind):
     """The shipper of the VMs (cluster/logship.py), beside each Ray container: the
     same image, the Ray logs through a shared emptyDir (KubeRay's own `ray-logs` name,
     which its operator reuses for the autoscaler), the pod's name as the node's."""
-    from cluster import logship
+    from cluster import logship_cli
 
     spec = SCENARIOS["gpu-l4-spot-min-workers"]
     cs = cluster_spec_of(KINDS[kind](spec, FACTS))
@@ -585,7 +585,7 @@ def test_every_ray_pod_ships_its_ray_logs_with_a_sidecar(kind):
         env = {e["name"]: e for e in ship["env"]}
         assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
         assert ship["command"][:4] == ["python", "-m", "cluster.logship", "run"]
-        args = logship._parser().parse_args(
+        args = logship_cli._parser().parse_args(
             [a.replace("$(POD_NAME)", "ray-gcp-head-x7k2p") for a in ship["command"][3:]])
         assert (args.bucket, args.cluster, args.role, args.node_type, args.node) == (
             FACTS.bucket, spec.cluster_name, "head" if head else "worker", type_name,
@@ -615,6 +615,9 @@ def test_the_shipper_configmap_is_the_stdlib_only_shipper_and_runs_on_a_bare_pyt
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == str(sorted(["__main__", "cluster", "cluster.gcs_http",
                                       "cluster.logpaths", "cluster.logship"]))
+    # Its command line too (python -m cluster.logship run ... in the sidecar).
+    probe = "import sys; sys.path.insert(0, sys.argv[1]); import cluster.logship_cli"
+    subprocess.run([sys.executable, "-S", "-I", "-c", probe, str(tmp_path)], check=True)
 
 
 def test_without_log_shipping_no_sidecar_and_no_configmap():

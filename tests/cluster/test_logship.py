@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import gcs_http, logship
+from cluster import gcs_http, logship, logship_cli
 from cluster.logpaths import parse_chunk, run_prefix, session_start
 from tests.emulator import EMULATOR_BUCKET
 
@@ -382,6 +382,6 @@ def test_bad_options_are_refused_before_anything_starts(args, message, capsys):
     for flag, value in zip(args[::2], args[1::2], strict=True):
         base[flag] = value
     argv = ["run", *[x for kv in base.items() for x in kv], *args[2:]]
-    assert logship.main(argv) == 2
+    assert logship_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "nothing started" in err

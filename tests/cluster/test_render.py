@@ -394,7 +394,7 @@ def test_every_node_starts_its_log_shipper_between_ray_stop_and_ray_start(cfg, s
     parser accepts the rendered options once the shell has expanded them."""
     import shlex
 
-    from cluster import logship
+    from cluster import logship_cli
 
     for key, role in (("head_start_ray_commands", "head"), ("worker_start_ray_commands", "worker")):
         cmds = cfg[key]
@@ -405,7 +405,7 @@ def test_every_node_starts_its_log_shipper_between_ray_stop_and_ray_start(cfg, s
         argv = shlex.split(cmds[ship].replace("$(hostname)", "ray-x-worker-1a2b3c4d-compute")
                            .replace("${RAY_NODE_TYPE_NAME:-}", "cpu-worker"))
         assert argv[:3] == [f"{layout.NODE_VENV}/bin/python", "-m", "cluster.logship"]
-        args = logship._parser().parse_args(argv[3:])
+        args = logship_cli._parser().parse_args(argv[3:])
         assert (args.command, args.bucket, args.cluster, args.role) == (
             "start", FACTS.bucket, spec.cluster_name, role)
         assert args.logs_dir == "/tmp/ray/session_latest/logs"  # Ray's default temp dir
