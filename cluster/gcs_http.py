@@ -104,12 +104,13 @@ def metadata_token(timeout: float = 5.0) -> TokenSource:
 
 
 def adc_token() -> TokenSource:
-    """Application Default Credentials through google-auth (a laptop, a workstation)."""
+    """Application Default Credentials through google-auth (a laptop, a workstation),
+    read-only: the reader (cluster.logs) is its only user."""
     import google.auth
     import google.auth.transport.requests
 
     credentials, _ = google.auth.default(
-        scopes=["https://www.googleapis.com/auth/devstorage.read_write"]
+        scopes=["https://www.googleapis.com/auth/devstorage.read_only"]
     )
     lock = threading.Lock()
 
