@@ -31,6 +31,7 @@ else ``/tmp/ray/session_latest/logs``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -156,6 +157,9 @@ def tee(path: str, max_bytes: int, out_r: int, err_r: int, out_fd: int, err_fd: 
     """Copy each pipe to its original output and both to ``path`` until both close."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # outlive the driver's last words
+    for fd in (out_fd, err_fd):
+        with contextlib.suppress(OSError):
+            os.set_blocking(fd, True)  # a full terminal pipe waits, it does not fail
     targets = {out_r: out_fd, err_r: err_fd}
     alive = {out_r: True, err_r: True}  # the original output still takes writes
     f = open(path, "ab")  # noqa: SIM115 (rotated below)
@@ -169,8 +173,9 @@ def tee(path: str, max_bytes: int, out_r: int, err_r: int, out_fd: int, err_fd: 
             if alive[fd]:
                 try:
                     _write_all(targets[fd], data)
-                except OSError:  # the terminal went away; keep the file
+                except OSError as e:  # the terminal went away; keep the file
                     alive[fd] = False
+                    f.write(f"[ray-gcp: the terminal stopped taking output: {e}]\n".encode())
             while data:  # never more than max_bytes in the file
                 room = max_bytes - f.tell()
                 if room <= 0:
@@ -188,7 +193,10 @@ def tee(path: str, max_bytes: int, out_r: int, err_r: int, out_fd: int, err_fd: 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:  # made non-blocking by someone else: wait until it drains
+            select.select([], [fd], [])
 
 
 if __name__ == "__main__":

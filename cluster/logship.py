@@ -11,18 +11,19 @@ shutdown, pod deletion, ``LocalCluster.down()``) it makes one last pass.
 Objects (never overwritten, never appended to: the bucket is versioned)::
 
     logs/<cluster>/<date>/<node>/<session>/_node.json
-    logs/<cluster>/<date>/<node>/<session>/<file>/<gen>/<start>-<end>.<t0>-<t1>
+    logs/<cluster>/<date>/<node>/<session>/<file>/<gen>/<start>-<end>.<t0>-<t1>.<level>
 
 ``<date>`` and ``<session>`` come from Ray's session directory
 (``session_2026-12-07_02-51-59_441416_29779``: the run), ``<file>`` is the
 path under ``logs/`` (``worker-<id>-<job>-<pid>.err``, ``raylet.out``,
 ``events/event_AUTOSCALER.log``; a file Ray's log monitor moved to ``old/``
-keeps its name), ``<gen>`` counts files of that name on that node and run (a
-rotated file continues its generation: files are followed by inode),
+and a copy Ray's rotation made, ``x.out.1``, keep the name), ``<gen>`` counts
+files of that name on that node and run (files are followed by inode, so a
+rotated file continues its generation and the new one starts the next),
 ``<start>-<end>`` is the byte range of the file the object holds,
 ``<t0>-<t1>`` (unix seconds) brackets when those bytes were written (after
-the pass that last saw the file shorter, before they were read) and the last
-field says whether the object was uploaded (0) or composed (1, 2).
+the pass that last saw the file shorter, before they were read) and
+``<level>`` says whether the object was uploaded (0) or composed (1, 2).
 ``cluster.logs`` reads them back. A restarted shipper lists its run's objects
 and continues where they end; it keeps no state on the node.
 
@@ -43,11 +44,13 @@ into one (``objects.compose``) and the 32 are deleted, twice over at most
 (GCS allows 1024 components per composite), so a day of a busy file is a
 few dozen objects to read, not thousands.
 
-Standard library only (with ``cluster.gcs_http``), so the same two files run
-in any Python 3, the KubeRay sidecar's Ray image included.
+Standard library only (with ``cluster.gcs_http`` and ``cluster.logpaths``), so
+the same files run in any Python 3, the KubeRay sidecar's Ray image included.
 
     python -m cluster.logship run   --bucket B --cluster C --node N [--role head] ...
     python -m cluster.logship start --pidfile F ... (the same options; detaches, replaces F's shipper)
+
+(the command line is cluster/logship_cli.py).
 """
 
 from __future__ import annotations

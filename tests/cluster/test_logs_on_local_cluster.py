@@ -212,10 +212,12 @@ def test_a_jobs_output_and_a_killed_nodes_traceback_outlive_the_cluster(
     env = _env(local_cluster, gcs_emulator)
     # `ray submit`'s way: a plain driver on the head; its output is copied to driver-*.log.
     plain = subprocess.run(
-        [sys.executable, "-c", f"import ray; ray.init(); print('PLAIN-{token}', flush=True)"],
+        [sys.executable, "-c",
+         f"import os, ray; ray.init(); print('PLAIN-{token}', os.getpid(), flush=True)"],
         env=env, capture_output=True, text=True, timeout=300, check=False,
     )
     assert plain.returncode == 0 and f"PLAIN-{token}" in plain.stdout, plain.stderr[-2000:]
+    plain_pid = re.search(rf"PLAIN-{token} (\d+)", plain.stdout).group(1)
     # `ray job submit`'s way: Ray writes job-driver-<id>.log on the head.
     (tmp_path / "job").mkdir()
     (tmp_path / "job" / "job.py").write_text(JOB)
@@ -259,6 +261,6 @@ def test_a_jobs_output_and_a_killed_nodes_traceback_outlive_the_cluster(
 
     # The plain driver's copy, found by its Ray job id (the hook's record).
     runs_detail = _logs(gcs_emulator, "files", "--run", run, "--node", "head")
-    (driver_log,) = re.findall(r"(driver-\S+\.log)", runs_detail)
+    (driver_log,) = re.findall(rf"(driver-\S+-{plain_pid}\.log)", runs_detail)
     plain_text = _logs(gcs_emulator, "job", driver_log, "--run", run)
     assert f"PLAIN-{token}" in plain_text and "==> local-head (head" in plain_text
