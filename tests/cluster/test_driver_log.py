@@ -92,3 +92,22 @@ def test_a_driver_away_from_a_ray_node_is_left_alone(tmp_path):
     done = _run("from cluster.driver_log import hook; hook({}); print('laptop')",
                 tmp_path / "no-such-dir")
     assert done.returncode == 0 and done.stdout == "laptop\n" and not done.stderr
+
+
+def test_a_full_non_blocking_terminal_waits_instead_of_losing_output(tmp_path):
+    """Seen on the local cluster: a driver whose stdout had been made non-blocking
+    lost its last lines once the reader fell behind (EAGAIN)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    code = ("import os, sys; os.set_blocking(1, False)\n"
+            "from cluster.driver_log import hook; hook({})\n"
+            "for i in range(20000): print(f'{i:06d}' + 'w' * 93)\n"
+            "print('LAST', flush=True)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update({"PYTHONPATH": str(REPO), "RAY_GCP_DRIVER_LOG_DIR": str(logs)})
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE)
+    time.sleep(2)  # a slow reader: the 64 KiB pipe is full long before it reads
+    out = proc.stdout.read()
+    assert proc.wait(timeout=60) == 0
+    assert out.endswith(b"LAST\n") and out.count(b"\n") == 20001
+    assert "terminal stopped" not in _wait_for("driver-*.log", logs, "LAST")
