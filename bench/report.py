@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bench.stats import efficiency, fmt_ratio, fmt_seconds, fmt_spread, median, ratio, summary
 
-ORDER = ["annotate", "granularity", "scaleup", "node_setup", "serve", "tree_reduce"]
+ORDER = ["annotate", "granularity", "scaleup", "node_setup", "serve", "tree_reduce", "logship"]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

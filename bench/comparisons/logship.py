@@ -84,7 +84,9 @@ def standalone(ctx, p) -> dict:
     try:
         with local_cluster(spec, workers=1, log=ctx.log, log_bucket=EMULATOR_BUCKET,
                            log_endpoint=url) as lc:
-            pids = _shippers(lc)
+            deadline = time.monotonic() + 120  # a node's shipper starts right after its raylet
+            while len(pids := _shippers(lc)) != 2 and time.monotonic() < deadline:
+                time.sleep(1)
             if len(pids) != 2:
                 raise RuntimeError(f"expected a shipper on the head and the worker, found {pids}")
             for rep in range(p["reps"]):

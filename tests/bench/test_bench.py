@@ -132,7 +132,7 @@ def test_only_accepts_known_names_and_keeps_the_run_order():
 def test_every_comparison_has_sizes_and_a_reproduce_command():
     from bench.comparisons import ALL
 
-    assert set(ALL) == set(cli.ORDER) == set(config.FULL) == set(config.QUICK)
+    assert set(ALL) == set(cli.ORDER) == set(config.FULL) == set(config.QUICK) == set(report.ORDER)
     for name, mod in ALL.items():
         assert mod.COMMAND == f"python -m bench --only {name}"
         assert hasattr(mod, "standalone") or hasattr(mod, "on_cluster")
