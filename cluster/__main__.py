@@ -1,33 +1,8 @@
-"""Command line for the cluster package.
+"""Command line for the cluster package: ``python -m cluster --help``.
 
-    python -m cluster local up|down|status [--state-dir DIR] [--autoscaler-v2]
-    python -m cluster render --target gcp|local [--spec SPEC.yaml] [--facts FACTS.json]
-                             [--project P] [--region R]
-    python -m cluster render --target kuberay --kind raycluster|rayjob|rayservice|core
-                             [--spec SPEC.yaml] [--facts KUBEFACTS.json] [--project P]
-    python -m cluster requirements [--check]
-    python -m cluster logs runs|job ID|node NAME|files [--bucket B] [--cluster C] [--run S]
-                           [--node N] [--file GLOB] [--since T] [--until T] [--prefix]
-
-``render --target gcp`` without ``--facts`` renders the default ClusterSpec
-(the stack's default settings) with the facts ``pulumi up`` would produce
-for ``--project`` (default ``my-ray-project``) and ``--region``: the same
-names, subnet, bucket and zone; only the pinned image and the launcher key
-are placeholders. So it is what ``pulumi up`` with default settings puts on
-the provider VM (a test compares it with the stack's ``clusterConfig``).
-``--facts`` takes a JSON (or YAML) object with GcpFacts' fields; ``--spec`` a
-ClusterSpec as YAML/JSON (default: the default spec). A bad value is reported
-as ``field = value: problem (allowed: ...)``, exit status 2.
-``--target kuberay`` prints KubeRay manifests for ``kubectl apply -f -``
-(``--kind core``: Namespace, ServiceAccount, NetworkPolicy and the workloads
-ConfigMap, as a multi-document stream); ``--facts`` then takes KubeFacts'
-fields (default: example facts for ``--project``).
-``requirements`` rewrites cluster/requirements-node.txt from uv.lock
-(``--check`` only compares and exits 1 on drift).
-``logs`` reads the Ray logs the nodes shipped to ``gs://BUCKET/logs/`` (also
-after ``ray down``): ``runs`` lists the runs, ``job ID`` prints a job's
-driver output and its workers' files, ``node NAME`` a node's files; every
-section names its node. See cluster/logs.py and cluster/README.md ("Logs").
+The parser below is the reference: each command's ``--help`` says what it does,
+every flag and an example. A flag that does not apply to the chosen target or
+action is refused (exit status 2) rather than ignored.
 """
 
 from __future__ import annotations
@@ -37,18 +12,65 @@ import sys
 from pathlib import Path
 
 DEFAULT_STATE_DIR = Path(".ray-local")
+DEFAULT_GCS_PORT = 6379
+
+DESCRIPTION = """\
+The Ray cluster from one typed spec (cluster/spec.py): its config for `ray up` on
+GCP, KubeRay manifests for GKE, or a local autoscaling cluster of fake nodes."""
+EXAMPLES = """\
+examples:
+  python -m cluster local up
+  python -m cluster render --target gcp --project my-project-id
+  python -m cluster render --target kuberay --kind rayjob --spec spec.json --facts kubefacts.json
+  python -m cluster requirements --check
+  python -m cluster logs runs --bucket my-project-ray-gcp --cluster ray-gcp
+  python -m cluster render --help"""
+RENDER_DESCRIPTION = """\
+Print a Ray autoscaler config (--target gcp, local) or KubeRay manifests
+(--target kuberay) as YAML.
+
+--target gcp without --facts renders the spec with the facts `pulumi up` would
+produce for --project and --region: the same names, subnet, bucket and zone;
+only the pinned image and the launcher key are placeholders (a test compares it
+with the stack's clusterConfig). --facts takes GcpFacts (gcp) or KubeFacts
+(kuberay) as JSON/YAML, e.g. `pulumi stack output --json kubeFacts`; --spec a
+ClusterSpec (default: the stack's default spec). --api-endpoint API=URL
+(repeatable; gcp only) sets provider.api_endpoints as ray-gcp:apiEndpoints does
+for the stack; with --facts it adds to the facts file's api_endpoints.
+--kind core prints the
+Namespace, ServiceAccount, NetworkPolicy and workloads ConfigMap as one stream.
+A bad value is reported as `field = value: problem (allowed: ...)`, exit 2;
+so is a flag the target does not use."""
+RENDER_EXAMPLES = """\
+examples:
+  python -m cluster render --target gcp --region us-central1
+  python -m cluster render --target local --gcs-port 41000
+  pulumi stack output --json clusterSpec > spec.json
+  pulumi stack output --json kubeFacts > kubefacts.json
+  python -m cluster render --target kuberay --kind rayjob --spec spec.json --facts kubefacts.json \\
+      | kubectl apply -f -"""
 
 
 def _local(args: argparse.Namespace) -> int:
     import os
 
+    from cluster.errors import report
     from cluster.local import LocalCluster
 
+    problems = [
+        f"{flag}: applies to `local up` only (not `local {args.action}`)"
+        for flag, given in (("--autoscaler-v2", args.autoscaler_v2),
+                            ("--log-bucket", args.log_bucket))
+        if given and args.action != "up"
+    ]
     endpoint = os.environ.get("STORAGE_EMULATOR_HOST") if args.log_bucket else None
-    if args.log_bucket and not endpoint:
-        print("--log-bucket: the local cluster ships to a Cloud Storage emulator; set "
-              "STORAGE_EMULATOR_HOST (e.g. http://127.0.0.1:9023)", file=sys.stderr)
+    if args.log_bucket and args.action == "up" and not endpoint:
+        problems.append("--log-bucket: the local cluster ships to a Cloud Storage emulator; set "
+                        "STORAGE_EMULATOR_HOST (e.g. http://127.0.0.1:9023)")
+    if problems:
+        print(report(problems), file=sys.stderr)
         return 2
+
     lc = LocalCluster(args.state_dir, autoscaler_v2=args.autoscaler_v2,
                       log_bucket=args.log_bucket, log_endpoint=endpoint)
     if args.action == "up":
@@ -117,6 +139,27 @@ def _check_place(project: str, region: str) -> list[str]:
     return problems
 
 
+def _parse_api_endpoints(items: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``--api-endpoint API=URL`` flags as a mapping, and what is wrong with them."""
+    from cluster import api_endpoints
+
+    out: dict[str, str] = {}
+    problems: list[str] = []
+    for item in items:
+        api, sep, url = item.partition("=")
+        if not sep:
+            problems.append(
+                f"--api-endpoint = {item!r}: write API=URL, e.g. "
+                f"compute={api_endpoints.DEFAULT_ENDPOINTS['compute']}"
+            )
+        elif api in out:
+            problems.append(f"--api-endpoint {api}: given twice")
+        else:
+            out[api] = url
+    problems += api_endpoints.problems(out, where="--api-endpoint", sep=" ")
+    return out, problems
+
+
 def _render(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -125,18 +168,11 @@ def _render(args: argparse.Namespace) -> int:
     from cluster.render import example_gcp_facts, render_gcp, render_local, to_yaml
     from cluster.spec import ClusterSpec, GcpFacts, local_default_spec
 
-    problems: list[str] = []
-    place_flags = [f for f in ("project", "region") if getattr(args, f) is not None]
-    if place_flags and (args.target == "local" or (args.facts and args.target == "gcp")):
-        used = "--target local" if args.target == "local" else "--facts"
-        problems.append(
-            f"{', '.join('--' + f for f in place_flags)}: not used with {used} "
-            "(the example facts of --target gcp only; a --facts file has its own)"
-        )
-    if args.target == "local" and args.facts:
-        problems.append("--facts: not used with --target local (GCP facts)")
-    if args.target == "kuberay" and args.region is not None:
-        problems.append("--region: not used with --target kuberay (the pods have no zone)")
+    problems = _unused_flags(args)
+    endpoints: dict[str, str] = {}
+    if args.target == "gcp":
+        endpoints, endpoint_problems = _parse_api_endpoints(args.api_endpoint or [])
+        problems.extend(endpoint_problems)
     project = args.project or "my-ray-project"
     region = args.region or DEFAULT_REGION
     if args.target == "gcp" and not args.facts:
@@ -160,20 +196,52 @@ def _render(args: argparse.Namespace) -> int:
     if args.target == "gcp" and not problems:
         if args.facts:
             try:
-                facts = GcpFacts.model_validate(_load_mapping(args.facts))
+                raw = _load_mapping(args.facts)
+                if endpoints:
+                    raw["api_endpoints"] = {**(raw.get("api_endpoints") or {}), **endpoints}
+                facts = GcpFacts.model_validate(raw)
             except ValidationError as e:
                 problems.extend(describe_all(e, GcpFacts, prefix=f"{args.facts}: "))
         else:
             facts = example_gcp_facts(project=project, region=region, cluster_name=spec.cluster_name)
+            if endpoints:
+                facts = GcpFacts.model_validate({**facts.model_dump(), "api_endpoints": endpoints})
     if problems:
         print(report(problems), file=sys.stderr)
         return 2
     if args.target == "local":
-        cfg = render_local(spec, gcs_port=args.gcs_port)
+        cfg = render_local(spec, gcs_port=args.gcs_port or DEFAULT_GCS_PORT)
     else:
         cfg = render_gcp(spec, facts)
     sys.stdout.write(to_yaml(cfg))
     return 0
+
+
+def _unused_flags(args: argparse.Namespace) -> list[str]:
+    """`render` flags the chosen target (or --facts) does not use: refused, not ignored."""
+    problems = []
+    if args.kind is not None and args.target != "kuberay":
+        problems.append(f"--kind: applies to --target kuberay only (not --target {args.target})")
+    if args.gcs_port is not None and args.target != "local":
+        problems.append(f"--gcs-port: applies to --target local only (not --target {args.target})")
+    place_flags = [f for f in ("project", "region") if getattr(args, f) is not None]
+    if args.target == "kuberay" and args.region is not None:
+        problems.append("--region: not used with --target kuberay (the pods have no zone)")
+        place_flags.remove("region")
+    if place_flags and (args.target == "local" or args.facts):
+        used = "--target local" if args.target == "local" else "--facts"
+        problems.append(
+            f"{', '.join('--' + f for f in place_flags)}: not used with {used} "
+            "(the example facts only; a --facts file has its own)"
+        )
+    if args.target == "local" and args.facts:
+        problems.append("--facts: not used with --target local (GCP facts)")
+    if args.api_endpoint and args.target != "gcp":
+        problems.append(
+            f"--api-endpoint: applies to --target gcp only (not --target {args.target}): "
+            "the VM path's Google API clients"
+        )
+    return problems
 
 
 def _render_kuberay(args: argparse.Namespace, spec, project: str) -> int:
@@ -187,12 +255,12 @@ def _render_kuberay(args: argparse.Namespace, spec, project: str) -> int:
         if args.facts:
             facts = kuberay.KubeFacts.model_validate(_load_mapping(args.facts))
         else:
-            facts = kuberay.example_kube_facts(project=project)
+            facts = kuberay.example_kube_facts(project=project, cluster_name=spec.cluster_name)
     except ValidationError as e:
         print(report(describe_all(e, kuberay.KubeFacts, prefix=f"{args.facts}: ")), file=sys.stderr)
         return 2
     try:
-        if args.kind == "raycluster":
+        if args.kind in (None, "raycluster"):
             objs = [kuberay.render_raycluster(spec, facts)]
         elif args.kind == "rayjob":
             objs = [kuberay.render_rayjob(spec, facts)]
@@ -225,10 +293,30 @@ def _requirements(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps our own line breaks, and puts each command on one line with its help:
+    argparse sizes the help column before it indents the commands, so the longest
+    one (`requirements`) would otherwise get a line of its own."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=24, width=100)
+        self._action_max_length = 20
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cluster", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    local = sub.add_parser("local", help="a local autoscaling Ray cluster with fake nodes")
+    raw = _HelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="python -m cluster", description=DESCRIPTION, epilog=EXAMPLES, formatter_class=raw
+    )
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+    local = sub.add_parser(
+        "local", help="start, stop or inspect a local autoscaling Ray cluster of fake nodes",
+        description="A local autoscaling Ray cluster whose autoscaler starts fake worker nodes,\n"
+        "token auth on. `up` prints the environment drivers and `ray job` need.",
+        epilog="examples:\n  python -m cluster local up --autoscaler-v2\n"
+        "  python -m cluster local status\n  python -m cluster local down",
+        formatter_class=raw,
+    )
     local.add_argument("action", choices=["up", "down", "status"])
     local.add_argument(
         "--state-dir",
@@ -237,21 +325,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="where pids, ports, token and config live (default: .ray-local/)",
     )
     local.add_argument(
-        "--autoscaler-v2", action="store_true", help="up: run Ray's v2 autoscaler (as `ray up`)"
+        "--autoscaler-v2", action="store_true", help="up only: run Ray's v2 autoscaler (as `ray up`)"
     )
     local.add_argument(
         "--log-bucket", default=None,
-        help="up: ship every node's Ray logs to this bucket of the emulator STORAGE_EMULATOR_HOST",
+        help="up only: ship every node's Ray logs to this bucket of the emulator "
+        "STORAGE_EMULATOR_HOST",
     )
     render = sub.add_parser(
-        "render", help="print a Ray autoscaler config or KubeRay manifests as YAML"
+        "render", help="print the Ray autoscaler config (gcp, local) or KubeRay manifests (YAML)",
+        description=RENDER_DESCRIPTION, epilog=RENDER_EXAMPLES, formatter_class=raw,
     )
     render.add_argument("--target", choices=["gcp", "local", "kuberay"], required=True)
     render.add_argument(
         "--kind",
         choices=["raycluster", "rayjob", "rayservice", "core"],
-        default="raycluster",
-        help="kuberay target: which manifest (core = Namespace, KSA, NetworkPolicy, ConfigMap)",
+        default=None,
+        help="kuberay only: which manifest (default raycluster; core = Namespace, KSA, "
+        "NetworkPolicy, ConfigMap)",
     )
     render.add_argument("--spec", type=Path, help="ClusterSpec as YAML/JSON")
     render.add_argument(
@@ -259,29 +350,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.add_argument(
         "--project", default=None,
-        help="gcp/kuberay targets: the project of the example facts (default my-ray-project)",
+        help="gcp/kuberay without --facts: the project of the example facts (default my-ray-project)",
     )
     render.add_argument(
         "--region", default=None,
-        help="gcp target: the region of the example facts (default asia-northeast3, "
+        help="gcp without --facts: the region of the example facts (default asia-northeast3, "
         "the stack's default); the zone is its first",
     )
-    render.add_argument("--gcs-port", type=int, default=6379, help="local target's GCS port")
-    reqs = sub.add_parser("requirements", help="regenerate cluster/requirements-node.txt")
-    reqs.add_argument("--check", action="store_true", help="only compare with uv.lock")
+    render.add_argument(
+        "--api-endpoint", action="append", metavar="API=URL",
+        help="gcp only: a provider.api_endpoints entry (repeatable); API is compute, iam or "
+        "cloudresourcemanager, URL the API's whole base URL ending in '/', e.g. "
+        "compute=https://compute.googleapis.com/compute/v1/ (ray-gcp:apiEndpoints)",
+    )
+    render.add_argument(
+        "--gcs-port", type=int, default=None,
+        help=f"local only: the GCS port (default {DEFAULT_GCS_PORT})",
+    )
+    reqs = sub.add_parser(
+        "requirements", help="regenerate cluster/requirements-node.txt from uv.lock",
+        description="Rewrite cluster/requirements-node.txt (the nodes' exact packages, with\n"
+        "hashes) from uv.lock, with the pinned uv.", formatter_class=raw,
+    )
+    reqs.add_argument("--check", action="store_true", help="only compare; exit 1 on drift")
     from cluster import logs
 
     logs_cmd = sub.add_parser(
         "logs", help="read the shipped Ray logs (runs, a job, a node), also after `ray down`",
-        description=logs.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=logs.__doc__, formatter_class=raw,
     )
     logs.add_arguments(logs_cmd)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cluster import logs
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "local":
@@ -291,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "requirements":
         return _requirements(args)
     if args.command == "logs":
+        from cluster import logs
+
         return logs.main(args)
     parser.error(f"unknown command {args.command}")
     return 2

@@ -11,6 +11,7 @@
 
 from bench.comparisons import (
     annotate,
+    e2e,
     granularity,
     logship,
     node_setup,
@@ -20,4 +21,4 @@ from bench.comparisons import (
 )
 
 ALL = {m.NAME: m for m in (annotate, granularity, scaleup, node_setup, serve, tree_reduce,
-                           logship)}
+                           logship, e2e)}
