@@ -195,9 +195,12 @@ def logship_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
             f"at most {d['max_file_bytes'] // (1024 * 1024)} MiB per file) to a GCS emulator on "
             "this machine; repetitions alternate shipping on and paused (SIGSTOP, no driver "
             "hook), so both sides share the cluster and its workers. The shippers used "
-            f"{d['shipper_cpu_seconds']:.2f} CPU s during the 'on' runs"
-            + (f" ({share:.1%} of their wall time)" if share is not None else "")
-            + f"; {d['objects_in_bucket']} objects were left in the bucket.\n\n"
+            f"{d['shipper_cpu_seconds']:.2f} CPU s during the 'on' windows"
+            + (f" ({share:.1%} of one core over those {d['on_window_seconds']:.0f} s, drivers' "
+               "start-up included)" if share is not None and "on_window_seconds" in d else "")
+            + f"; {d['objects_in_bucket']} objects"
+            + (f" ({d['bytes_in_bucket'] / 1e6:.1f} MB)" if "bytes_in_bucket" in d else "")
+            + " were left in the bucket.\n\n"
             + _table(["workload", "shipping paused (median, range)", "shipping on",
                       "on / paused (1.00x = no cost)"], rows))
     return text, heads

@@ -14,8 +14,9 @@ processes and the same files. Two workloads:
   every worker file grows every pass, so every pass uploads; the cap and the
   newest-bytes window decide how much).
 
-Also recorded: the CPU seconds the shippers used during the "on" runs (from
-/proc), their uploads and bytes. A paused shipper catches up when resumed,
+Also recorded: the CPU seconds the shippers used during the "on" windows (from
+/proc; a window is both drivers' whole runs, start-up included) as a share of
+one core over those windows, and the objects and bytes left in the bucket. A paused shipper catches up when resumed,
 and that work lands in the next "on" run: a bias against shipping, on purpose.
 The emulator runs on this machine too; on GCP the uploads go to Cloud Storage,
 so the CPU the emulator uses here is not a cost there.
@@ -80,7 +81,7 @@ def standalone(ctx, p) -> dict:
         interval_s=p["interval_s"], max_file_bytes=p["max_file_bytes"])})
     emulator, url = start_emulator()
     seconds: dict[str, dict[str, list[float]]] = {w: {"on": [], "off": []} for w in WORKLOADS}
-    ship_cpu = 0.0
+    ship_cpu = ship_wall = 0.0
     try:
         with local_cluster(spec, workers=1, log=ctx.log, log_bucket=EMULATOR_BUCKET,
                            log_endpoint=url) as lc:
@@ -95,7 +96,7 @@ def standalone(ctx, p) -> dict:
                     env = driver_env(lc)
                     if mode == "off":
                         env.pop("RAY_RUNTIME_ENV_HOOK", None)
-                    cpu0 = _cpu_seconds(pids)
+                    cpu0, wall0 = _cpu_seconds(pids), time.monotonic()
                     seconds["annotate"][mode] += run_driver("annotate", {
                         "src": src, "out_root": str(ctx.workdir / NAME / f"{mode}-{rep}"),
                         "max_side": p["max_side"], "batch": p["batch"], "reps": 1,
@@ -105,29 +106,30 @@ def standalone(ctx, p) -> dict:
                     }, env, timeout=p["timeout"])["seconds"]
                     if mode == "on":
                         ship_cpu += _cpu_seconds(pids) - cpu0
+                        ship_wall += time.monotonic() - wall0
                     ctx.log(f"rep {rep + 1}/{p['reps']} shipping {mode}: annotate "
                             f"{seconds['annotate'][mode][-1]:.2f} s, chatty "
                             f"{seconds['chatty'][mode][-1]:.2f} s")
             _set(pids, True)
             time.sleep(2 * p["interval_s"])  # let them catch up before the count
-            objects = _count_objects(url, EMULATOR_BUCKET)
+            objects, shipped = _objects_and_bytes(url, EMULATOR_BUCKET)
     finally:
         stop_process_group(emulator, timeout=10)
-    on_seconds = sum(sum(s["on"]) for s in seconds.values())
     return {"seconds": seconds, "reps": p["reps"], "cores": ctx.cores,
             "interval_s": p["interval_s"], "max_file_bytes": p["max_file_bytes"],
             "chatty": {"tasks": p["chatty_tasks"], "lines": p["chatty_lines"]},
             "annotate_items": p["annotate_count"], "shipper_cpu_seconds": round(ship_cpu, 2),
-            "shipper_cpu_share": round(ship_cpu / on_seconds, 4) if on_seconds else None,
-            "objects_in_bucket": objects}
+            "shipper_cpu_share": round(ship_cpu / ship_wall, 4) if ship_wall else None,
+            "on_window_seconds": round(ship_wall, 1),
+            "objects_in_bucket": objects, "bytes_in_bucket": shipped}
 
 
-def _count_objects(url: str, bucket: str) -> int:
-    import json
-    import urllib.request
+def _objects_and_bytes(url: str, bucket: str) -> tuple[int, int]:
+    """How many objects the shippers left under logs/, and their bytes (every page)."""
+    from cluster.gcs_http import GcsHttp
 
-    with urllib.request.urlopen(f"{url}/storage/v1/b/{bucket}/o?prefix=logs/", timeout=30) as r:
-        return len(json.loads(r.read()).get("items") or [])
+    listing = GcsHttp(bucket, endpoint=url).list("logs/")
+    return len(listing.objects), sum(o.size for o in listing.objects)
 
 
 def checks(data) -> dict:

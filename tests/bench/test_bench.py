@@ -560,12 +560,14 @@ def test_logship_section_reports_on_vs_paused_and_the_shippers_cpu():
                     "chatty": {"on": [4.0], "off": [2.0]}},
         "reps": 3, "cores": 2, "interval_s": 5.0, "max_file_bytes": 64 * 1024 * 1024,
         "chatty": {"tasks": 16, "lines": 20000}, "annotate_items": 120,
-        "shipper_cpu_seconds": 1.5, "shipper_cpu_share": 0.0123, "objects_in_bucket": 42,
+        "shipper_cpu_seconds": 1.5, "shipper_cpu_share": 0.0123, "on_window_seconds": 122.0,
+        "objects_in_bucket": 42, "bytes_in_bucket": 3_400_000,
     }
     text, heads = report.logship_section(data)
     assert "| annotate, 120 images | 10.0 s (10.0 s to 10.0 s, n=3) | 11.0 s" in text
     assert "| 1.10x |" in text and "| 2.00x |" in text  # time on / paused
-    assert "1.50 CPU s" in text and "1.2%" in text and "42 objects" in text
+    assert "1.50 CPU s" in text and "1.2% of one core over those 122 s" in text
+    assert "42 objects (3.4 MB)" in text
     assert dict(heads) == {"log shipping: annotate time, shipping on / paused": "1.10x",
                            "log shipping: chatty time, shipping on / paused": "2.00x"}
     from bench.comparisons import logship as logship_cmp
