@@ -23,7 +23,7 @@ examples:
   python -m cluster render --target gcp --project my-project-id
   python -m cluster render --target kuberay --kind rayjob --spec spec.json --facts kubefacts.json
   python -m cluster requirements --check
-  python -m cluster logs runs --bucket my-project-ray-gcp --cluster ray-gcp
+  python -m cluster logs runs --bucket my-project-id-ray-gcp-io --cluster ray-gcp
   python -m cluster render --help"""
 RENDER_DESCRIPTION = """\
 Print a Ray autoscaler config (--target gcp, local) or KubeRay manifests

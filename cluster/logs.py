@@ -375,13 +375,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("what", choices=["runs", "job", "node", "files"])
     parser.add_argument("name", nargs="?", help="job: submission id, Ray job id or driver log; "
                         "node: node name (or a unique part of it)")
-    parser.add_argument("--bucket", default=None)
-    parser.add_argument("--cluster", default=None)
+    parser.add_argument("--bucket", default=None,
+                        help="the stack's bucket (`pulumi stack output bucket`); default "
+                        "$RAY_GCP_BUCKET or the cluster config's provider.log_bucket")
+    parser.add_argument("--cluster", default=None,
+                        help="the cluster's name (ray-gcp:clusterName); default "
+                        "$RAY_GCP_CLUSTER or the cluster config's cluster_name")
     parser.add_argument("--run", default=None, help="a session name, a unique part, or latest")
     parser.add_argument("--node", default=None, help="node name (or part), head or worker")
     parser.add_argument("--file", default=None, help="node: file glob, e.g. 'raylet.*'")
-    parser.add_argument("--since", default=None)
-    parser.add_argument("--until", default=None)
+    parser.add_argument("--since", default=None,
+                        help="only bytes written since: 2026-12-07T02:50 (UTC) or 30m/2h/3d ago")
+    parser.add_argument("--until", default=None, help="only bytes written until (as --since)")
     parser.add_argument("--prefix", action="store_true",
                         help="start every line with [node file] (for grep)")
 
