@@ -71,8 +71,10 @@ def _run(cfg: ShipConfig) -> int:
         format="%(asctime)s %(levelname)s logship: %(message)s",
     )
     stop = threading.Event()
+    # The handler runs in the main thread, which may hold the Event's own lock at that
+    # moment (inside stop.wait): setting it from a short thread cannot deadlock.
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_: threading.Thread(target=stop.set, daemon=True).start())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # outlives the ssh session that started it
     Shipper(cfg, gcs_http.GcsHttp(cfg.bucket, timeout=20, attempts=3)).run(stop)
     return 0

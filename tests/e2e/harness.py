@@ -198,6 +198,8 @@ class Harness:
             "PATH": f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": OPERATOR_HOME, "USER": "root", "LOGNAME": "root", "LANG": "C.UTF-8",
             "STORAGE_EMULATOR_HOST": self.emulator_url,
+            # No __pycache__ in this checkout from the provider's ray and python -m cluster.
+            "PYTHONDONTWRITEBYTECODE": "1",
         }
 
     def _argv(self, argv: list[str]) -> list[str]:
