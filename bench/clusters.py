@@ -82,10 +82,13 @@ def scaleup_spec(workers: int, upscaling_speed: float | None) -> ClusterSpec:
 @contextlib.contextmanager
 def local_cluster(spec: ClusterSpec, *, workers: int = 0, timeout: float = 240,
                   log: Callable[[str], None] = print,
-                  autoscaler_v2: bool = False) -> Iterator[LocalCluster]:
+                  autoscaler_v2: bool = False, log_bucket: str | None = None,
+                  log_endpoint: str | None = None) -> Iterator[LocalCluster]:
+    """A LocalCluster; with ``log_bucket`` (and the emulator's ``log_endpoint``) its
+    nodes ship their logs, as on GCP (cluster/logship.py)."""
     root = tempfile.mkdtemp(prefix="rgb-", dir="/tmp")
-    lc = (LocalCluster(Path(root) / "state", spec, autoscaler_v2=True) if autoscaler_v2
-          else LocalCluster(Path(root) / "state", spec))
+    lc = LocalCluster(Path(root) / "state", spec, autoscaler_v2=autoscaler_v2,
+                      log_bucket=log_bucket, log_endpoint=log_endpoint)
     try:
         t0 = time.monotonic()
         lc.up(timeout=timeout)

@@ -24,6 +24,10 @@ FULL = {
               "limit_seconds": 1.5, "profile_rows": 64, "profile_seconds": 8.0},
     "tree_reduce": {"size": 8_000_000, "chunks": 64, "bins": 64, "reps": 7, "seed": 0,
                     "timeout": 600},
+    # The spec's default interval and cap; 16 tasks x 20k lines = 32 MB of prints per run.
+    "logship": {"reps": 6, "annotate_count": 120, "min_side": 640, "max_side_sample": 1280,
+                "max_side": 512, "batch": 8, "chatty_tasks": 16, "chatty_lines": 20_000,
+                "interval_s": 5.0, "max_file_bytes": 64 * 1024 * 1024, "timeout": 600},
     # One `ray up` .. `ray down` of the end-to-end harness (tests/e2e): 2 Spot workers.
     "e2e": {"timeout": 1200},
 }
@@ -38,6 +42,9 @@ QUICK = {
               "warmup_seconds": 1.0, "limit_batches": [1, 64], "limit_seconds": 0.3,
               "profile_seconds": 2.0},
     "tree_reduce": {**FULL["tree_reduce"], "size": 100_000, "chunks": 8, "reps": 1},
+    "logship": {**FULL["logship"], "reps": 2, "annotate_count": 8, "min_side": 160,
+                "max_side_sample": 320, "max_side": 128, "batch": 4, "chatty_tasks": 2,
+                "chatty_lines": 500, "interval_s": 1.0},
     "e2e": {"timeout": 1200},  # no smaller version: it boots the same machines
 }
 

@@ -182,7 +182,34 @@ def scaleup(p: dict) -> dict:
             "seconds_to_all": timeline[-1][0] if reached else None}
 
 
-DRIVERS = {f.__name__: f for f in (annotate, granularity, tree_reduce, scaleup)}
+# -------------------------------------------------------------- chatty -------
+
+
+def chatty(p: dict) -> dict:
+    """p: tasks, lines, reps. Tasks that print `lines` lines of 100 bytes each, as fast
+    as they can: the log shipper's worst case (logship comparison)."""
+    ray = _connect()
+
+    @ray.remote(num_cpus=1, max_retries=0)
+    def talk(lines: int) -> int:
+        line = "z" * 90
+        for i in range(lines):
+            print(f"{i:08d} {line}")
+        return lines
+
+    cpus = _cluster_cpus(ray)
+    ray.get([talk.remote(1) for _ in range(max(cpus, 1))])  # warm one worker per CPU
+    times = []
+    for rep in range(p["reps"]):
+        t0 = time.perf_counter()
+        done = ray.get([talk.remote(p["lines"]) for _ in range(p["tasks"])])
+        times.append(time.perf_counter() - t0)
+        assert sum(done) == p["tasks"] * p["lines"]
+        _log(f"chatty run {rep + 1}/{p['reps']}: {times[-1]:.2f} s")
+    return {"seconds": times, "cluster_cpus": cpus}
+
+
+DRIVERS = {f.__name__: f for f in (annotate, granularity, tree_reduce, scaleup, chatty)}
 
 
 def main(argv: list[str] | None = None) -> int:

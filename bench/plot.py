@@ -121,6 +121,16 @@ def _tree(ax, d):
           f"tree_reduce: {d['chunks']} partials\n(lower is better)", ratio_base=0, fmt="{:.3f}")
 
 
+def _logship(ax, d):
+    labels, values = [], []
+    for w in ("annotate", "chatty"):
+        for m in ("off", "on"):
+            labels.append(f"{w}\nshipping {'paused' if m == 'off' else 'on'}")
+            values.append(median(d["seconds"][w][m]))
+    _bars(ax, labels, values, "seconds (median)",
+          "log shipping on vs paused\n(lower is better)", ratio_base=None, fmt="{:.2f}")
+
+
 def _e2e(ax, d):
     marks = [("head ready", d["head_ready"])]
     marks += [(f"worker {i + 1} joined", t) for i, t in enumerate(d["workers_joined"])]
@@ -138,16 +148,18 @@ def _e2e(ax, d):
 
 
 PANELS = {"annotate": _annotate, "granularity": _granularity, "scaleup": _scaleup,
-          "node_setup": _node_setup, "serve": _serve, "tree_reduce": _tree, "e2e": _e2e}
+          "node_setup": _node_setup, "serve": _serve, "tree_reduce": _tree,
+          "logship": _logship, "e2e": _e2e}
 
 
 def render(doc: dict, path: Path) -> Path:
     comps = doc.get("comparisons", {})
     cols = 4 if len(ORDER) > 6 else 3
-    fig, axes = plt.subplots(2, cols, figsize=(5 * cols, 9))
+    rows = -(-len(ORDER) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4.5 * rows))
     for ax in list(axes.flat)[len(ORDER):]:
         ax.set_axis_off()
-    for ax, name in zip(axes.flat, ORDER):
+    for ax, name in zip(axes.flat, ORDER, strict=False):
         e = comps.get(name)
         if e is None or "data" not in e:
             ax.set_title(name, fontsize=10)

@@ -6,7 +6,8 @@ from bench.report_serve import SERVE_LABELS, serve_section
 from bench.report_serve import TRANSFER as SERVE_TRANSFER
 from bench.stats import efficiency, fmt_ratio, fmt_seconds, fmt_spread, median, ratio, summary
 
-ORDER = ["annotate", "granularity", "scaleup", "node_setup", "serve", "tree_reduce", "e2e"]
+ORDER = ["annotate", "granularity", "scaleup", "node_setup", "serve", "tree_reduce", "logship",
+         "e2e"]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -179,6 +180,32 @@ def tree_reduce_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
                    fmt_ratio(ratio(s["chain"]["median"], s["tree"]["median"])))]
 
 
+def logship_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
+    labels = {"annotate": f"annotate, {d['annotate_items']} images",
+              "chatty": (f"chatty: {d['chatty']['tasks']} tasks x {d['chatty']['lines']:,} "
+                         "printed lines of 100 B")}
+    rows, heads = [], []
+    for w in ("annotate", "chatty"):
+        off, on = (summary(d["seconds"][w][m]) for m in ("off", "on"))
+        rel = on["median"] / off["median"]  # time with shipping / without
+        rows.append([labels[w], fmt_spread(off), fmt_spread(on), fmt_ratio(rel)])
+        heads.append((f"log shipping: {w} time, shipping on / paused", fmt_ratio(rel)))
+    share = d.get("shipper_cpu_share")
+    text = (f"One local cluster shipping every node's Ray logs (interval {d['interval_s']:g} s, "
+            f"at most {d['max_file_bytes'] // (1024 * 1024)} MiB per file) to a GCS emulator on "
+            "this machine; repetitions alternate shipping on and paused (SIGSTOP, no driver "
+            "hook), so both sides share the cluster and its workers. The shippers used "
+            f"{d['shipper_cpu_seconds']:.2f} CPU s during the 'on' windows"
+            + (f" ({share:.1%} of one core over those {d['on_window_seconds']:.0f} s, drivers' "
+               "start-up included)" if share is not None and "on_window_seconds" in d else "")
+            + f"; {d['objects_in_bucket']} objects"
+            + (f" ({d['bytes_in_bucket'] / 1e6:.1f} MB)" if "bytes_in_bucket" in d else "")
+            + " were left in the bucket.\n\n"
+            + _table(["workload", "shipping paused (median, range)", "shipping on",
+                      "on / paused (1.00x = no cost)"], rows))
+    return text, heads
+
+
 def e2e_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
     joined = d["workers_joined"]
     rows = [["`ray up` returned: head created, set up over SSH, Ray started",
@@ -206,7 +233,8 @@ def e2e_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
 SECTIONS = {
     "annotate": annotate_section, "granularity": granularity_section,
     "scaleup": scaleup_section, "node_setup": node_setup_section,
-    "serve": serve_section, "tree_reduce": tree_reduce_section, "e2e": e2e_section,
+    "serve": serve_section, "tree_reduce": tree_reduce_section,
+    "logship": logship_section, "e2e": e2e_section,
 }
 
 TRANSFER = {
@@ -245,6 +273,12 @@ TRANSFER = {
         "different link, so absolute times differ, but uv's parallel download and install "
         "advantage carries over. The uv bootstrap (pip-installing uv itself) is counted."),
     "serve": SERVE_TRANSFER,
+    "logship": (
+        "A shipper per node polls its Ray log directory and uploads what grew; its cost is "
+        "the CPU of those passes and uploads, which does not depend on the cluster's size. On "
+        "GCP each node's shipper uses that node's own cores and uploads to Cloud Storage, not "
+        "to an emulator sharing these {cores} cores, so the cost here is an upper bound. The "
+        "chatty workload is the worst case: every worker file grows every pass."),
     "tree_reduce": (
         "The tree has log2(chunks) levels instead of chunks-1 dependent steps; on {cores} CPUs "
         "only a few combines run at once, so a bigger cluster widens the gap. Per-step latency "

@@ -23,6 +23,7 @@ examples:
   python -m cluster render --target gcp --project my-project-id
   python -m cluster render --target kuberay --kind rayjob --spec spec.json --facts kubefacts.json
   python -m cluster requirements --check
+  python -m cluster logs runs --bucket my-project-id-ray-gcp-io --cluster ray-gcp
   python -m cluster render --help"""
 RENDER_DESCRIPTION = """\
 Print a Ray autoscaler config (--target gcp, local) or KubeRay manifests
@@ -54,15 +55,33 @@ examples:
 
 
 def _local(args: argparse.Namespace) -> int:
-    from cluster.errors import report
-    from cluster.local import LocalCluster
+    import os
 
-    if args.autoscaler_v2 and args.action != "up":
-        print(report([f"--autoscaler-v2: applies to `local up` only (not `local {args.action}`)"]),
-              file=sys.stderr)
+    from cluster.errors import report
+
+    try:
+        from cluster.local import LocalCluster
+    except ModuleNotFoundError:  # the VM bundle leaves it out (cluster/bundle.py NOT_ON_VMS)
+        print("python -m cluster local: the local fake cluster is not part of this copy (the "
+              "provider VM's bundle); run it from a clone of the repository", file=sys.stderr)
         return 2
 
-    lc = LocalCluster(args.state_dir, autoscaler_v2=args.autoscaler_v2)
+    problems = [
+        f"{flag}: applies to `local up` only (not `local {args.action}`)"
+        for flag, given in (("--autoscaler-v2", args.autoscaler_v2),
+                            ("--log-bucket", args.log_bucket))
+        if given and args.action != "up"
+    ]
+    endpoint = os.environ.get("STORAGE_EMULATOR_HOST") if args.log_bucket else None
+    if args.log_bucket and args.action == "up" and not endpoint:
+        problems.append("--log-bucket: the local cluster ships to a Cloud Storage emulator; set "
+                        "STORAGE_EMULATOR_HOST (e.g. http://127.0.0.1:9023)")
+    if problems:
+        print(report(problems), file=sys.stderr)
+        return 2
+
+    lc = LocalCluster(args.state_dir, autoscaler_v2=args.autoscaler_v2,
+                      log_bucket=args.log_bucket, log_endpoint=endpoint)
     if args.action == "up":
         if lc.is_up():
             print(f"already running (state in {lc.state_dir}); nothing started", flush=True)
@@ -70,6 +89,9 @@ def _local(args: argparse.Namespace) -> int:
             print(f"starting local Ray cluster (state in {lc.state_dir}) ...", flush=True)
         lc.up()
         print(f"up: GCS {lc.address}, dashboard {lc.dashboard_url}")
+        if lc.shipping:
+            print(f"logs: every node ships to gs://{args.log_bucket}/logs/ ({endpoint}); "
+                  "read them with `python -m cluster logs --bucket ... --cluster ...`")
         print("driver environment (RAY_ADDRESS for drivers, RAY_API_SERVER_ADDRESS for `ray job`):")
         for k, v in sorted(lc.driver_env().items()):
             print(f"  export {k}={v}")
@@ -237,7 +259,12 @@ def _unused_flags(args: argparse.Namespace) -> list[str]:
 def _render_kuberay(args: argparse.Namespace, spec, project: str) -> int:
     from pydantic import ValidationError
 
-    from cluster import kuberay
+    try:
+        from cluster import kuberay
+    except ImportError:  # the VM bundle leaves it out (cluster/bundle.py NOT_ON_VMS)
+        print("render --target kuberay: the KubeRay renderer is not part of this copy (the "
+              "provider VM's bundle); run it from a clone of the repository", file=sys.stderr)
+        return 2
     from cluster.errors import describe_all, report
     from cluster.spec import SpecError
 
@@ -326,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument(
         "--autoscaler-v2", action="store_true", help="up only: run Ray's v2 autoscaler (as `ray up`)"
     )
+    local.add_argument(
+        "--log-bucket", default=None,
+        help="up only: ship every node's Ray logs to this bucket of the emulator "
+        "STORAGE_EMULATOR_HOST",
+    )
     render = sub.add_parser(
         "render", help="print the Ray autoscaler config (gcp, local) or KubeRay manifests (YAML)",
         description=RENDER_DESCRIPTION, epilog=RENDER_EXAMPLES, formatter_class=raw,
@@ -372,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
         "hashes) from uv.lock, with the pinned uv.", formatter_class=raw,
     )
     reqs.add_argument("--check", action="store_true", help="only compare; exit 1 on drift")
+    from cluster import logs
+
+    logs_cmd = sub.add_parser(
+        "logs", help="read the shipped Ray logs (runs, a job, a node), also after `ray down`",
+        description=logs.__doc__, formatter_class=raw,
+    )
+    logs.add_arguments(logs_cmd)
     return parser
 
 
@@ -384,6 +423,10 @@ def main(argv: list[str] | None = None) -> int:
         return _render(args)
     if args.command == "requirements":
         return _requirements(args)
+    if args.command == "logs":
+        from cluster import logs
+
+        return logs.main(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -1,7 +1,8 @@
 """The code bundle the provider VM unpacks and ``ray up`` ships to every node.
 
 ``build_bundle(project_root)`` returns a deterministic tar.gz (sorted entries,
-mtime 0, uid/gid 0, no ``__pycache__``, no Markdown) of ``cluster/`` and ``workloads/``;
+mtime 0, uid/gid 0, no ``__pycache__``, no Markdown, nothing in ``NOT_ON_VMS``) of
+``cluster/`` and ``workloads/``;
 ``cluster/requirements-node.txt`` (the nodes' exact packages, exported from
 uv.lock) is part of ``cluster/``. infra/ base64s it into the provider VM's
 metadata key ``layout.META_BUNDLE``; a metadata value may hold 256 KB, so
@@ -31,6 +32,17 @@ _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
 # Documentation stays in the repository: the VM and the nodes run code, and the
 # bundle must fit one metadata value (MAX_BUNDLE_BYTES).
 _SKIP_SUFFIXES = (".pyc", ".pyo", ".swp", "~", ".md")
+# Code no VM runs: the local fake cluster (a laptop's) and the GKE renderers and
+# watcher (Pulumi on the operator's machine; the watcher's code reaches its Pod in
+# a ConfigMap). Left out for the same reason: one metadata value.
+NOT_ON_VMS = frozenset({
+    "cluster/local.py",
+    "cluster/local_provider.py",
+    "cluster/procs.py",
+    "cluster/kuberay.py",
+    "cluster/kuberay_autostop.py",
+    "cluster/autostop_gke.py",
+})
 
 # The exact export command; its text is also the file's header, so the
 # drift test compares byte for byte.
@@ -61,7 +73,9 @@ def bundle_files(project_root: Path | str) -> list[str]:
             for f in filenames:
                 if f.endswith(_SKIP_SUFFIXES):
                     continue
-                out.append((Path(dirpath) / f).relative_to(root).as_posix())
+                rel = (Path(dirpath) / f).relative_to(root).as_posix()
+                if rel not in NOT_ON_VMS:
+                    out.append(rel)
     if REQUIREMENTS_PATH not in out:
         raise BundleError(
             f"{root / REQUIREMENTS_PATH} is missing: run `python -m cluster requirements`"

@@ -69,7 +69,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from cluster import layout, names, ray_start
+from cluster import kube_logship, layout, names, ray_start
 from cluster.spec import DEFAULT_CLUSTER_NAME, ClusterSpec, NodeTypeSpec, SpecError
 
 API_VERSION = "ray.io/v1"
@@ -261,13 +261,19 @@ def gke_reserved_memory_mib(memory_mib: int) -> int:
     return int(-(-out // 1)) + 100
 
 
-def pod_resources(t: NodeTypeSpec, *, head: bool, field: str) -> dict[str, str]:
-    """CPU/memory a Ray pod of this node type requests (= its limits): the
-    machine minus GKE's reservation, DaemonSet headroom and, on the head's
-    node, the operator and the autoscaler sidecar."""
+def pod_resources(
+    t: NodeTypeSpec, *, head: bool, field: str, log_sidecar: bool = False
+) -> dict[str, str]:
+    """CPU/memory a Ray pod's Ray container requests (= its limits): the
+    machine minus GKE's reservation, DaemonSet headroom, the log shipper
+    sidecar (``log_sidecar``) and, on the head's node, the operator and the
+    autoscaler sidecar."""
     shape = machine_shape(t.machine_type, field=field)
     cpu = shape.vcpus * 1000 - gke_reserved_cpu_milli(shape.vcpus) - DAEMONSET_CPU_MILLI
     mem = shape.memory_mib - gke_reserved_memory_mib(shape.memory_mib) - DAEMONSET_MEMORY_MIB
+    if log_sidecar:
+        cpu -= kube_logship.CPU_MILLI
+        mem -= kube_logship.MEMORY_MIB
     if head:
         cpu -= HEAD_EXTRA_CPU_MILLI
         mem -= HEAD_EXTRA_MEMORY_MIB
@@ -328,7 +334,7 @@ def _pod_template(
 ) -> dict[str, Any]:
     t = spec.node_types[type_name]
     field = f"node_types[{type_name!r}].machine_type"
-    resources = pod_resources(t, head=head, field=field)
+    resources = pod_resources(t, head=head, field=field, log_sidecar=spec.logs.ship)
     limits: dict[str, Any] = dict(resources)
     if t.is_gpu:
         limits[GPU_RESOURCE] = t.accelerator_count
@@ -343,9 +349,10 @@ def _pod_template(
         "RAY_GCP_BUCKET": facts.bucket,
         "RAY_GCP_CLUSTER": spec.cluster_name,
     }
+    image = facts.ray_gpu_image if t.is_gpu else facts.ray_image
     container: dict[str, Any] = {
         "name": "ray-head" if head else "ray-worker",
-        "image": facts.ray_gpu_image if t.is_gpu else facts.ray_image,
+        "image": image,
         "imagePullPolicy": "IfNotPresent",
         "env": _env_list(env),
         "resources": {"requests": dict(resources), "limits": limits},
@@ -353,6 +360,20 @@ def _pod_template(
             {"name": WORKLOADS_VOLUME, "mountPath": layout.KUBE_WORKLOADS_DIR, "readOnly": True}
         ],
     }
+    containers = [container]
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": WORKLOADS_VOLUME,
+            "configMap": {"name": facts.workloads_configmap, "defaultMode": 0o444},
+        }
+    ]
+    if spec.logs.ship:
+        # Ray's log files leave the pod through the bucket (cluster/kube_logship.py).
+        container["volumeMounts"].append(kube_logship.ray_container_mount())
+        containers.append(
+            kube_logship.sidecar(spec, facts.bucket, type_name, head=head, image=image)
+        )
+        volumes += kube_logship.volumes()
     if ports:
         container["ports"] = ports
     node_selector = {"cloud.google.com/gke-nodepool": gke_node_pool(spec, type_name)}
@@ -363,13 +384,8 @@ def _pod_template(
     pod_spec: dict[str, Any] = {
         "serviceAccountName": facts.service_account,
         "nodeSelector": node_selector,
-        "containers": [container],
-        "volumes": [
-            {
-                "name": WORKLOADS_VOLUME,
-                "configMap": {"name": facts.workloads_configmap, "defaultMode": 0o444},
-            }
-        ],
+        "containers": containers,
+        "volumes": volumes,
     }
     if t.is_gpu:
         # GKE taints GPU pools nvidia.com/gpu=present:NoSchedule.
@@ -686,6 +702,11 @@ def render_core_objects(
             },
             "data": {k: workloads[k] for k in sorted(workloads)},
         },
+        *(
+            [kube_logship.render_configmap(facts.namespace, kube_logship.shipper_files())]
+            if spec.logs.ship
+            else []
+        ),
     ]
 
 

@@ -29,9 +29,9 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,10 +42,23 @@ from pathlib import Path
 from typing import Any
 
 from cluster import ray_start
+from cluster.local_provider import node_temp_dir
+from cluster.procs import (
+    all_pids,
+    cmdline,
+    descendants,
+    free_ports,
+    is_shipper,
+    pid_alive,
+    port_open,
+    proc_env,
+    proc_pgid,
+)
 from cluster.render import LOCAL_HEAD_TYPE, render_local, to_yaml
 from cluster.spec import ClusterSpec, local_default_spec
 
 MARKER_ENV = "RAY_GCP_LOCAL_STATE"
+DRIVER_LOG_DIR_ENV = "RAY_GCP_DRIVER_LOG_DIR"  # cluster.driver_log.LOG_DIR_ENV
 # ray/autoscaler/_private/fake_multi_node/node_provider.py: the head's fixed id.
 FAKE_HEAD_NODE_ID = "f" * 51 + "00000"
 STATE_FILE = "state.json"
@@ -53,6 +66,11 @@ TOKEN_FILE = "auth_token"
 CONFIG_FILE = "local-cluster.yaml"
 LOG_FILE = "ray-start.log"
 LEDGER_FILE = "launches.json"
+SHIPPER_LOG = "logship-head.log"
+# The head's name in the shipped logs; fake workers are local-<type>-<id>.
+HEAD_LOG_NAME = "local-head"
+# How long down() gives the log shippers for their last pass.
+SHIPPER_GRACE_S = 15.0
 HOST = "127.0.0.1"
 # A driver's ray.init replaces 127.0.0.1 in RAY_ADDRESS with the machine's own
 # interface IP (services.resolve_ip_for_localhost) unless clusters are
@@ -135,83 +153,6 @@ class ClusterStatus:
         return "\n".join(lines)
 
 
-def _free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports (held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _port_open(port: int) -> bool:
-    with contextlib.closing(socket.socket()) as s:
-        s.settimeout(0.5)
-        return s.connect_ex((HOST, port)) == 0
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0); treat it as gone.
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
-
-
-def _proc_env(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    out = {}
-    for item in raw.split(b"\0"):
-        k, sep, v = item.partition(b"=")
-        if sep:
-            out[k.decode(errors="replace")] = v.decode(errors="replace")
-    return out
-
-
-def _proc_pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except OSError:
-        return None
-
-
-def _proc_ppid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def _descendants(roots: set[int], among: set[int]) -> set[int]:
-    """roots plus every process in `among` whose parent chain reaches a root."""
-    parent = {pid: _proc_ppid(pid) for pid in among}
-    out = set(roots)
-    changed = True
-    while changed:
-        changed = False
-        for pid, ppid in parent.items():
-            if pid not in out and ppid in out:
-                out.add(pid)
-                changed = True
-    return out
-
-
 def read_launch_ledger(path: Path) -> dict[str, int]:
     """Node type -> nodes asked of the local provider whose processes it has not
     started yet (written by cluster/local_provider.py; none if absent)."""
@@ -220,10 +161,6 @@ def read_launch_ledger(path: Path) -> dict[str, int]:
     except (OSError, ValueError):
         return {}
     return {str(t): int(n) for t, n in (data.get("not_started") or {}).items() if int(n) > 0}
-
-
-def _all_pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
 class LocalCluster:
@@ -236,15 +173,29 @@ class LocalCluster:
         *,
         autoscaler_v2: bool = False,
         full_zones: tuple[str, ...] = (),
+        log_bucket: str | None = None,
+        log_endpoint: str | None = None,
     ):
         """``autoscaler_v2``: run Ray's v2 autoscaler (what `ray up` uses on GCP)
         instead of v1 (the default of `ray start --autoscaling-config`).
         ``full_zones``: local zones (``render.LOCAL_ZONES``) that refuse every
-        node with ZONE_RESOURCE_POOL_EXHAUSTED, to watch zone fallback."""
+        node with ZONE_RESOURCE_POOL_EXHAUSTED, to watch zone fallback.
+        ``log_bucket`` and ``log_endpoint`` (a Cloud Storage emulator,
+        ``http://127.0.0.1:PORT``): the head and every fake node ship their Ray
+        logs there as VMs do (``cluster/logship.py``, the spec's ``logs``
+        settings), and drivers keep a copy of their output; None (the
+        default): nothing is shipped and no bucket is needed."""
         self.state_dir = Path(state_dir).resolve()
         self.spec = spec or local_default_spec()
         self.autoscaler_v2 = autoscaler_v2
         self.full_zones = tuple(full_zones)
+        if log_bucket and not log_endpoint:
+            raise LocalClusterError(
+                "log_bucket needs log_endpoint: the local cluster ships to a Cloud Storage "
+                "emulator (e.g. STORAGE_EMULATOR_HOST=http://127.0.0.1:9023), not to GCP"
+            )
+        self.log_bucket = log_bucket if self.spec.logs.ship else None
+        self.log_endpoint = log_endpoint
         self._state: dict[str, Any] = {}
         self._load_state()
 
@@ -273,6 +224,30 @@ class LocalCluster:
     def token(self) -> str:
         return self.token_path.read_text().strip()
 
+    @property
+    def shipping(self) -> bool:
+        """True when this cluster ships its logs (``log_bucket``)."""
+        return bool(self._state.get("log_bucket", self.log_bucket))
+
+    @property
+    def head_logs_dir(self) -> Path:
+        """The head's Ray log directory (each fake node has its own, like a VM)."""
+        return self.temp_dir / "session_latest" / "logs"
+
+    def node_logs_dir(self, node_id: str) -> Path:
+        """A fake worker node's Ray log directory."""
+        return Path(node_temp_dir(str(self.temp_dir), node_id)) / "session_latest" / "logs"
+
+    def _shipping_env(self) -> dict[str, str]:
+        """With shipping: drivers copy their output into the head's logs
+        (cluster/driver_log.py), as on a VM."""
+        if not self.shipping:
+            return {}
+        return {
+            **ray_start.driver_env(self.spec),
+            DRIVER_LOG_DIR_ENV: str(self.head_logs_dir),
+        }
+
     def driver_env(self) -> dict[str, str]:
         """Env vars a driver subprocess needs (merge into os.environ)."""
         return {
@@ -283,13 +258,14 @@ class LocalCluster:
             "RAY_AUTH_TOKEN_PATH": str(self.token_path),
             "RAY_USAGE_STATS_ENABLED": "0",
             **LOOPBACK_ENV,
+            **self._shipping_env(),
         }
 
     def is_up(self) -> bool:
         """True when state is recorded, the head's processes live and GCS answers."""
         if not self._state:
             return False
-        return bool(self._owned_pids()) and _port_open(self._state["ports"]["gcs"])
+        return bool(self._owned_pids()) and port_open(self._state["ports"]["gcs"])
 
     def up(self, timeout: float = 90.0, attempts: int = 2) -> LocalCluster:
         """Start the head (idempotent); wait until GCS and the dashboard answer.
@@ -328,13 +304,19 @@ class LocalCluster:
 
     def _start_head(self, timeout: float) -> None:
         self._ensure_token()
-        ports = dict(zip(_PORT_NAMES, _free_ports(len(_PORT_NAMES)), strict=True))
+        ports = dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES)), strict=True))
         temp_dir = tempfile.mkdtemp(prefix="rg-", dir="/tmp")
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / LEDGER_FILE).unlink()  # a crashed run's
         config = render_local(
-            self.spec, gcs_port=ports["gcs"], host=HOST, full_zones=self.full_zones,
+            self.spec,
+            gcs_port=ports["gcs"],
+            host=HOST,
+            full_zones=self.full_zones,
             launch_ledger=str(self.state_dir / LEDGER_FILE),
+            node_temp_root=temp_dir,
+            log_bucket=self.log_bucket,
+            log_endpoint=self.log_endpoint,
         )
         self.config_path.write_text(to_yaml(config))
         # Record before starting anything, so a crash in between is cleanable.
@@ -344,10 +326,20 @@ class LocalCluster:
             "pgid": None,
             "started": time.time(),
             "autoscaler_v2": self.autoscaler_v2,
+            "log_bucket": self.log_bucket,
         }
         self._save_state()
 
         cmd = [sys.executable, "-m", "ray.scripts.scripts", *self.head_argv()]
+        shipper = self._head_shipper_argv()
+        if shipper:
+            # As on a VM, the shipper starts first and waits for the session; both
+            # run in the head's new session and process group.
+            log_path = shlex.quote(str(self.state_dir / SHIPPER_LOG))
+            script = (
+                f"{shlex.join(shipper)} >>{log_path} 2>&1 </dev/null & exec {shlex.join(cmd)}"
+            )
+            cmd = ["/bin/sh", "-c", script]
         with open(self.state_dir / LOG_FILE, "ab") as log:
             proc = subprocess.Popen(
                 cmd,
@@ -371,6 +363,25 @@ class LocalCluster:
             raise LocalClusterError(
                 f"`ray start --head` failed (exit {rc}); see {self.state_dir / LOG_FILE}"
             )
+
+    def _head_shipper_argv(self) -> list[str]:
+        """The head's log shipper (as a VM runs it), or [] without shipping."""
+        if not self.shipping:
+            return []
+        from cluster.logship import ShipConfig, run_argv
+
+        cfg = ShipConfig(
+            bucket=self.log_bucket,
+            cluster=self.spec.cluster_name,
+            node=HEAD_LOG_NAME,
+            role="head",
+            node_type=LOCAL_HEAD_TYPE,
+            logs_dir=str(self.head_logs_dir),
+            interval_s=self.spec.logs.interval_s,
+            max_file_bytes=self.spec.logs.max_file_bytes,
+        )
+        return ["env", f"STORAGE_EMULATOR_HOST={self.log_endpoint}", sys.executable, "-m",
+                "cluster.logship", "run", *run_argv(cfg)]
 
     def head_argv(self) -> list[str]:
         """`ray start` arguments of the head: cluster.ray_start's head parameters
@@ -413,14 +424,25 @@ class LocalCluster:
         """
         self._load_state()
         pids = self._owned_pids()
-        self._signal(pids, signal.SIGTERM)
+        # Ray first, the log shippers after it (their last pass then holds
+        # Ray's last lines), as when a VM shuts down.
+        shippers = {p for p in pids if is_shipper(p)}
+        self._signal(pids - shippers, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             # Ray's daemons may fork late children; re-scan, not just re-check.
-            remaining = self._owned_pids()
+            remaining = {p for p in self._owned_pids() if not is_shipper(p)}
             if not remaining:
                 break
             time.sleep(0.2)
+        self._signal({p for p in self._owned_pids() if not is_shipper(p)}, signal.SIGKILL)
+        shippers = {p for p in self._owned_pids() if is_shipper(p)}
+        self._signal(shippers, signal.SIGTERM)
+        deadline = time.monotonic() + SHIPPER_GRACE_S
+        while shippers and time.monotonic() < deadline:
+            shippers = {p for p in shippers if pid_alive(p)}
+            time.sleep(0.2)
+        pids = pids | shippers
         leftovers = self._owned_pids()
         self._signal(leftovers, signal.SIGKILL)
         kill_deadline = time.monotonic() + 5
@@ -525,12 +547,16 @@ class LocalCluster:
                 f"node {node_id!r} is not an alive worker; alive: {sorted(ids)}"
             )
         owned = self._owned_pids()
+        # The raylet and the node's shipper carry its id; its log monitor (a child
+        # of the autoscaler) names the node's own directory.
+        node_dir = node_temp_dir(str(self.temp_dir), node_id) + "/"
         roots = {
             pid
             for pid in owned
-            if _proc_env(pid).get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id
+            if proc_env(pid).get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id
+            or node_dir in cmdline(pid)
         }
-        victims = _descendants(roots, owned)
+        victims = descendants(roots, owned)
         if not roots:
             raise LocalClusterError(f"found no process of node {node_id}")
         self._signal(victims, signal.SIGKILL)
@@ -567,7 +593,7 @@ class LocalCluster:
         """node id -> node type of the fake workers, from their raylets' environment."""
         out = {}
         for pid in self._owned_pids():
-            env = _proc_env(pid)
+            env = proc_env(pid)
             node_id = env.get("RAY_OVERRIDE_NODE_ID_FOR_TESTING")
             if node_id and env.get("RAY_NODE_TYPE_NAME"):
                 out[node_id] = env["RAY_NODE_TYPE_NAME"]
@@ -601,6 +627,8 @@ class LocalCluster:
                 # Their default ports (44217, 44227) would collide between clusters.
                 "AUTOSCALER_METRIC_PORT": str(self._state["ports"]["autoscaler_metrics"]),
                 "DASHBOARD_METRIC_PORT": str(self._state["ports"]["dashboard_metrics"]),
+                # With log shipping: job drivers record their job id, as on a VM.
+                **self._shipping_env(),
                 # `ray job submit -- python x.py` runs this venv's python, as on a node.
                 # (No LOOPBACK_ENV here: fake nodes are told apart by their
                 # node-id "IPs", which it would collapse into 127.0.0.1.)
@@ -643,13 +671,13 @@ class LocalCluster:
         me = os.getpid()
         pgid = self._state.get("pgid")
         owned = set()
-        for pid in _all_pids():
+        for pid in all_pids():
             if pid == me:
                 continue
-            ours = (pgid and _proc_pgid(pid) == pgid) or (
-                _proc_env(pid).get(MARKER_ENV) == str(self.state_dir)
+            ours = (pgid and proc_pgid(pid) == pgid) or (
+                proc_env(pid).get(MARKER_ENV) == str(self.state_dir)
             )
-            if ours and _pid_alive(pid):
+            if ours and pid_alive(pid):
                 owned.add(pid)
         return owned
 
@@ -670,7 +698,7 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         last_err: Exception | None = None
         while time.monotonic() < deadline:
-            if _port_open(self._state["ports"]["gcs"]):
+            if port_open(self._state["ports"]["gcs"]):
                 try:
                     self.status()
                     return

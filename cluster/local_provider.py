@@ -1,7 +1,7 @@
 """The node provider of the local fake cluster: Ray's FakeMultiNodeProvider with zones.
 
 ``LocalZonalNodeProvider`` is what ``render_local`` names (through Ray's
-``external`` provider hook). It changes four things of Ray's fake provider:
+``external`` provider hook). It changes five things of Ray's fake provider:
 
 * **Zones.** Nodes are placed by the same ``cluster.zones.ZonePlacement`` the
   GCP provider uses: ``availability_zone`` first, then ``fallback_zones``. A
@@ -31,16 +31,18 @@
   it whose processes it has not started yet, and drops each one just before
   starting it. A node is then launching while it is in the ledger or while
   its raylet runs and GCS does not know it yet, and alive once GCS does.
-* **One log monitor** (``LocalNodeProvider``). Every fake node is a raylet on
-  this machine sharing the head's session directory, so every node's log
-  monitor tails the same files (monitor.log, events/event_AUTOSCALER.log,
-  gcs_server.err, every worker-*.out) and publishes each line again: with 3
-  workers the driver printed each autoscaler event 4 times ("Adding 3
-  node(s) of type cpu-worker." x4), and under autoscaler v2 a monitor started
-  later re-read the file from its start, so old events reappeared after the
-  nodes were up. The head's log monitor alone already sees every file, so
-  each line is forwarded exactly once, as on GCP where each node has its own
-  disk.
+* **A Ray directory per node, like a disk per VM** (``LocalNodeProvider``).
+  With ``node_temp_root`` set (``LocalCluster`` always sets it) each fake
+  node gets its own temp dir, ``<root>/n<5-digit id>``, so its session
+  directory and logs are its own, and it runs its own log monitor on them,
+  as on GCP. (Nodes sharing the head's session directory, Ray's default,
+  had to run without log monitors: each one tailed every node's files and
+  the driver printed every autoscaler event once per node.)
+* **A log shipper per node**, with ``log_shipping`` set: the same
+  ``cluster.logship`` as on a VM, as a child of the node (it carries the
+  node's id, so ``LocalCluster.kill_worker_node`` kills it with the node,
+  like a vanished VM), and SIGTERMed after the node's processes when the
+  autoscaler removes the node, like a VM's shutdown.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ import copy
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -95,12 +100,29 @@ class ZoneExhausted(Exception):
         )
 
 
+def node_temp_dir(root: str, node_id: str) -> str:
+    """A fake node's own Ray temp dir (short: unix socket paths must stay < 108 bytes)."""
+    return os.path.join(root, f"n{node_id[-5:]}")
+
+
+def node_log_name(node_type: str, node_id: str) -> str:
+    """A fake node's name in the shipped logs (a VM's is its instance name)."""
+    return f"local-{node_type}-{node_id[-5:]}"
+
+
 class LocalNodeProvider(FakeMultiNodeProvider):
-    """FakeMultiNodeProvider whose worker nodes start without a log monitor."""
+    """FakeMultiNodeProvider whose worker nodes have their own Ray directory and,
+    if configured, their own log shipper (see the module doc)."""
+
+    def __init__(self, provider_config: dict[str, Any], cluster_name: str):
+        super().__init__(provider_config, cluster_name)
+        self.node_temp_root = provider_config.get("node_temp_root")
+        self.log_shipping = provider_config.get("log_shipping")
+        self.cluster_name = cluster_name
 
     def _create_node_with_resources_and_labels(self, node_config, tags, count, resources, labels):
-        # Ray 2.60.0's method, verbatim except include_log_monitor=False (Ray is pinned
-        # exactly, and tests/cluster/test_local.py counts the log monitors).
+        # Ray 2.60.0's method, verbatim except temp_dir and include_log_monitor (a
+        # directory and a log monitor per node) and the shipper (Ray is pinned exactly).
         resources = copy.deepcopy(resources)
         with self.lock:
             node_type = tags[TAG_RAY_USER_NODE_TYPE]
@@ -120,7 +142,9 @@ class LocalNodeProvider(FakeMultiNodeProvider):
                 labels=labels,
                 redis_address=gcs,
                 gcs_address=gcs,
-                include_log_monitor=False,
+                temp_dir=node_temp_dir(self.node_temp_root, next_id) if self.node_temp_root
+                else None,
+                include_log_monitor=bool(self.node_temp_root),
                 env_vars={
                     "RAY_OVERRIDE_NODE_ID_FOR_TESTING": next_id,
                     "RAY_CLOUD_INSTANCE_ID": next_id,
@@ -139,7 +163,46 @@ class LocalNodeProvider(FakeMultiNodeProvider):
                 TAG_RAY_NODE_STATUS: STATUS_UP_TO_DATE,
             }
             all_tags.update(tags)
-            self._nodes[next_id] = {"tags": all_tags, "node": node}
+            self._nodes[next_id] = {
+                "tags": all_tags,
+                "node": node,
+                "shipper": self._start_shipper(next_id, node_type),
+            }
+
+    def _start_shipper(self, node_id: str, node_type: str) -> subprocess.Popen | None:
+        if not (self.log_shipping and self.node_temp_root):
+            return None
+        from cluster.logship import ShipConfig, run_argv
+
+        ship = self.log_shipping
+        home = node_temp_dir(self.node_temp_root, node_id)
+        cfg = ShipConfig(
+            bucket=ship["bucket"],
+            cluster=self.cluster_name,
+            node=node_log_name(node_type, node_id),
+            role="worker",
+            node_type=node_type,
+            logs_dir=os.path.join(home, "session_latest", "logs"),
+            interval_s=float(ship["interval_s"]),
+            max_file_bytes=int(ship["max_file_bytes"]),
+        )
+        env = {**os.environ, "RAY_OVERRIDE_NODE_ID_FOR_TESTING": node_id}
+        if ship.get("endpoint"):
+            env["STORAGE_EMULATOR_HOST"] = ship["endpoint"]
+        Path(home).mkdir(parents=True, exist_ok=True)
+        with open(os.path.join(home, "logship.log"), "ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "cluster.logship", "run", *run_argv(cfg)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+            )
+
+    def _terminate_node(self, node):
+        super()._terminate_node(node)
+        shipper = node.get("shipper")
+        if shipper is not None and shipper.poll() is None:
+            # A VM's shutdown: Ray's processes are gone, the shipper makes its last pass.
+            shipper.send_signal(signal.SIGTERM)
+            threading.Thread(target=shipper.wait, daemon=True).start()
 
 
 class LocalZonalNodeProvider(LocalNodeProvider):

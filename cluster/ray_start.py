@@ -112,9 +112,31 @@ def worker_params(
 
 
 def node_env(spec: ClusterSpec) -> dict[str, str]:
-    """Environment of every Ray node process (token auth on)."""
-    del spec  # the same for every spec today; kept so callers pass the spec
-    return {"RAY_AUTH_MODE": "token"}
+    """Environment of every Ray node process: token auth on, and Ray's own log
+    rotation sized by the spec (without it a worker's stdout file grows without
+    bound; Ray's default keeps 6 x 512 MiB of every file)."""
+    return {
+        "RAY_AUTH_MODE": "token",
+        "RAY_ROTATION_MAX_BYTES": str(spec.logs.rotate_bytes),
+        "RAY_ROTATION_BACKUP_COUNT": str(spec.logs.rotate_backups),
+    }
+
+
+# Ray's runtime-env hook, which every driver's ray.init() calls: a copy of the
+# output of drivers that are not Ray jobs in the node's Ray logs (cluster/driver_log.py).
+DRIVER_LOG_HOOK = "cluster.driver_log.hook"
+
+
+def driver_env(spec: ClusterSpec) -> dict[str, str]:
+    """Environment of drivers (and, inherited, of every Ray process) on a node
+    that has the ``cluster`` package: VMs and the local cluster. The copy of a
+    driver's output rotates like Ray's own files. Empty when logs are not shipped."""
+    if not spec.logs.ship:
+        return {}
+    return {
+        "RAY_RUNTIME_ENV_HOOK": DRIVER_LOG_HOOK,
+        "RAY_GCP_DRIVER_LOG_MAX_BYTES": str(spec.logs.rotate_bytes),
+    }
 
 
 def autoscaler_env(spec: ClusterSpec) -> dict[str, str]:

@@ -92,6 +92,9 @@ def render_local(
     zones: tuple[str, ...] = LOCAL_ZONES,
     full_zones: tuple[str, ...] = (),
     launch_ledger: str | None = None,
+    node_temp_root: str | None = None,
+    log_bucket: str | None = None,
+    log_endpoint: str | None = None,
 ) -> dict[str, Any]:
     """The spec's node types as fake nodes on this machine (fake_multinode provider).
 
@@ -99,6 +102,10 @@ def render_local(
     answer every create with ZONE_RESOURCE_POOL_EXHAUSTED (to watch fallback).
     ``launch_ledger``: the file where the provider keeps the nodes it has not
     started yet (cluster/local_provider.py; ``LocalCluster.status()`` reads it).
+    ``node_temp_root``: each fake node gets its own Ray temp dir under it (its
+    own logs, like a VM's disk). ``log_bucket`` (with the storage endpoint,
+    an emulator here): each fake node runs a log shipper, as a VM does, with
+    the spec's ``logs`` settings.
 
     The head type is renamed to ``ray.head.default`` (the fake provider's fixed
     name); worker types keep their names, resources and min/max. No command
@@ -140,6 +147,19 @@ def render_local(
             "fallback_zones": list(zones[1:]),
             "full_zones": list(full_zones),
             **({LAUNCH_LEDGER_KEY: launch_ledger} if launch_ledger else {}),
+            **({"node_temp_root": node_temp_root} if node_temp_root else {}),
+            **(
+                {
+                    "log_shipping": {
+                        "bucket": log_bucket,
+                        "endpoint": log_endpoint or "",
+                        "interval_s": spec.logs.interval_s,
+                        "max_file_bytes": spec.logs.max_file_bytes,
+                    }
+                }
+                if log_bucket and spec.logs.ship
+                else {}
+            ),
         },
         "auth": {"ssh_user": layout.NODE_SSH_USER},
         "available_node_types": types,
@@ -258,6 +278,9 @@ def node_env_lines(spec: ClusterSpec, facts: GcpFacts) -> list[str]:
         "export RAY_AUTH_MODE=token",
         f"export RAY_GCP_BUCKET={facts.bucket}",
         f"export RAY_GCP_CLUSTER={spec.cluster_name}",
+        # Drivers started over ssh (`ray submit`) keep a copy of their output in
+        # the Ray logs, which the node ships (cluster/driver_log.py).
+        *(f"export {k}={v}" for k, v in ray_start.driver_env(spec).items()),
     ]
 
 
@@ -343,7 +366,38 @@ def raise_open_files_limit(limit: int = OPEN_FILES_LIMIT) -> str:
     )
 
 
-def head_start_commands(spec: ClusterSpec) -> list[str]:
+# Where Ray writes its logs on a VM (the default temp dir), which the shipper follows.
+NODE_RAY_LOGS = "/tmp/ray/session_latest/logs"
+
+
+def logship_start_command(spec: ClusterSpec, facts: GcpFacts, *, head: bool) -> list[str]:
+    """Start (or replace) this node's log shipper (cluster/logship.py), detached.
+
+    After `ray stop` and before `ray start`: the shipper survives `ray stop`
+    (its command line matches none of the names `ray stop` kills), so the
+    previous shipper has shipped the old session's last lines; the new one is
+    already watching when `ray start` opens the new session, and ships what
+    even a failing `ray start` wrote. The VM's hostname is the node's name
+    (the instance name), the node type comes from the autoscaler's
+    RAY_NODE_TYPE_NAME.
+    """
+    if not spec.logs.ship:
+        return []
+    args = [
+        "--bucket", facts.bucket,
+        "--cluster", spec.cluster_name,
+        "--role", "head" if head else "worker",
+        "--logs-dir", NODE_RAY_LOGS,
+        "--interval", f"{spec.logs.interval_s:g}",
+        "--max-file-bytes", str(spec.logs.max_file_bytes),
+    ]
+    return [
+        f'{NODE_PYTHON} -m cluster.logship start --node "$(hostname)" '
+        '--node-type "${RAY_NODE_TYPE_NAME:-}" ' + " ".join(shlex.quote(a) for a in args)
+    ]
+
+
+def head_start_commands(spec: ClusterSpec, facts: GcpFacts) -> list[str]:
     # Dashboard and Jobs API on loopback only: reached through `ray dashboard`
     # (an SSH tunnel from the provider VM), never from the network.
     params = ray_start.head_params(
@@ -354,17 +408,19 @@ def head_start_commands(spec: ClusterSpec) -> list[str]:
         _node_check(spec, head=True),
         # A dedicated VM: stop a previous Ray of this node so `ray up` can restart it.
         f"{NODE_RAY} stop",
+        *logship_start_command(spec, facts, head=True),
         f"export {env}; {raise_open_files_limit()} && {NODE_RAY} start --head "
         + ray_start.shell_args(params),
     ]
 
 
-def worker_start_commands(spec: ClusterSpec) -> list[str]:
+def worker_start_commands(spec: ClusterSpec, facts: GcpFacts) -> list[str]:
     # Resources come from the node type: the autoscaler passes RAY_OVERRIDE_RESOURCES.
     env = " ".join(f"{k}={v}" for k, v in ray_start.node_env(spec).items())
     return [
         _node_check(spec, head=False),
         f"{NODE_RAY} stop",
+        *logship_start_command(spec, facts, head=False),
         (
             f"export {env}; {raise_open_files_limit()} && "
             f"{NODE_RAY} start --address=$RAY_HEAD_IP:{GCS_PORT} "
@@ -405,6 +461,8 @@ def render_gcp(spec: ClusterSpec, facts: GcpFacts) -> dict[str, Any]:
             "fallback_zones": list(facts.fallback_zones),
             "use_internal_ips": True,
             "cache_stopped_nodes": False,
+            # Where the nodes ship Ray's logs (`python -m cluster logs` reads it here).
+            **({"log_bucket": facts.bucket} if spec.logs.ship else {}),
             # Ours (cluster.gcp_clients): the APIs' base URLs, only when set.
             **(
                 {"api_endpoints": facts.api_endpoints.as_config()}
@@ -430,8 +488,8 @@ def render_gcp(spec: ClusterSpec, facts: GcpFacts) -> dict[str, Any]:
         "setup_commands": node_setup_commands(spec, facts),
         "head_setup_commands": gpu_driver_commands() if spec.head.is_gpu else [],
         "worker_setup_commands": [],
-        "head_start_ray_commands": head_start_commands(spec),
-        "worker_start_ray_commands": worker_start_commands(spec),
+        "head_start_ray_commands": head_start_commands(spec, facts),
+        "worker_start_ray_commands": worker_start_commands(spec, facts),
     }
 
 

@@ -136,6 +136,31 @@ class NodeTypeSpec(BaseModel):
         return {k: (int(v) if float(v).is_integer() else v) for k, v in out.items()}
 
 
+MIB = 1024 * 1024
+DEFAULT_LOG_MAX_FILE_MIB = 64
+
+
+class LogSpec(BaseModel):
+    """Ray's logs: shipped to ``gs://<bucket>/logs/...`` while the nodes run
+    (``cluster/logship.py``), and rotated on each node by Ray itself.
+
+    ``max_file_bytes`` bounds the bucket (per file, node and run: the first
+    half and the newest half); ``rotate_bytes`` x (1 + ``rotate_backups``)
+    bounds each of Ray's files on a node's disk (``RAY_ROTATION_MAX_BYTES``,
+    ``RAY_ROTATION_BACKUP_COUNT``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ship: bool = True
+    interval_s: Annotated[float, Field(ge=0.5, le=300)] = 5.0
+    max_file_bytes: Annotated[int, Field(ge=64 * 1024, le=16 * 1024 * MIB)] = (
+        DEFAULT_LOG_MAX_FILE_MIB * MIB
+    )
+    rotate_bytes: Annotated[int, Field(ge=64 * 1024, le=64 * 1024 * MIB)] = 128 * MIB
+    rotate_backups: Annotated[int, Field(ge=1, le=20)] = 2
+
+
 class ClusterSpec(BaseModel):
     """The Ray cluster: node types, autoscaling and the exact software versions."""
 
@@ -175,6 +200,7 @@ class ClusterSpec(BaseModel):
         default="projects/debian-cloud/global/images/family/debian-12",
         pattern=r"^projects/[a-z0-9-]+/global/images/family/[a-z0-9-]+$",
     )
+    logs: LogSpec = Field(default_factory=LogSpec)
 
     @field_validator("cluster_name")
     @classmethod
@@ -273,6 +299,8 @@ class ClusterSpec(BaseModel):
         gpu_max_workers: int = 0,
         idle_timeout_minutes: float = 5,
         upscaling_speed: float = 9999,
+        log_shipping: bool = True,
+        log_max_file_mib: int = DEFAULT_LOG_MAX_FILE_MIB,
     ) -> ClusterSpec:
         """The spec from flat settings (Pulumi config keys map 1:1 onto these).
 
@@ -306,6 +334,7 @@ class ClusterSpec(BaseModel):
                 "max_workers": max_workers + gpu_max_workers,
                 "idle_timeout_minutes": idle_timeout_minutes,
                 "upscaling_speed": upscaling_speed,
+                "logs": {"ship": log_shipping, "max_file_bytes": log_max_file_mib * MIB},
             }
         )
 

@@ -464,6 +464,34 @@ def inventory_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def logging_grant_lines(result: dict[str, Any]) -> list[str]:
+    """Every logging/monitoring role the stack grants, each with the calls of
+    infra/iam/calls.yaml that need it (recorded, or declared for Google's agents)."""
+    from infra.iam import load_calls, needed, role_permissions
+
+    emails = (result["outputs"].get("serviceAccounts") or {}).get("value") or {}
+    calls = load_calls()
+    lines = ["logging and monitoring grants, and the calls that need them (infra/iam/calls.yaml):"]
+    for r in sorted(result["resources"], key=lambda r: r["name"]):
+        role = unsecret(r["inputs"]).get("role")
+        if not r["type"].endswith("IAMMember") or not str(role).startswith(
+            ("roles/logging.", "roles/monitoring.")
+        ):
+            continue
+        member = r["inputs"]["member"]
+        who = next((w for w, e in emails.items() if member == f"serviceAccount:{e}"), member)
+        perms = role_permissions(role)
+        users = sorted({
+            f"{c.method} ({'declared: ' + c.declared_by.split(':')[0] if c.declared_by else 'recorded'})"
+            for c in calls.get(who, [])
+            if any(p in perms and scope == "project" for p, scope in needed(c))
+        })
+        lines.append(f"  {who} {role} on the project <- " + ("; ".join(users) or "NO CALL NEEDS IT"))
+    if len(lines) == 1:
+        lines.append("  none")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -502,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(inventory_lines(result)))
     print(f"{len(result['resources'])} resources; outputs: {', '.join(sorted(result['outputs']))}")
     print("\n".join(preview.summary_lines(result, config, set(overrides))))
+    print("\n".join(logging_grant_lines(result)))
     return 0
 
 

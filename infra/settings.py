@@ -39,6 +39,7 @@ from cluster.spec import (
     DEFAULT_CPU_WORKER_TYPE,
     DEFAULT_GPU_WORKER_TYPE,
     DEFAULT_HEAD_TYPE,
+    DEFAULT_LOG_MAX_FILE_MIB,
     DEFAULT_MACHINE_TYPE,
     DEFAULT_MAX_WORKERS,
     DEFAULT_MIN_WORKERS,
@@ -225,6 +226,31 @@ class Settings(BaseModel):
             f"to {MAX_TIMEOUT_MINUTES}"
         ),
     )
+    log_shipping: bool = Field(
+        default=True,
+        description=(
+            "Ship Ray's logs from every node to gs://<bucket>/logs/<cluster>/ while the "
+            "cluster runs (a shipper per VM; on gke a sidecar per Ray Pod), to read after "
+            "the cluster is gone with `python -m cluster logs`."
+        ),
+        **_allowed("true or false"),
+    )
+    log_retention_days: int = Field(
+        default=30,
+        description=(
+            "Days shipped logs are kept: a lifecycle rule deletes every object under logs/ "
+            "of the bucket this old (1 to 3650)."
+        ),
+        **_allowed("an integer from 1 to 3650"),
+    )
+    log_max_file_mib: int = Field(
+        default=DEFAULT_LOG_MAX_FILE_MIB,
+        description=(
+            "MiB of each log file kept in the bucket per node and run: its first half and its "
+            "newest half; the rest is dropped (1 to 16384)."
+        ),
+        **_allowed("an integer from 1 to 16384"),
+    )
     platform: Literal["vm", "gke"] = Field(
         default="vm",
         description=(
@@ -392,7 +418,21 @@ class Settings(BaseModel):
             raise ValueError(f"smaller than minWorkers ({low})")
         return v
 
-    @field_validator("spot_workers", mode="before")
+    @field_validator("log_retention_days")
+    @classmethod
+    def _log_retention_days(cls, v: int) -> int:
+        if not 1 <= v <= 3650:
+            raise ValueError("out of range")
+        return v
+
+    @field_validator("log_max_file_mib")
+    @classmethod
+    def _log_max_file_mib(cls, v: int) -> int:
+        if not 1 <= v <= 16384:
+            raise ValueError("out of range")
+        return v
+
+    @field_validator("spot_workers", "log_shipping", mode="before")
     @classmethod
     def _pulumi_boolean(cls, v: Any) -> Any:
         # pydantic would also take "yes", "on", "1"; Pulumi's own config
@@ -517,6 +557,8 @@ class Settings(BaseModel):
             min_workers=self.min_workers,
             max_workers=self.max_workers,
             spot_workers=self.spot_workers,
+            log_shipping=self.log_shipping,
+            log_max_file_mib=self.log_max_file_mib,
             **(
                 {
                     "gpu_accelerator_type": self.gke_gpu_type,

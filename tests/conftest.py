@@ -1,4 +1,4 @@
-"""Shared fixtures: one local autoscaling Ray cluster per test session.
+"""Shared fixtures: one local autoscaling Ray cluster and one GCS emulator per test session.
 
 Tests that use ``local_cluster`` are marked ``@pytest.mark.cluster``. The
 cluster is started lazily (only when such a test runs) and stopped at session
@@ -7,6 +7,11 @@ first: it stops the session cluster (the next test that needs it starts it
 again), so two clusters never share the machine's cores. Every stop records
 the cluster's process tree first and fails if any of it is still alive after
 ``down()`` (tests/processes.py).
+
+The session cluster ships its Ray logs, as a GCP cluster does: every node
+runs the log shipper (cluster/logship.py) into ``gs://ray-gcp-test/logs/``
+of the session's emulator (``gcs_emulator``, tests/emulator.py), every
+second, at most 256 KiB per file, with Ray's own rotation at 1 MiB.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import os
 import pytest
 
 from cluster.local import LocalCluster
-from cluster.spec import ClusterSpec, NodeTypeSpec
+from cluster.spec import ClusterSpec, LogSpec, NodeTypeSpec
+from tests.emulator import EMULATOR_BUCKET, start_emulator, stop_process_group
 from tests.processes import down_and_check
 
 # A short idle timeout so scale-down is observable within a test run;
@@ -29,7 +35,12 @@ TEST_SPEC = ClusterSpec(
     },
     max_workers=3,
     idle_timeout_minutes=0.25,
+    # Small, so tests see the cap and Ray's rotation at work within seconds.
+    logs=LogSpec(
+        interval_s=1.0, max_file_bytes=256 * 1024, rotate_bytes=1024 * 1024, rotate_backups=1
+    ),
 )
+LOG_BUCKET = EMULATOR_BUCKET
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -50,9 +61,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def _session_cluster(tmp_path_factory: pytest.TempPathFactory):
+def gcs_emulator():
+    """``http://127.0.0.1:<port>`` of the session's emulator, with bucket EMULATOR_BUCKET."""
+    proc, url = start_emulator()
+    try:
+        yield url
+    finally:
+        stop_process_group(proc, timeout=10)
+
+
+@pytest.fixture(scope="session")
+def _session_cluster(tmp_path_factory: pytest.TempPathFactory, gcs_emulator: str):
     """The session's LocalCluster object; up only while some test needs it."""
-    lc = LocalCluster(tmp_path_factory.mktemp("ray-local"), spec=TEST_SPEC)
+    lc = LocalCluster(
+        tmp_path_factory.mktemp("ray-local"),
+        spec=TEST_SPEC,
+        log_bucket=LOG_BUCKET,
+        log_endpoint=gcs_emulator,
+    )
     try:
         yield lc
     finally:

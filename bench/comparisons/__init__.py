@@ -13,10 +13,12 @@ from bench.comparisons import (
     annotate,
     e2e,
     granularity,
+    logship,
     node_setup,
     scaleup,
     serve,
     tree_reduce,
 )
 
-ALL = {m.NAME: m for m in (annotate, granularity, scaleup, node_setup, serve, tree_reduce, e2e)}
+ALL = {m.NAME: m for m in (annotate, granularity, scaleup, node_setup, serve, tree_reduce,
+                           logship, e2e)}

@@ -10,7 +10,8 @@ from infra.components.base import Component
 # compute: VMs, network, firewall, NAT. iam: service accounts and their keys.
 # iap: SSH to the provider VM without a public IP. secretmanager: launcher
 # secrets. cloudresourcemanager: project IAM and Ray's projects.get.
-# storage: workload bucket. logging/monitoring: node logs and metrics.
+# storage: workload bucket and the shipped Ray logs. logging: the provider VM's
+# boot log (Google's guest agent).
 SERVICES = (
     "compute.googleapis.com",
     "iam.googleapis.com",
@@ -19,12 +20,12 @@ SERVICES = (
     "cloudresourcemanager.googleapis.com",
     "storage.googleapis.com",
     "logging.googleapis.com",
-    "monitoring.googleapis.com",
 )
 # platform gke: no provider VM (so no IAP SSH) and no Secret Manager (the Ray
-# token is a Kubernetes Secret); the GKE API (clusters, node pools, Workload Identity).
+# token is a Kubernetes Secret); the GKE API (clusters, node pools, Workload Identity)
+# and monitoring, which GKE's metrics agent writes to (nothing on our VMs does).
 VM_ONLY_SERVICES = ("iap.googleapis.com", "secretmanager.googleapis.com")
-GKE_SERVICES = ("container.googleapis.com",)
+GKE_SERVICES = ("container.googleapis.com", "monitoring.googleapis.com")
 
 
 def services_for(platform: str) -> tuple[str, ...]:

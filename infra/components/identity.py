@@ -14,12 +14,16 @@ project-level permissions of their recorded GCP calls (infra/iam/,
 | provider | logging.logWriter               | project           | the guest agent ships the boot script's log to Cloud Logging |
 | provider | iam.serviceAccountUser          | head account      | attach the head account to the head VM (actAs); also serviceAccounts.get |
 | provider | iam.serviceAccountViewer        | worker account    | read-only bootstrap: serviceAccounts.get of the worker account |
+| provider | storage.objectViewer            | logs/ of the bucket | `python -m cluster logs` on the provider VM (only with logShipping) |
 | head     | compute.instanceAdmin.v1        | project           | the autoscaler creates and deletes worker VMs |
 | head     | iam.serviceAccountUser          | worker account    | attach the worker account to worker VMs (actAs) |
-| head     | logging.logWriter, monitoring.metricWriter | project | node logs and metrics |
-| head     | storage.objectUser              | workload bucket   | drivers read inputs and write results |
-| worker   | logging.logWriter, monitoring.metricWriter | project | node logs and metrics |
-| worker   | storage.objectUser              | workload bucket   | tasks read inputs and write results |
+| head     | storage.objectUser              | workload bucket   | drivers read inputs and write results; the node ships its Ray logs |
+| worker   | storage.objectUser              | workload bucket   | tasks read inputs and write results; the node ships its Ray logs |
+
+No Ray node holds a logging or monitoring role: their logs go to the bucket
+(cluster/logship.py), and nothing on them writes to Cloud Logging or Cloud
+Monitoring. The provider's logWriter is used by Google's guest agent
+(infra/iam AGENT_CALLS, declared: it runs only on a real VM).
 
 Secret Manager access (provider only, per secret) is granted in secrets.py.
 
@@ -47,6 +51,7 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_random as random
 
+from cluster.logpaths import LOG_PREFIX
 from infra import names
 from infra.components.base import Component
 from infra.iam import CUSTOM_ROLES, custom_role_permissions
@@ -66,6 +71,9 @@ class Grant(NamedTuple):
 
 PROJECT = "project"
 BUCKET = "bucket"
+# Objects under logs/ of the workload bucket only: a bucket grant with an IAM
+# condition (infra.iam.LOGS is the same scope in the recorded calls).
+LOGS = "bucket:logs/"
 
 GRANTS: tuple[Grant, ...] = (
     # Provider VM: runs `ray up` / `ray down`, which create and delete the head VM.
@@ -87,13 +95,17 @@ GRANTS: tuple[Grant, ...] = (
     Grant("head", "roles/compute.instanceAdmin.v1", PROJECT),
     # ...with the worker account attached (actAs on that account only).
     Grant("head", "roles/iam.serviceAccountUser", "worker"),
-    Grant("head", "roles/logging.logWriter", PROJECT),
-    Grant("head", "roles/monitoring.metricWriter", PROJECT),
+    # Drivers' inputs and results; the node's shipped Ray logs (logs/).
     Grant("head", "roles/storage.objectUser", BUCKET),
-    # Ray workers: logs, metrics and the workload bucket, nothing else.
-    Grant("worker", "roles/logging.logWriter", PROJECT),
-    Grant("worker", "roles/monitoring.metricWriter", PROJECT),
+    # Ray workers: the workload bucket, nothing else (their logs go there too).
     Grant("worker", "roles/storage.objectUser", BUCKET),
+)
+
+# With logShipping: operators read the shipped logs from the provider VM
+# (`python -m cluster logs`), after the cluster is gone. Only logs/: the
+# condition admits objects there and listings of that prefix.
+LOG_READER_GRANTS: tuple[Grant, ...] = (
+    Grant("provider", "roles/storage.objectViewer", LOGS),
 )
 
 GKE_GRANTS: tuple[Grant, ...] = (
@@ -109,15 +121,33 @@ CUSTOM = "custom:"  # Grant.role prefix: one of CUSTOM_ROLES, created by this st
 REPLACED_BY_CUSTOM = {"roles/compute.instanceAdmin.v1", "roles/compute.networkViewer"}
 
 
-def grants(custom_roles: bool) -> tuple[Grant, ...]:
-    """GRANTS, or with custom roles: each actor's predefined compute roles replaced by its role."""
-    if not custom_roles:
-        return GRANTS
+def grants(custom_roles: bool, log_shipping: bool = True) -> tuple[Grant, ...]:
+    """GRANTS (with custom roles: each actor's predefined compute roles replaced by
+    its role), plus the log reader's grant when logs are shipped."""
     out: list[Grant] = []
-    for role, who in CUSTOM_ROLES.items():
-        out.append(Grant(who, CUSTOM + role, PROJECT))
-    out += [g for g in GRANTS if g.role not in REPLACED_BY_CUSTOM]
+    if custom_roles:
+        for role, who in CUSTOM_ROLES.items():
+            out.append(Grant(who, CUSTOM + role, PROJECT))
+        out += [g for g in GRANTS if g.role not in REPLACED_BY_CUSTOM]
+    else:
+        out += GRANTS
+    if log_shipping:
+        out += LOG_READER_GRANTS
     return tuple(out)
+
+
+def logs_condition(bucket: str) -> dict[str, str]:
+    """The IAM condition of a LOGS grant: objects under logs/, and listings of
+    that prefix (Cloud Storage's `objectListPrefix` request attribute)."""
+    prefix = f"{LOG_PREFIX}/"
+    return {
+        "title": "ray-gcp shipped logs only",
+        "description": f"objects under {prefix} of this bucket and listings of that prefix",
+        "expression": (
+            f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/{prefix}") || '
+            f'api.getAttribute("storage.googleapis.com/objectListPrefix", "").startsWith("{prefix}")'
+        ),
+    }
 
 
 def custom_role_id(cluster_name: str, role: str, suffix: str) -> str:
@@ -150,7 +180,7 @@ class Identity(Component):
         descriptions = {
             "provider": "runs `ray up` on the provider VM",
             "head": "Ray head: the autoscaler creates worker VMs",
-            "worker": "Ray workers: logs, metrics, workload bucket",
+            "worker": "Ray workers: the workload bucket",
             "gke-node": "GKE nodes: logs and metrics only",
         }
         gke = settings.platform == "gke"
@@ -196,7 +226,7 @@ class Identity(Component):
                 )
 
         self.grants: list[pulumi.CustomResource] = []
-        for grant in GKE_GRANTS if gke else grants(settings.custom_roles):
+        for grant in GKE_GRANTS if gke else grants(settings.custom_roles, settings.log_shipping):
             member = self.members[grant.who]
             short_role = grant.role.removeprefix("roles/").replace(".", "-").replace(":", "-")
             resource_name = f"{name}-{grant.who}-{short_role}-on-{grant.scope}"
@@ -214,6 +244,15 @@ class Identity(Component):
             elif grant.scope == BUCKET:
                 res = gcp.storage.BucketIAMMember(
                     resource_name, bucket=bucket, role=grant.role, member=member, opts=self.child()
+                )
+            elif grant.scope == LOGS:
+                res = gcp.storage.BucketIAMMember(
+                    f"{name}-{grant.who}-{short_role}-on-logs",
+                    bucket=bucket,
+                    role=grant.role,
+                    member=member,
+                    condition=pulumi.Output.from_input(bucket).apply(logs_condition),
+                    opts=self.child(),
                 )
             else:  # granted on one of our own service accounts
                 res = gcp.serviceaccount.IAMMember(

@@ -1,6 +1,7 @@
 """The Ray side of `platform: gke`: namespace, service account, NetworkPolicy,
-the auth token Secret, the workloads ConfigMap, the RayCluster and its autostop
-watcher (cluster/kuberay_autostop.py).
+the auth token Secret, the workloads ConfigMap, the log shipper's ConfigMap
+(with logShipping), the RayCluster and its autostop watcher
+(cluster/kuberay_autostop.py).
 
 Every object is rendered by cluster/kuberay.py (spec and facts in, manifest
 dict out, the same objects `python -m cluster render --target kuberay`
@@ -24,6 +25,7 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
+from cluster import kube_logship
 from cluster.kuberay import (
     AUTH_TOKEN_KEY,
     KubeFacts,
@@ -87,6 +89,15 @@ def manifest_resource(
     )
 
 
+def _object_key(manifest: dict[str, Any]) -> str:
+    """The Pulumi name suffix of a core object: its kind; the log shipper's
+    ConfigMap (cluster/kube_logship.py) is `logship-configmap`."""
+    kind = manifest["kind"].lower()
+    if manifest["kind"] == "ConfigMap" and manifest["metadata"]["name"] == kube_logship.CONFIGMAP:
+        return f"logship-{kind}"
+    return kind
+
+
 def kube_facts(settings: Settings, operator_namespace: str) -> KubeFacts:
     """The facts the renderers need. The bucket's name is known before it exists
     (names.bucket_name, as storage.py names it); every other name is the
@@ -122,13 +133,13 @@ class RayOnGke(Component):
 
         autostop = settings.idle_timeout_minutes > 0
         core = {
-            m["kind"]: m
+            _object_key(m): m
             for m in render_core_objects(spec, facts, read_workloads(), autostop=autostop)
         }
-        namespace = manifest_resource(f"{name}-namespace", core.pop("Namespace"), in_cluster())
+        namespace = manifest_resource(f"{name}-namespace", core.pop("namespace"), in_cluster())
         self.objects = {
-            kind: manifest_resource(f"{name}-{kind.lower()}", manifest, in_cluster(namespace))
-            for kind, manifest in core.items()
+            key: manifest_resource(f"{name}-{key}", manifest, in_cluster(namespace))
+            for key, manifest in core.items()
         }
 
         token = random.RandomPassword(

@@ -3,9 +3,11 @@
 Three inputs, all checked in next to this file:
 
 - ``calls.yaml``: every GCP REST method each actor (provider VM, Ray head, Ray
-  workers) calls, *recorded* by tests/infra/iam/test_iam_calls.py from Ray's
-  real code paths, the boot script and the workloads' GCS client. Never edited
-  by hand (``UPDATE_CALLS=1`` regenerates it).
+  workers, GKE nodes) calls, *recorded* by tests/infra/iam/test_iam_calls.py
+  from Ray's real code paths, the boot script, the workloads' GCS client, the
+  log shipper and the log reader; plus ``AGENT_CALLS`` below, the calls of
+  Google's own agents that run on our machines but not here (marked
+  ``declared_by``). Never edited by hand (``UPDATE_CALLS=1`` regenerates it).
 - ``data/``: a pinned subset of iann0036/iam-dataset (MIT): ``map.json`` maps
   each REST method to the permissions it checks, ``roles/*.json`` hold the
   predefined roles' ``includedPermissions``. See ``data/SOURCE.md``.
@@ -33,8 +35,10 @@ HERE = Path(__file__).parent
 CALLS_FILE = HERE / "calls.yaml"
 DATA_DIR = HERE / "data"
 
-ACTORS = ("provider", "head", "worker")
+ACTORS = ("provider", "head", "worker", "gke-node")
 PROJECT = "project"
+# The part of the bucket the shipped Ray logs live in (cluster/logpaths.py LOG_PREFIX).
+LOGS = "bucket:logs/"
 # customRoles: role name -> the actor whose recorded calls define it.
 CUSTOM_ROLES = {"launcher": "provider", "autoscaler": "head"}
 
@@ -43,11 +47,14 @@ CUSTOM_ROLES = {"launcher": "provider", "autoscaler": "head"}
 class Call:
     """One recorded REST call, reduced to what decides its permissions.
 
-    on: what it acts on: ``project``, ``account:<who>``, ``secret:<name>``, ``bucket``.
+    on: what it acts on: ``project``, ``account:<who>``, ``secret:<name>``,
+    ``bucket``, ``bucket:logs/`` (only objects under ``logs/``).
     attaches: accounts named in the body (``serviceAccounts[].email``), as ``account:<who>``.
     params: request parameter names; ``name=value`` for the few enum-like ones
     whose value changes the permission check (projection, alt, uploadType).
     body_paths: every field path in the request body, ``$.a[].b`` (map values not entered).
+    declared_by: empty for a recorded call; for one of ``AGENT_CALLS``, which
+    Google agent makes it and where Google documents that.
     """
 
     method: str
@@ -55,12 +62,15 @@ class Call:
     attaches: tuple[str, ...] = ()
     params: tuple[str, ...] = ()
     body_paths: tuple[str, ...] = ()
+    declared_by: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"method": self.method, "on": self.on}
         for key in ("attaches", "params", "body_paths"):
             if getattr(self, key):
                 out[key] = list(getattr(self, key))
+        if self.declared_by:
+            out["declared_by"] = self.declared_by
         return out
 
     @classmethod
@@ -71,6 +81,7 @@ class Call:
             attaches=tuple(d.get("attaches", ())),
             params=tuple(d.get("params", ())),
             body_paths=tuple(d.get("body_paths", ())),
+            declared_by=d.get("declared_by", ""),
         )
 
 
@@ -116,7 +127,31 @@ RULES: tuple[Rule, ...] = (
          "only to return object ACLs (projection=full); the bucket has uniform access"),
     Rule("storage.objects.list", "storage.objects.getIamPolicy", "projection=full", False,
          "only to return object ACLs (projection=full); the bucket has uniform access"),
+    # ---- methods the map has no entry for (checked against Google's docs).
+    Rule("logging.entries.write", "logging.logEntries.create", None, True,
+         "the method map has no entry for it; Cloud Logging's access-control page names "
+         "logging.logEntries.create (roles/logging.logWriter) for entries.write"),
 )
+
+# Calls of Google's own agents on our machines: they run on a real VM or GKE node,
+# not here, so they are declared (with Google's documentation), not recorded.
+AGENT_CALLS: dict[str, tuple[Call, ...]] = {
+    "provider": (
+        Call("logging.entries.write", PROJECT, declared_by=(
+            "google-guest-agent's metadata script runner sends the boot script's output "
+            "to Cloud Logging (log GCEMetadataScripts): cloud.google.com/compute/docs/"
+            "instances/startup-scripts/linux#viewing-output")),
+    ),
+    "gke-node": (
+        Call("logging.entries.write", PROJECT, declared_by=(
+            "GKE's logging agent ships node and container logs (the Ray containers' "
+            "stdout and stderr): cloud.google.com/kubernetes-engine/docs/how-to/"
+            "service-accounts#default-gke-service-agent (minimum node account roles)")),
+        Call("monitoring.projects.timeSeries.create", PROJECT, declared_by=(
+            "GKE's metrics agent writes node and system metrics: same page, "
+            "roles/monitoring.metricWriter")),
+    ),
+}
 
 
 # Calls whose PERMISSION_DENIED the caller handles by itself: recorded, never granted.
@@ -167,6 +202,8 @@ def needed(call: Call) -> set[tuple[str, str]]:
     if call.method in BEST_EFFORT:
         return set()
     entry = method_map().get(call.method)
+    if entry is None and any(r.method == call.method and r.grant for r in RULES):
+        entry = {}  # a method the map lacks: its permissions come from RULES
     if entry is None:
         raise KeyError(
             f"{call.method} is not in the IAM snapshot's method map ({DATA_DIR}/map.json); "
@@ -207,8 +244,10 @@ def needed_by(calls: Iterable[Call]) -> set[tuple[str, str]]:
 
 
 def custom_role_permissions(actor: str) -> list[str]:
-    """The project-level permissions of one actor's recorded calls (sorted)."""
-    return sorted(perm for perm, scope in needed_by(load_calls()[actor]) if scope == PROJECT)
+    """The project-level permissions of one actor's recorded calls (sorted). Declared
+    calls of Google's agents are not in it: their predefined role is granted as is."""
+    recorded = [c for c in load_calls()[actor] if not c.declared_by]
+    return sorted(perm for perm, scope in needed_by(recorded) if scope == PROJECT)
 
 
 README_BEGIN = "<!-- generated by infra.iam.readme_section(): begin -->"

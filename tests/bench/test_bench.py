@@ -132,7 +132,7 @@ def test_only_accepts_known_names_and_keeps_the_run_order():
 def test_every_comparison_has_sizes_and_a_reproduce_command():
     from bench.comparisons import ALL
 
-    assert set(ALL) == set(cli.ORDER) == set(config.FULL) == set(config.QUICK)
+    assert set(ALL) == set(cli.ORDER) == set(config.FULL) == set(config.QUICK) == set(report.ORDER)
     for name, mod in ALL.items():
         assert mod.COMMAND == f"python -m bench --only {name}"
         assert hasattr(mod, "standalone") or hasattr(mod, "on_cluster")
@@ -552,6 +552,28 @@ def test_wait_for_load_returns_at_once_when_quiet_and_gives_up_after_max_wait():
     logs.clear()
     load = cli.wait_for_load(-1.0, 0.2, logs.append, poll=0.05)  # never quiet enough
     assert load >= 0 and "waiting" in logs[0] and "starting" in logs[-1]
+
+
+def test_logship_section_reports_on_vs_paused_and_the_shippers_cpu():
+    data = {
+        "seconds": {"annotate": {"on": [10.0, 11.0, 12.0], "off": [10.0, 10.0, 10.0]},
+                    "chatty": {"on": [4.0], "off": [2.0]}},
+        "reps": 3, "cores": 2, "interval_s": 5.0, "max_file_bytes": 64 * 1024 * 1024,
+        "chatty": {"tasks": 16, "lines": 20000}, "annotate_items": 120,
+        "shipper_cpu_seconds": 1.5, "shipper_cpu_share": 0.0123, "on_window_seconds": 122.0,
+        "objects_in_bucket": 42, "bytes_in_bucket": 3_400_000,
+    }
+    text, heads = report.logship_section(data)
+    assert "| annotate, 120 images | 10.0 s (10.0 s to 10.0 s, n=3) | 11.0 s" in text
+    assert "| 1.10x |" in text and "| 2.00x |" in text  # time on / paused
+    assert "1.50 CPU s" in text and "1.2% of one core over those 122 s" in text
+    assert "42 objects (3.4 MB)" in text
+    assert dict(heads) == {"log shipping: annotate time, shipping on / paused": "1.10x",
+                           "log shipping: chatty time, shipping on / paused": "2.00x"}
+    from bench.comparisons import logship as logship_cmp
+
+    assert logship_cmp.checks(data)["outputs_agree"]
+    assert not logship_cmp.checks({**data, "objects_in_bucket": 0})["outputs_agree"]
 
 
 E2E_DATA = {"workers": 2, "worker_cpus": 2.0, "head_ready": 120.4, "workers_joined": [61.0, 190.2],

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tomllib
 from pathlib import Path
@@ -45,6 +46,7 @@ def test_bundle_is_normalised_sorted_and_small():
     assert names == sorted(names)
     assert {"cluster/__init__.py", "cluster/gcp_provider.py", REQUIREMENTS_PATH} <= set(names)
     assert "cluster/layout.py" in names and "workloads/__init__.py" in names
+    assert not [n for n in names if n.endswith(".md")]  # docs stay in the repository
     for m in members(blob):
         assert (m.mtime, m.uid, m.gid, m.uname, m.gname) == (0, 0, 0, "", "")
         assert m.isfile()
@@ -88,6 +90,47 @@ def test_unpacked_bundle_imports_the_provider_on_its_own(tmp_path):
         check=True,
     )
     assert out.stdout.strip() == str(tmp_path / "cluster/gcp_provider.py")
+
+
+IMPORT_EACH = """
+import importlib, sys
+for m in sys.argv[1:]:
+    importlib.import_module(m)
+print(sorted(m for m in sys.modules if m.startswith(("cluster", "workloads"))))
+"""
+
+
+def test_every_module_of_the_unpacked_bundle_imports_without_what_it_leaves_out(tmp_path):
+    """NOT_ON_VMS (the local cluster, the GKE renderers) is out of the bundle, and no
+    module in it needs them at import; the commands that do say so in one line."""
+    from cluster.bundle import NOT_ON_VMS
+
+    blob = build_bundle(ROOT)
+    names = [m.name for m in members(blob)]
+    assert NOT_ON_VMS and not NOT_ON_VMS & set(names)
+    assert all((ROOT / n).is_file() for n in NOT_ON_VMS)  # each name is a real module
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    modules = [n.removesuffix(".py").replace("/", ".") for n in names
+               if n.endswith(".py") and not n.endswith("__main__.py")]
+    # -S and site-packages on PYTHONPATH: the packages, but not this checkout's editable
+    # install (its finder would answer for what the bundle leaves out).
+    site_packages = sysconfig.get_paths()["purelib"]
+    env = {"PYTHONPATH": f"{tmp_path}:{site_packages}", "PATH": "/usr/bin:/bin",
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", IMPORT_EACH, *modules],
+        env=env, cwd=tmp_path, capture_output=True, text=True, check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for left_out in NOT_ON_VMS:
+        assert left_out.removesuffix(".py").replace("/", ".") not in out.stdout
+    for argv, what in ((["local", "status"], "the local fake cluster"),
+                       (["render", "--target", "kuberay"], "the KubeRay renderer")):
+        r = subprocess.run([sys.executable, "-S", "-m", "cluster", *argv], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, check=False)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        assert f"{what} is not part of this copy" in r.stderr, r.stderr
 
 
 # ---- requirements-node.txt vs uv.lock ----------------------------------------------

@@ -24,7 +24,8 @@ import pytest
 
 from cluster import idle
 from cluster.idle_probe import gather
-from tests.workloads.conftest import REPO, stop_process_group
+from tests.emulator import stop_process_group
+from tests.workloads.conftest import REPO
 from tests.workloads.test_serve_on_local_cluster import HttpServer
 
 pytestmark = pytest.mark.cluster

@@ -14,7 +14,7 @@ from ray.autoscaler._private.kuberay.autoscaling_config import (
     _derive_autoscaling_config_from_ray_cr,
 )
 
-from cluster import kuberay, layout, ray_start
+from cluster import kube_logship, kuberay, layout, ray_start
 from cluster.kuberay import (
     KubeFacts,
     example_kube_facts,
@@ -74,6 +74,7 @@ SCENARIOS = {
         idle_timeout_minutes=2.5,
         upscaling_speed=1,
     ),
+    "no-log-shipping": ClusterSpec.from_settings(log_shipping=False),
 }
 KINDS = {
     "RayCluster": lambda s, f: render_raycluster(s, f),
@@ -113,12 +114,14 @@ def test_every_manifest_is_valid_against_the_pinned_kuberay_crds(scenario, kind)
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_core_objects_are_valid_kubernetes_objects_for_the_targeted_gke_minor(scenario):
-    objs = render_core_objects(SCENARIOS[scenario], FACTS, WORKLOADS)
+    spec = SCENARIOS[scenario]
+    objs = render_core_objects(spec, FACTS, WORKLOADS)
     assert [o["kind"] for o in objs] == [
         "Namespace",
         "ServiceAccount",
         "NetworkPolicy",
-        "ConfigMap",
+        "ConfigMap",  # workloads/*.py
+        *(["ConfigMap"] if spec.logs.ship else []),  # the log shipper sidecar's code
     ]
     for obj in objs:
         assert core_errors(obj, layout.GKE_MINOR) == [], obj["kind"]
@@ -305,12 +308,10 @@ def test_every_pod_runs_as_the_workload_identity_ksa_with_the_workloads_mounted(
         for t in templates(cluster_spec_of(obj)):
             pod = t["spec"]
             assert pod["serviceAccountName"] == ksa["metadata"]["name"]
-            assert pod["volumes"] == [
-                {
-                    "name": "workloads",
-                    "configMap": {"name": configmap["metadata"]["name"], "defaultMode": 0o444},
-                }
-            ]
+            assert pod["volumes"][0] == {
+                "name": "workloads",
+                "configMap": {"name": configmap["metadata"]["name"], "defaultMode": 0o444},
+            }
             c = pod["containers"][0]
             assert c["volumeMounts"][0]["mountPath"] == layout.KUBE_WORKLOADS_DIR
             env = {e["name"]: e["value"] for e in c["env"]}
@@ -369,6 +370,8 @@ def test_pod_requests_derive_from_the_machine_type_and_fit_its_allocatable(scena
         alloc_cpu = shape.vcpus * 1000 - gke_reserved_cpu_milli(shape.vcpus)
         alloc_mem = shape.memory_mib - gke_reserved_memory_mib(shape.memory_mib)
         extra_cpu = kuberay.HEAD_EXTRA_CPU_MILLI if type_name == spec.head_node_type else 0
+        if spec.logs.ship:  # the pod's log shipper sidecar
+            extra_cpu += kube_logship.CPU_MILLI
         # Everything left after DaemonSets (and, on the head's node, operator + sidecar).
         assert cpu == alloc_cpu - kuberay.DAEMONSET_CPU_MILLI - extra_cpu
         assert 0.6 * shape.memory_mib < mem < alloc_mem
@@ -534,7 +537,7 @@ def test_cli_prints_each_kind_for_kubectl(capsys, tmp_path):
         ("raycluster", ["RayCluster"]),
         ("rayjob", ["RayJob"]),
         ("rayservice", ["RayService"]),
-        ("core", ["Namespace", "ServiceAccount", "NetworkPolicy", "ConfigMap"]),
+        ("core", ["Namespace", "ServiceAccount", "NetworkPolicy", "ConfigMap", "ConfigMap"]),
     ]:
         assert main(["render", "--target", "kuberay", "--kind", kind]) == 0
         docs = list(yaml.safe_load_all(capsys.readouterr().out))
@@ -547,3 +550,81 @@ def test_cli_prints_each_kind_for_kubectl(capsys, tmp_path):
     )
     assert main(["render", "--target", "kuberay", "--spec", str(bad)]) == 2
     assert "n4-standard-8" in capsys.readouterr().err
+
+
+# ---- Ray's log files leave the pods (issue 23) ----------------------------------------
+
+
+def _containers(pod_spec: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in pod_spec["containers"]}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_ray_pod_ships_its_ray_logs_with_a_sidecar(kind):
+    """The shipper of the VMs (cluster/logship.py), beside each Ray container: the
+    same image, the Ray logs through a shared emptyDir (KubeRay's own `ray-logs` name,
+    which its operator reuses for the autoscaler), the pod's name as the node's."""
+    from cluster import logship_cli
+
+    spec = SCENARIOS["gpu-l4-spot-min-workers"]
+    cs = cluster_spec_of(KINDS[kind](spec, FACTS))
+    groups = [("head", cs["headGroupSpec"], True)] + [
+        (g["groupName"], g, False) for g in cs["workerGroupSpecs"]]
+    for type_name, group, head in groups:
+        pod = group["template"]["spec"]
+        ray, ship = (_containers(pod)[n] for n in (pod["containers"][0]["name"],
+                                                     kube_logship.CONTAINER))
+        assert ship["image"] == ray["image"]  # pinned, already on the node
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["ray-logs"] == {"name": "ray-logs", "emptyDir": {}}
+        assert volumes[kube_logship.CODE_VOLUME]["configMap"]["name"] == kube_logship.CONFIGMAP
+        assert {"name": "ray-logs", "mountPath": "/tmp/ray"} in ray["volumeMounts"]
+        assert {"name": "ray-logs", "mountPath": "/tmp/ray", "readOnly": True} in (
+            ship["volumeMounts"])
+        assert ship["resources"]["requests"] == ship["resources"]["limits"]  # Guaranteed QoS
+        env = {e["name"]: e for e in ship["env"]}
+        assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+        assert ship["command"][:4] == ["python", "-m", "cluster.logship", "run"]
+        args = logship_cli._parser().parse_args(
+            [a.replace("$(POD_NAME)", "ray-gcp-head-x7k2p") for a in ship["command"][3:]])
+        assert (args.bucket, args.cluster, args.role, args.node_type, args.node) == (
+            FACTS.bucket, spec.cluster_name, "head" if head else "worker", type_name,
+            "ray-gcp-head-x7k2p")
+        assert args.logs_dir == "/tmp/ray/session_latest/logs"
+
+
+def test_the_shipper_configmap_is_the_stdlib_only_shipper_and_runs_on_a_bare_python(tmp_path):
+    import subprocess
+    import sys
+
+    core = render_core_objects(ClusterSpec(), FACTS, WORKLOADS)
+    (cm,) = [o for o in core if o["metadata"]["name"] == kube_logship.CONFIGMAP]
+    assert sorted(cm["data"]) == sorted(kube_logship.FILES)
+    assert cm["data"]["logship.py"] == (ROOT / "cluster" / "logship.py").read_text()
+    # As the sidecar has it: only these files, as the package `cluster`, on a Python
+    # without site-packages (the Ray image's packages are not needed).
+    pkg = tmp_path / "cluster"
+    pkg.mkdir()
+    for name, text in cm["data"].items():
+        (pkg / name).write_text(text)
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import cluster.logship; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] not in sys.stdlib_module_names))"
+    )
+    out = subprocess.run([sys.executable, "-S", "-I", "-c", probe, str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(sorted(["__main__", "cluster", "cluster.gcs_http",
+                                      "cluster.logpaths", "cluster.logship"]))
+    # Its command line too (python -m cluster.logship run ... in the sidecar).
+    probe = "import sys; sys.path.insert(0, sys.argv[1]); import cluster.logship_cli"
+    subprocess.run([sys.executable, "-S", "-I", "-c", probe, str(tmp_path)], check=True)
+
+
+def test_without_log_shipping_no_sidecar_and_no_configmap():
+    spec = SCENARIOS["no-log-shipping"]
+    for render in KINDS.values():
+        for t in templates(cluster_spec_of(render(spec, FACTS))):
+            assert [c["name"] for c in t["spec"]["containers"]] in (["ray-head"], ["ray-worker"])
+            assert [v["name"] for v in t["spec"]["volumes"]] == ["workloads"]
+    names = [o["metadata"]["name"] for o in render_core_objects(spec, FACTS, WORKLOADS)]
+    assert kube_logship.CONFIGMAP not in names

@@ -50,15 +50,18 @@ V2_OVER_CAPACITY_DRIVER = textwrap.dedent(
 )
 
 
-def _log_monitors(lc: LocalCluster) -> int:
-    count = 0
+def _log_monitors(lc: LocalCluster) -> list[str]:
+    """The --logs-dir of each of the cluster's log monitors."""
+    dirs = []
     for pid in lc.owned_pids():
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                count += b"log_monitor.py" in f.read()
+                argv = f.read().split(b"\0")
         except OSError:
-            pass  # exited meanwhile
-    return count
+            continue  # exited meanwhile
+        if any(a.endswith(b"log_monitor.py") for a in argv):
+            dirs += [a.decode().split("=", 1)[1] for a in argv if a.startswith(b"--logs-dir=")]
+    return dirs
 
 
 def _run_driver(code: str, env: dict[str, str], timeout: float = 180) -> str:
@@ -102,10 +105,11 @@ def test_driver_demand_launches_workers_and_idle_ones_go_away(cluster_without_wo
     assert st.worker_count >= 1
     assert {n.node_type for n in st.workers} == {"cpu-worker"}
     assert all(n.resources.get("CPU") == 2 for n in st.workers)
-    # Each autoscaler event reaches the driver once: only the head runs a log
-    # monitor (fake nodes share its session dir; one monitor per fake node
-    # printed every event 1 + workers times).
-    assert _log_monitors(local_cluster) == 1
+    # Each node has its own Ray directory (like a VM's disk) and its own log
+    # monitor on it; each autoscaler event reaches the driver once (nodes that
+    # shared the head's directory printed every event once per node).
+    monitors = _log_monitors(local_cluster)
+    assert len(monitors) == len(set(monitors)) == 1 + st.worker_count, monitors
     events = [line for line in out.splitlines() if "(autoscaler +" in line]
     assert any("Adding" in line for line in events), out
     assert len(events) == len(set(events)), events
@@ -190,7 +194,7 @@ def test_autoscaler_v2_scales_up_and_down_leaves_no_process(tmp_path, machine_to
         assert "No available node types can fulfill resource requests {'CPU': 1.0}*" in out
         st = lc.wait_for_workers(2, timeout=120)
         assert {n.node_type for n in st.workers} == {"w"}
-        assert _log_monitors(lc) == 1
+        assert len(set(_log_monitors(lc))) == 3  # head + 2 workers, each on its own logs
         monitor_log = next(lc.temp_dir.glob("session_latest/logs/monitor.log")).read_text()
         assert "autoscaler v2" in monitor_log
         temp_dir = lc.temp_dir

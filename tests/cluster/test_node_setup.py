@@ -86,7 +86,9 @@ def node_home(tmp_path):
     shutil.rmtree(home, ignore_errors=True)  # the venv is large; do not keep it around
 
 
-def test_rendered_node_setup_builds_the_pinned_venv_and_passes_the_check(node_home, tmp_path):
+def test_rendered_node_setup_builds_the_pinned_venv_and_passes_the_check(
+    node_home, tmp_path, gcs_emulator
+):
     cfg = render_gcp(ClusterSpec(), example_gcp_facts())
     env = {
         "HOME": str(node_home),
@@ -145,6 +147,61 @@ def test_rendered_node_setup_builds_the_pinned_venv_and_passes_the_check(node_ho
     )
     assert other.returncode == 1
     assert "pinned to Ray 2.59.0" in other.stderr
+
+    # Drivers' runtime-env hook (~/.ray-gcp-env) imports in the node's venv.
+    (tmp_path / "hook.py").write_text(
+        "import importlib, os\n"
+        "module, _, name = os.environ['RAY_RUNTIME_ENV_HOOK'].rpartition('.')\n"
+        "print('hook returns', getattr(importlib.import_module(module), name)({}))\n"
+    )
+    # (No Ray session here: RAY_GCP_DRIVER_LOG_DIR points nowhere, so it copies nothing.)
+    hook = bash(f"bash -i -c 'source ~/.bashrc; python {tmp_path}/hook.py'",
+                env | {"RAY_GCP_DRIVER_LOG_DIR": str(tmp_path / "none")}, tmp_path)
+    assert "hook returns {}" in hook.stdout, hook.stdout + hook.stderr
+    _shipper_starts_detached_in_the_node_venv(cfg, env, tmp_path, gcs_emulator)
+
+
+def _shipper_starts_detached_in_the_node_venv(cfg, env, tmp_path, emulator):
+    """The rendered log shipper command (between `ray stop` and `ray start`) runs in
+    the built venv, detaches, and ships a fake Ray session's log to the emulator;
+    /tmp/ray is the sandbox's own here (other Rays run on this machine)."""
+    import json
+    import signal
+    import time
+    import urllib.parse
+    import urllib.request
+
+    (cmd,) = [c for c in cfg["head_start_ray_commands"] if "cluster.logship start" in c]
+    ray_tmp = tmp_path / "ray"
+    logs = ray_tmp / "session_2026-12-07_02-51-59_441416_29779" / "logs"
+    logs.mkdir(parents=True)
+    (ray_tmp / "session_latest").symlink_to(logs.parent)
+    (logs / "raylet.out").write_text("shipped from a rendered node command\n")
+    bucket = "my-ray-project-ray-gcp-io"  # example_gcp_facts' bucket, made in the emulator
+    urllib.request.urlopen(urllib.request.Request(
+        f"{emulator}/storage/v1/b?project=my-ray-project", method="POST",
+        data=json.dumps({"name": bucket}).encode(),
+        headers={"Content-Type": "application/json"}), timeout=10).read()
+    started = bash(cmd.replace("/tmp/ray/", f"{ray_tmp}/"),
+                   env | {"STORAGE_EMULATOR_HOST": emulator}, tmp_path)
+    assert started.returncode == 0, started.stdout + started.stderr
+    pid = int((Path(env["HOME"]) / ".ray-gcp-logship/logship.pid").read_text())
+    try:
+        query = urllib.parse.urlencode({"prefix": "logs/ray-gcp/2026-12-07/"})
+        url = f"{emulator}/storage/v1/b/{bucket}/o?{query}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                items = json.loads(urllib.request.urlopen(url, timeout=5).read()).get("items")
+            except OSError:  # the emulator has no such bucket: the shipper retries
+                items = None
+            if items and any("/raylet.out/" in i["name"] for i in items):
+                break
+            assert time.monotonic() < deadline, (
+                Path(env["HOME"]) / ".ray-gcp-logship/logship.log").read_text()
+            time.sleep(0.5)
+    finally:
+        os.kill(pid, signal.SIGTERM)
 
 
 def test_initialization_installs_only_missing_packages(tmp_path):

@@ -136,7 +136,12 @@ def test_environment_is_the_same_everywhere(tmp_path):
     vm_head_env, _ = vm_command(SPEC, "head_start_ray_commands")
     vm_worker_env, _ = vm_command(SPEC, "worker_start_ray_commands")
     assert vm_head_env == ray_start.autoscaler_env(SPEC)
-    assert vm_worker_env == ray_start.node_env(SPEC) == {"RAY_AUTH_MODE": "token"}
+    assert vm_worker_env == ray_start.node_env(SPEC) == {
+        "RAY_AUTH_MODE": "token",
+        # Ray's own log rotation, sized by the spec (cluster.spec.LogSpec).
+        "RAY_ROTATION_MAX_BYTES": str(SPEC.logs.rotate_bytes),
+        "RAY_ROTATION_BACKUP_COUNT": str(SPEC.logs.rotate_backups),
+    }
     local_env = local_cluster(tmp_path)._head_env()
     assert ray_start.node_env(SPEC).items() <= local_env.items()
     rc = kuberay.render_raycluster(SPEC, kuberay.example_kube_facts())["spec"]

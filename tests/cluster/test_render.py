@@ -383,3 +383,64 @@ def test_render_local_is_valid_and_mirrors_the_spec():
     assert worker["max_workers"] == spec.worker_types["cpu-worker"].max_workers
     for key in COMMAND_LISTS:
         assert cfg[key] == []
+
+
+# ---- logs (issue 23) -------------------------------------------------------------
+
+
+def test_every_node_starts_its_log_shipper_between_ray_stop_and_ray_start(cfg, spec):
+    """After `ray stop` (which leaves the shipper alone: tests/cluster/test_logship.py),
+    before `ray start` (so even a failing start is shipped); the shipper's own
+    parser accepts the rendered options once the shell has expanded them."""
+    import shlex
+
+    from cluster import logship_cli
+
+    for key, role in (("head_start_ray_commands", "head"), ("worker_start_ray_commands", "worker")):
+        cmds = cfg[key]
+        stop = next(i for i, c in enumerate(cmds) if c.endswith("/ray stop"))
+        ship = next(i for i, c in enumerate(cmds) if "-m cluster.logship start" in c)
+        start = next(i for i, c in enumerate(cmds) if "/ray start " in c)
+        assert stop < ship < start, cmds
+        argv = shlex.split(cmds[ship].replace("$(hostname)", "ray-x-worker-1a2b3c4d-compute")
+                           .replace("${RAY_NODE_TYPE_NAME:-}", "cpu-worker"))
+        assert argv[:3] == [f"{layout.NODE_VENV}/bin/python", "-m", "cluster.logship"]
+        args = logship_cli._parser().parse_args(argv[3:])
+        assert (args.command, args.bucket, args.cluster, args.role) == (
+            "start", FACTS.bucket, spec.cluster_name, role)
+        assert args.logs_dir == "/tmp/ray/session_latest/logs"  # Ray's default temp dir
+        assert (args.interval_s, args.max_file_bytes) == (
+            spec.logs.interval_s, spec.logs.max_file_bytes)
+        assert '--node "$(hostname)"' in cmds[ship]  # the VM's instance name
+        assert '--node-type "${RAY_NODE_TYPE_NAME:-}"' in cmds[ship]  # set by `ray up`
+        # Ray's own rotation, on both nodes' `ray start`.
+        assert f"RAY_ROTATION_MAX_BYTES={spec.logs.rotate_bytes}" in cmds[start]
+
+
+def test_drivers_copy_their_output_and_the_reader_finds_the_bucket(cfg):
+    env_file = next(c for c in cfg["setup_commands"] if "~/.ray-gcp-env" in c and "printf" in c)
+    assert "'export RAY_RUNTIME_ENV_HOOK=cluster.driver_log.hook'" in env_file
+    assert cfg["provider"]["log_bucket"] == FACTS.bucket  # for `python -m cluster logs`
+
+
+def test_without_log_shipping_nothing_ships():
+    spec = ClusterSpec(logs={"ship": False})
+    cfg = render_gcp(spec, FACTS)
+    text = to_yaml(cfg)
+    assert "cluster.logship" not in text and "RAY_RUNTIME_ENV_HOOK" not in text
+    assert "log_bucket" not in cfg["provider"]
+    # Ray's rotation stays: it bounds the node's disk either way.
+    assert "RAY_ROTATION_MAX_BYTES" in cfg["worker_start_ray_commands"][-1]
+    validate_config(prepare_config(copy.deepcopy(cfg)))
+
+
+def test_render_local_gives_each_fake_node_a_directory_and_a_shipper():
+    spec = local_default_spec()
+    plain = render_local(spec, gcs_port=6379)
+    assert "log_shipping" not in plain["provider"] and "node_temp_root" not in plain["provider"]
+    shipping = render_local(spec, gcs_port=6379, node_temp_root="/tmp/rg-x",
+                            log_bucket="b-logs", log_endpoint="http://127.0.0.1:9")
+    assert shipping["provider"]["node_temp_root"] == "/tmp/rg-x"
+    assert shipping["provider"]["log_shipping"] == {
+        "bucket": "b-logs", "endpoint": "http://127.0.0.1:9",
+        "interval_s": spec.logs.interval_s, "max_file_bytes": spec.logs.max_file_bytes}

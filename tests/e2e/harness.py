@@ -7,7 +7,8 @@
    Ray auth token under the operator's ``~/.ray-gcp/``, the code bundle at
    ``/opt/ray-gcp/src``, and ``~/cluster.yaml``: the output of
    ``python -m cluster render --target gcp`` (``--spec`` with the test's
-   cluster, ``--facts`` with the launcher's real public key) plus only
+   cluster, ``--facts`` with the launcher's real public key and the emulator's
+   bucket as the stack's bucket, where the nodes ship their logs) plus only
    ``provider.api_endpoints`` and ``provider.gcp_credentials``;
 3. the fake project (``FakeCloud``): its subnet, the head and worker service
    accounts, the provider VM as an instance, an OAuth token;
@@ -152,8 +153,10 @@ class Harness:
         self._start_emulator()
 
         public_key = (secrets_dir / "ray-launcher-key.pub").read_text().strip()
-        self.config = self.render(facts.model_copy(update={"ssh_public_key": public_key}),
-                                  self.server.endpoints)
+        # The stack's bucket is the emulator's: the job's data and every node's shipped logs.
+        self.config = self.render(
+            facts.model_copy(update={"ssh_public_key": public_key, "bucket": BUCKET}),
+            self.server.endpoints)
         self.config["provider"]["gcp_credentials"] = {
             "type": "credentials_token", "credentials": self.api_token}
         self.cluster_yaml = f"{OPERATOR_HOME}/cluster.yaml"
@@ -197,6 +200,8 @@ class Harness:
             "PATH": f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": OPERATOR_HOME, "USER": "root", "LOGNAME": "root", "LANG": "C.UTF-8",
             "STORAGE_EMULATOR_HOST": self.emulator_url,
+            # No __pycache__ in this checkout from the provider's ray and python -m cluster.
+            "PYTHONDONTWRITEBYTECODE": "1",
         }
 
     def _argv(self, argv: list[str], env: dict[str, str] | None = None) -> list[str]:

@@ -14,14 +14,18 @@ unit runs it (tests/e2e/autostop.py), with a one-minute timeout, keeps
 everything while a ``ray submit`` driver stays connected past the timeout;
 once it has gone, after the timeout the check runs the real ``ray down``
 (every instance deleted), then the power-off (recorded by a stand-in
-``systemctl``, never done). Then nothing of the run left on the host.
+``systemctl``, never done). Then, from the provider machine, ``python -m
+cluster logs`` reads back what the nodes shipped to the bucket: the job's
+driver output from the head and the preempted worker's ``raylet.out`` as it
+stood two shipping intervals before the worker vanished; and nothing of the
+run left on the host.
 
 Two preemptions land just before a call about the instance, so that the call
 meets Google's 404 (``FakeCloud.preempt_on_call``): the autoscaler's first
 label write about the mid-job replacement (it must take that worker as
-gone, without an ``HttpError``, and replace it too) and ``ray down``'s delete of a worker (it must
-still delete the rest; Ray 2.60's own ``terminate_node`` raises
-``UnboundLocalError`` there).
+gone, without an ``HttpError``, and replace it too) and autostop's ``ray
+down``'s delete of a worker (it must still delete the rest; Ray 2.60's own
+``terminate_node`` raises ``UnboundLocalError`` there).
 
 Runs with ``make e2e`` (``pytest --e2e -m e2e``); needs root and network
 namespaces. Each phase prints its time.
@@ -49,6 +53,7 @@ from tests.e2e.autostop import ProviderAutostop
 from tests.e2e.fake_gce import SERVED
 from tests.e2e.fake_gce_http import in_netns
 from tests.e2e.harness import BUCKET, E2E_SPEC, PROVIDER, ROOT, Harness, e2e_unavailable
+from tests.e2e.machines import OPERATOR_HOME
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
@@ -143,11 +148,25 @@ def result_rows(h: Harness) -> list[dict]:
     return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
+def ray_logs(h: Harness, name: str) -> Path:
+    """A machine's current Ray log directory, as its processes see it."""
+    root = h.machine_root(name)
+    return root / os.readlink(root / "tmp/ray/session_latest").lstrip("/") / "logs"
+
+
+def read_logs(h: Harness, *args: str, name: str) -> str:
+    """``python -m cluster logs ARGS`` on the provider machine, as an operator runs it
+    there: the bucket and cluster come from the cluster config ($RAY_GCP_CLUSTER_YAML)."""
+    rc, out = h.run(["env", f"RAY_GCP_CLUSTER_YAML={OPERATOR_HOME}/cluster.yaml",
+                     sys.executable, "-m", "cluster", "logs", *args], name=name, timeout=GENEROUS)
+    assert rc == 0, f"python -m cluster logs {' '.join(args)} failed ({rc}):\n{out[-5000:]}"
+    return out
+
+
 def autoscaler_logs(h: Harness, head: str, lines: int = 80) -> str:
     """The tails of the head autoscaler's logs (for failure messages)."""
-    root = h.machine_root(head)
     try:
-        logs = root / os.readlink(root / "tmp/ray/session_latest").lstrip("/") / "logs"
+        logs = ray_logs(h, head)
         out = []
         for name in ("monitor.log", "monitor.out", "monitor.err"):
             text = (logs / name).read_text(errors="replace").splitlines()[-lines:]
@@ -171,8 +190,7 @@ def no_worker_deleted_since(h: Harness, since: float, head: str, spare: str | No
 
 def autoscaler_log_text(h: Harness, head: str) -> str:
     """All of the head autoscaler's logs (monitor.log, .out, .err)."""
-    root = h.machine_root(head)
-    logs = root / os.readlink(root / "tmp/ray/session_latest").lstrip("/") / "logs"
+    logs = ray_logs(h, head)
     return "\n".join((logs / name).read_text(errors="replace")
                      for name in ("monitor.log", "monitor.out", "monitor.err") if (logs / name).exists())
 
@@ -263,6 +281,11 @@ def test_ray_up_jobs_preemption_autostop_and_ray_down_end_to_end(harness: Harnes
         victim = min(workers, key=lambda n: workers[n]["creationTimestamp"])
         done_before = len(result_rows(h))
         assert done_before < SAMPLE, "the job finished before a worker could be lost"
+        # What the victim's raylet has written so far: shipped before it vanishes, since
+        # the shipper uploads what a file gained every interval.
+        victim_raylet = (ray_logs(h, victim) / "raylet.out").read_text()
+        assert victim_raylet.count("\n") > 5, victim_raylet
+        time.sleep(2 * E2E_SPEC.logs.interval_s)
         with phase("a Spot worker preempted mid-job; its replacement preempted at its first "
                    "label write; a second replacement joins"):
             preempted_at = time.monotonic()
@@ -313,9 +336,7 @@ def test_ray_up_jobs_preemption_autostop_and_ray_down_end_to_end(harness: Harnes
 
     # No warning repeated every autoscaler round (Ray's first config read, before our
     # provider module is imported, may still log it once).
-    logs = h.machine_root(head) / "tmp/ray/session_latest"
-    logs = h.machine_root(head) / os.readlink(logs).lstrip("/") / "logs"
-    monitor_log = (logs / "monitor.log").read_text()
+    monitor_log = (ray_logs(h, head) / "monitor.log").read_text()
     rounds = monitor_log.count("Dropping the empty legacy field head_node")
     assert rounds <= 1, f"the legacy-field warning was logged {rounds} times"
 
@@ -426,6 +447,28 @@ def test_ray_up_jobs_preemption_autostop_and_ray_down_end_to_end(harness: Harnes
     assert set(cloud.methods()) <= SERVED, set(cloud.methods()) - SERVED
     assert not [c for c in cloud.calls if c.status in (401, 500)]
     print(f"[e2e] API calls: {h.summary()}")
+
+    with phase("the logs read back after ray down (python -m cluster logs)"):
+        runs = read_logs(h, "runs", name="logs-runs")
+        # Two `ray up`s, two Ray sessions; the job's is the one the victim took part in.
+        blocks = [b for b in re.split(r"^(?=session_)", runs, flags=re.MULTILINE)
+                  if b.startswith("session_")]
+        job_run = [b for b in blocks if f"  {victim} (worker" in b]
+        assert len(blocks) == 2 and len(job_run) == 1, runs
+        job_session = job_run[0].split()[0]
+        assert f"  {head} (head" in job_run[0] and "driver log: driver-" in job_run[0], runs
+        # The driver's output (ray submit: the terminal's copy the hook made), from the head.
+        drivers = read_logs(h, "node", head, "--run", job_session, "--file", "driver-*",
+                            name="logs-head-drivers")
+        annotate_section = next((sec for sec in drivers.split("==> ")
+                                 if f"processed {SAMPLE}, skipped 0, failed 0" in sec), "")
+        assert annotate_section.startswith(f"{head} (head"), drivers[-5000:]
+        # The preempted worker's raylet, up to two shipping intervals before it vanished.
+        raylet = read_logs(h, "node", victim, "--file", "raylet.out", name="logs-victim-raylet")
+        assert f"==> {victim} (worker" in raylet, raylet[:2000]
+        assert victim_raylet in raylet, (
+            f"the preempted worker's raylet.out as it stood {2 * E2E_SPEC.logs.interval_s:g} s "
+            f"before it vanished is not all in the bucket:\n{raylet[-3000:]}")
 
     with phase("teardown, nothing left on the host"):
         left = h.stop()

@@ -139,7 +139,16 @@ def all_grants(rec) -> set[tuple[str, str, str]]:
 
     def bucket_scope(inputs):
         assert inputs["bucket"] == rec.outputs["bucket"]
-        return "bucket"
+        if inputs.get("condition") is None:
+            return "bucket"
+        # The one condition we write: objects under logs/ and listings of that prefix.
+        bucket = rec.outputs["bucket"]
+        assert inputs["condition"]["expression"] == (
+            f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/logs/") || '
+            'api.getAttribute("storage.googleapis.com/objectListPrefix", "")'
+            '.startsWith("logs/")'
+        ), inputs["condition"]
+        return "bucket:logs/"
 
     def secret_scope(inputs):
         secret = inputs["secretId"].rsplit("/", 1)[1]

@@ -31,6 +31,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "ray-gcp:subnetCidr": "172.20.0.0/16",
         "ray-gcp:workerMachineType": "c3-standard-8",
         "ray-gcp:providerMachineType": "e2-small",
+        # No log shipping: no shipper on the nodes, no log reader grant, a shorter retention.
+        "ray-gcp:logShipping": False,
+        "ray-gcp:logRetentionDays": 7,
     },
 }
 # platform gke (infra/components/gke.py, kuberay_operator.py, ray_on_gke.py).
@@ -43,6 +46,7 @@ GKE_SCENARIOS: dict[str, dict[str, Any]] = {
         "ray-gcp:maxWorkers": 8,
         "ray-gcp:gkeReleaseChannel": "STABLE",
         "ray-gcp:idleTimeoutMinutes": 0,  # autostop off: no watcher, a fixed system pool
+        "ray-gcp:logShipping": False,  # no log sidecar
     },
     "gke-gpu": {
         "ray-gcp:platform": "gke",

@@ -408,6 +408,9 @@ def test_ray_objects_wait_for_the_operator_secret_and_policy(each_gke_scenario):
                       ("kubernetes:core/v1:ConfigMap", "ray-configmap"),
                       ("gcp:storage/bucketIAMMember:BucketIAMMember", None)):
         assert rec.one(typ, name)["urn"] in deps, typ
+    # With logShipping (the default), the log shipper's ConfigMap too: the Pods mount it.
+    if GKE_SCENARIOS[rec.scenario].get("ray-gcp:logShipping", True):
+        assert rec.one("kubernetes:core/v1:ConfigMap", "ray-logship-configmap")["urn"] in deps
     # The operator's chart installs the CRDs: it must exist before any Ray object.
     for r in k8s_resources(rec):
         if r["type"] != RELEASE:

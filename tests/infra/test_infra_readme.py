@@ -56,7 +56,7 @@ def test_iam_table_matches_the_grants():
         for custom, role in re.findall(r"(custom )?`([a-zA-Z.0-9]+)`", roles):
             documented.add((who, (CUSTOM if custom else "roles/") + role, scope))
     scopes = {"project": "project", "bucket": "workload bucket", "head": "head account",
-              "worker": "worker account"}
+              "worker": "worker account", "bucket:logs/": "`logs/` of the workload bucket"}
     expected = {(g.who, g.role, scopes[g.scope]) for g in grants(custom_roles=True)}
     expected.add(("provider", "roles/secretmanager.secretAccessor", "each secret"))
     assert documented == expected

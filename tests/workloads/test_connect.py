@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from tests.workloads.conftest import REPO, WORKLOADS, free_port
+from tests.emulator import free_port
+from tests.workloads.conftest import REPO, WORKLOADS
 from workloads import common
 
 TIMEOUT_S = 3  # the configured limit in these tests

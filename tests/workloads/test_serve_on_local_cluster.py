@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.emulator import free_port, stop_process_group
 from workloads import serve, serve_http
 
 from .asgi_server import AppServer
-from .conftest import REPO, WORKLOADS, free_port, readme_local_block, stop_process_group
+from .conftest import REPO, WORKLOADS, readme_local_block
 
 pytestmark = pytest.mark.cluster
 

@@ -12,7 +12,7 @@ def test_every_api_enabled_and_left_on_at_destroy(default):
     assert sorted(r["inputs"]["service"] for r in services) == sorted(SERVICES)
     assert {f"{s}.googleapis.com" for s in (
         "compute", "iam", "iap", "secretmanager", "cloudresourcemanager", "storage", "logging",
-        "monitoring")} == set(SERVICES)
+    )} == set(SERVICES)
     for r in services:
         assert r["inputs"]["disableOnDestroy"] is False
         assert r["inputs"]["project"] == "ray-gcp-test-1234"

@@ -20,8 +20,13 @@ def test_bucket_is_private_versioned_regional_and_labelled(any_scenario):
     assert bucket["forceDestroy"] is False
     cluster = ALL_SCENARIOS[rec.scenario].get("ray-gcp:clusterName", "ray-gcp")
     assert bucket["labels"]["ray-gcp-cluster"] == cluster
+    # Old versions after 30 days; the shipped Ray logs (logs/) after logRetentionDays,
+    # live and noncurrent alike.
+    retention = ALL_SCENARIOS[rec.scenario].get("ray-gcp:logRetentionDays", 30)
     assert bucket["lifecycleRules"] == [
-        {"action": {"type": "Delete"}, "condition": {"daysSinceNoncurrentTime": 30}}
+        {"action": {"type": "Delete"}, "condition": {"daysSinceNoncurrentTime": 30}},
+        {"action": {"type": "Delete"},
+         "condition": {"age": retention, "matchesPrefixes": ["logs/"], "withState": "ANY"}},
     ]
     assert rec.outputs["bucket"] == bucket["name"]
 

@@ -13,10 +13,11 @@ from cluster.render import render_gcp, to_yaml
 from cluster.spec import ClusterSpec, GcpFacts
 from infra import boot
 from infra import offline as harness
+from infra.iam import AGENT_CALLS
+from tests.emulator import EMULATOR_BUCKET
 from tests.infra.conftest import SCENARIOS
 from tests.infra.iam import recorder
 from tests.infra.test_boot import new_sandbox
-from tests.workloads.conftest import EMULATOR_BUCKET, gcs_emulator  # noqa: F401 (fixture)
 
 # Node types no infra setting produces yet, rendered from the default deployment's facts:
 # a GPU worker type next to a spot CPU type.
@@ -80,14 +81,22 @@ def scenarios(programs) -> dict[str, recorder.Scenario]:
 
 
 @pytest.fixture(scope="session")
-def recorded(scenarios, gcs_emulator, tmp_path_factory):  # noqa: F811
-    """actor -> scenario -> recorded calls; plus the metadata paths of each boot."""
+def recorded(scenarios, gcs_emulator, tmp_path_factory):
+    """actor -> scenario -> recorded calls (and Google's agents' declared calls,
+    infra.iam.AGENT_CALLS); plus the metadata paths of each boot. gke-node's
+    calls are all declared; they stand under the scenario name "gke"."""
     started: list = []
     script_path = tmp_path_factory.mktemp("rendered") / "startup-script.sh"
     script_path.write_text(boot.render_boot_script())
-    calls: dict[str, dict[str, list]] = {"provider": {}, "head": {}, "worker": {}}
+    calls: dict[str, dict[str, list]] = {
+        "provider": {}, "head": {}, "worker": {}, "gke-node": {"gke": list(AGENT_CALLS["gke-node"])}
+    }
     metadata_paths: dict[str, list[str]] = {}
     gcs = recorder.record_gcs(gcs_emulator, EMULATOR_BUCKET)
+    # Every node ships its Ray logs; the provider VM's operators read them.
+    shipping = recorder.record_log_shipping(
+        gcs_emulator, EMULATOR_BUCKET, tmp_path_factory.mktemp("logship"))
+    reading = recorder.record_log_reading(gcs_emulator, EMULATOR_BUCKET)
     ssh_dirs_before = set(Path("/tmp").glob("ray_ssh_*/*")) | set(Path("/tmp").glob("ray_ssh_*"))
     try:
         for name, scenario in scenarios.items():
@@ -97,9 +106,14 @@ def recorded(scenarios, gcs_emulator, tmp_path_factory):  # noqa: F811
                 lambda mode: new_sandbox(tmp_path_factory, script_path, started, mode),
             )
             metadata_paths[name] = paths
-            calls["provider"][name] = boot_calls + recorder.record_ray_up_and_down(scenario, work)
-            calls["head"][name] = recorder.record_autoscaler(scenario, work) + gcs
-            calls["worker"][name] = gcs
+            ships = bool(scenario.config["provider"].get("log_bucket"))
+            calls["provider"][name] = (
+                boot_calls + recorder.record_ray_up_and_down(scenario, work)
+                + (reading if ships else []) + list(AGENT_CALLS["provider"])
+            )
+            calls["head"][name] = (
+                recorder.record_autoscaler(scenario, work) + gcs + (shipping if ships else []))
+            calls["worker"][name] = gcs + (shipping if ships else [])
     finally:
         for server in started:
             server.stop()
@@ -121,7 +135,9 @@ def table(calls: dict[str, dict[str, list]]) -> str:
         "# Regenerate after reviewing a change: UPDATE_CALLS=1 .venv/bin/python -m pytest "
         "tests/infra/iam -q\n"
         f"# Scenarios: tests/infra/conftest.py SCENARIOS + {sorted(EXTRA_SPECS)}; actors: "
-        f"provider (boot, ray up, autostop, ray down), head (autoscaler, drivers' GCS), "
-        "worker (GCS).\n"
+        f"provider (boot, ray up, autostop, ray down, log reader), head (autoscaler, drivers' GCS, "
+        "log shipper), worker (GCS, log shipper), gke-node (GKE's agents).\n"
+        "# declared_by: a call of Google's own agents (infra.iam.AGENT_CALLS), declared "
+        "with Google's documentation, not recorded (they run only on a real VM or GKE node).\n"
     )
     return header + yaml.safe_dump(doc, sort_keys=False, width=100, default_flow_style=False)

@@ -12,7 +12,7 @@ from collections import defaultdict
 
 from infra import names
 from infra import offline as harness
-from infra.iam import PROJECT, role_permissions
+from infra.iam import LOGS, PROJECT, role_permissions
 from tests.infra.iam.recorder import SECRET_LOGICAL
 
 PROJECT_MEMBER = "gcp:projects/iAMMember:IAMMember"
@@ -33,7 +33,9 @@ class Grants:
     def __init__(self, rec) -> None:
         outputs = rec.outputs
         self.project = harness.TEST_PROJECT
-        self.cluster = yaml_cluster_name(outputs["clusterConfig"])
+        self.cluster = (
+            yaml_cluster_name(outputs["clusterConfig"]) if "clusterConfig" in outputs else None
+        )
         self.emails = outputs["serviceAccounts"]
         self.bucket = outputs["bucket"]
         self.custom: dict[str, list[str]] = {}
@@ -57,7 +59,8 @@ class Grants:
             return next(f"account:{w}" for w, e in self.emails.items() if e == email)
         if typ == BUCKET_MEMBER:
             assert inputs["bucket"] == self.bucket
-            return "bucket"
+            # A condition narrows it to the logs (identity.py logs_condition, checked there).
+            return LOGS if inputs.get("condition") else "bucket"
         if typ == SECRET_MEMBER:
             secret_id = inputs["secretId"].rsplit("/", 1)[1]
             return next(
@@ -73,13 +76,15 @@ class Grants:
         return role_permissions(role)
 
     def of(self, member: str) -> set[tuple[str, str]]:
-        """(permission, scope) pairs the member holds."""
-        return {
+        """(permission, scope) pairs the member holds (a grant on the whole bucket
+        holds on its logs/ part too)."""
+        held = {
             (perm, scope)
             for scope, roles in self.roles.get(member, {}).items()
             for role in roles
             for perm in self.permissions(role)
         }
+        return held | {(perm, LOGS) for perm, scope in held if scope == "bucket"}
 
     def account(self, who: str) -> str:
         return f"serviceAccount:{self.emails[who]}"

@@ -26,7 +26,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from unittest import mock
 
 import requests
@@ -367,3 +367,139 @@ def record_gcs(emulator: str, bucket: str) -> list[Call]:
         assert path_params["bucket"] == bucket
         calls.append(Call(method, "bucket", params=_params({**{k: 1 for k in path_params}, **query})))
     return calls
+
+
+# ---- the log shipper and the log reader -----------------------------------------------------
+
+
+class RecordingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of the emulator that records each request
+    (method, path with query, body): what cluster.gcs_http really sends."""
+
+    def __init__(self, upstream: str):
+        import http.server
+        import threading
+        import urllib.error
+        import urllib.request
+
+        self.seen: list[tuple[str, str, bytes]] = []
+        seen = self.seen
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                seen.append((self.command, self.path, body))
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("host", "content-length", "connection")}
+                req = urllib.request.Request(upstream + self.path, data=body or None,
+                                             method=self.command, headers=headers)
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as resp:
+                        status, data, ctype = resp.status, resp.read(), resp.headers.get(
+                            "Content-Type", "")
+                except urllib.error.HTTPError as e:
+                    status, data, ctype = e.code, e.read(), e.headers.get("Content-Type", "")
+                self.send_response(status)
+                if ctype:
+                    self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _forward
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def calls(self, bucket: str) -> list[Call]:
+        """Each request as a Call on the logs part of the bucket (LOGS); fails on any
+        request outside logs/."""
+        from urllib.parse import parse_qs, urlsplit
+
+        from infra.iam import LOGS
+
+        out = []
+        for http_method, path, _ in self.seen:
+            method, path_params, query = match_url("storage.v1", http_method,
+                                                   "http://x" + path)
+            # compose names its target destinationBucket/destinationObject
+            assert path_params.get("bucket", path_params.get("destinationBucket")) == bucket
+            query_lists = parse_qs(urlsplit(path).query)
+            touched = (
+                path_params.get("object") or path_params.get("destinationObject")
+                or query_lists.get("name", query_lists.get("prefix", [""]))[0]
+            )
+            assert touched.startswith("logs/"), f"a log request outside logs/: {path}"
+            out.append(Call(method, LOGS, params=_params({**{k: 1 for k in path_params}, **query})))
+        return out
+
+
+def _fake_ray_logs(root: Path) -> Path:
+    """A Ray temp dir with one session whose logs the shipper will find."""
+    session = root / "session_2026-12-07_02-51-59_441416_29779"
+    (session / "logs" / "old").mkdir(parents=True)
+    (root / "session_latest").symlink_to(session)
+    return root / "session_latest" / "logs"
+
+
+def record_log_shipping(emulator: str, bucket: str, directory: Path) -> list[Call]:
+    """Every request the node's log shipper (cluster/logship.py) makes: uploads, the
+    compose of a run of objects, the size cap's deletes, a restarted shipper's listing."""
+    from cluster import gcs_http, logship
+
+    logs = _fake_ray_logs(directory / "ray")
+    with RecordingProxy(emulator) as proxy:
+        cfg = logship.ShipConfig(bucket=bucket, cluster="iam-recording", node="node-1",
+                                 logs_dir=str(logs), interval_s=1, max_file_bytes=64 * 1024)
+        shipper = logship.Shipper(cfg, gcs_http.GcsHttp(bucket, endpoint=proxy.url))
+        out = logs / "worker-0a-01000000-42.out"
+        (logs / "driver-20261207T025210Z-7.log").write_text("driver line\n")
+        (logs / "ray-gcp-driver-01000000.json").write_text(
+            '{"job_id": "01000000", "driver_log": "driver-20261207T025210Z-7.log"}\n')
+        for i in range(logship.COMPOSE_RUN + 2):  # small writes: a run of objects to compose
+            with open(out, "a") as f:
+                f.write(f"line {i}\n")
+            shipper.pass_once()
+        for _ in range(24):  # past the cap: skipped bytes, and the window's oldest objects go
+            with open(out, "a") as f:
+                f.write("x" * (2 * cfg.max_chunk))
+            shipper.pass_once()
+        assert shipper.stats["composes"] and shipper.stats["skipped_bytes"], shipper.stats
+        assert shipper.stats["deletes"] > logship.COMPOSE_RUN, shipper.stats
+        restarted = logship.Shipper(cfg, gcs_http.GcsHttp(bucket, endpoint=proxy.url))
+        with open(out, "a") as f:
+            f.write("after a restart\n")
+        restarted.pass_once()
+        return proxy.calls(bucket)
+
+
+def record_log_reading(emulator: str, bucket: str) -> list[Call]:
+    """Every request `python -m cluster logs` makes for each of its commands (on the
+    logs record_log_shipping left in the bucket)."""
+    import argparse
+    import io
+
+    from cluster import logs
+
+    with RecordingProxy(emulator) as proxy, _environ_restored("STORAGE_EMULATOR_HOST"):
+        os.environ["STORAGE_EMULATOR_HOST"] = proxy.url
+        for what, name in (("runs", None), ("files", None), ("node", "node-1"),
+                           ("job", "01000000")):
+            args = argparse.Namespace(
+                what=what, name=name, bucket=bucket, cluster="iam-recording", run=None,
+                node=None, file=None, since=None, until=None, prefix=False)
+            assert logs.main(args, out=io.StringIO()) == 0, what
+        return proxy.calls(bucket)

@@ -41,6 +41,9 @@ def test_every_actor_makes_the_calls_its_job_needs(recorded):
         "compute.instances.get",  # ray up: the head's command runner
         "compute.instances.setLabels",  # ray up: the head's status tags
         "compute.instances.delete",  # ray down
+        "storage.objects.list",  # python -m cluster logs
+        "storage.objects.get",  # python -m cluster logs
+        "logging.entries.write",  # Google's guest agent (declared)
     } <= methods["provider"]
     assert {
         "compute.instances.insert",
@@ -51,10 +54,29 @@ def test_every_actor_makes_the_calls_its_job_needs(recorded):
         "compute.instances.delete",
         "storage.objects.insert",
     } <= methods["head"]
-    # buckets.get: the client's background bucket-metadata fetch (infra.iam.BEST_EFFORT).
+    # buckets.get: the client's background bucket-metadata fetch (infra.iam.BEST_EFFORT);
+    # delete and compose: the log shipper's size cap and compaction.
     assert methods["worker"] == {
         "storage.buckets.get", "storage.objects.get", "storage.objects.insert",
-        "storage.objects.list",
+        "storage.objects.list", "storage.objects.delete", "storage.objects.compose",
+    }
+    # Nothing on a Ray node writes logs or metrics to Google: no logging/monitoring call.
+    for actor in ("head", "worker"):
+        assert not {m for m in methods[actor] if m.startswith(("logging.", "monitoring."))}
+    assert methods["gke-node"] == {"logging.entries.write", "monitoring.projects.timeSeries.create"}
+
+
+def test_every_log_request_stays_under_logs_and_is_the_shipper_or_the_reader(recorded):
+    """The shipper and the reader act only on logs/ (recorder.RecordingProxy checks each
+    URL), and each of their requests is a method of Google's storage discovery document."""
+    from infra.iam import LOGS
+
+    on_logs = {actor: {c.method for c in calls if c.on == LOGS}
+               for actor, calls in load_calls().items()}
+    assert on_logs["provider"] == {"storage.objects.list", "storage.objects.get"}  # reads only
+    assert on_logs["head"] == on_logs["worker"] == {
+        "storage.objects.insert", "storage.objects.list", "storage.objects.delete",
+        "storage.objects.compose",
     }
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from infra.iam import PROJECT, needed_by
-from tests.infra.conftest import SCENARIOS
+from infra.iam import PROJECT, needed, needed_by
+from tests.infra.conftest import GKE_SCENARIOS, SCENARIOS
 from tests.infra.iam.grants import Grants
 
 # With customRoles on, project-level permissions an account may hold beyond what its
@@ -93,3 +93,43 @@ def test_readme_states_the_measured_project_level_extras(recorded, programs):
         granted, needed = _project_report(programs, recorded, "default", actor)
         measured.append(len(granted - needed))
     assert [int(claimed.group(1)), int(claimed.group(2))] == measured
+
+
+def _logging_or_monitoring_grants(rec, grants: Grants) -> list[tuple[str, str, str]]:
+    """(who, role, scope) of every logging.* / monitoring.* role the stack grants."""
+    out = []
+    for member, scopes in grants.roles.items():
+        who = next((w for w, e in rec.outputs["serviceAccounts"].items()
+                    if member == f"serviceAccount:{e}"), member)
+        for scope, roles in scopes.items():
+            out += [(who, role, scope) for role in roles
+                    if role.startswith(("roles/logging.", "roles/monitoring."))]
+    return sorted(out)
+
+
+@pytest.mark.parametrize("scenario", [*sorted(SCENARIOS), *sorted(GKE_SCENARIOS)])
+def test_every_logging_and_monitoring_grant_has_a_call_that_needs_it(
+    recorded, programs, scenario, capsys
+):
+    """Each remaining logging/monitoring grant, with the call (recorded or, for Google's
+    own agents, declared) whose permission it holds; a grant no call needs fails."""
+    rec = programs(scenario)
+    grants = Grants(rec)
+    by_actor = recorded["calls"]
+    rows = []
+    for who, role, scope in _logging_or_monitoring_grants(rec, grants):
+        calls = by_actor[who].get(scenario) or by_actor[who].get("gke", [])
+        perms = grants.permissions(role)
+        users = [c for c in calls if any(p in perms and s == scope for p, s in needed(c))]
+        assert users, f"{scenario}: {who} holds {role} on {scope}, and no call needs it"
+        for c in users:
+            how = f"declared: {c.declared_by.split(':')[0]}" if c.declared_by else "recorded"
+            rows.append(f"  {who:9} {role:32} {scope:8} <- {c.method} ({how})")
+    with capsys.disabled():
+        print(f"\n[{scenario}] logging/monitoring grants and the calls that need them:")
+        print("\n".join(rows) or "  none")
+    if scenario in GKE_SCENARIOS:
+        assert {r.split()[1] for r in rows} == {"roles/logging.logWriter",
+                                                "roles/monitoring.metricWriter"}
+    else:  # the provider's boot log only; Ray nodes hold neither role
+        assert {tuple(r.split()[:2]) for r in rows} == {("provider", "roles/logging.logWriter")}
