@@ -31,6 +31,14 @@
   nodes were up. The head's log monitor alone already sees every file, so
   each line is forwarded exactly once, as on GCP where each node has its own
   disk.
+* **Its own runtime_resources** (``LocalNodeProvider``). A node unpacks a
+  job's working_dir under ``<session dir>/runtime_resources``, and the first
+  time a node needs a package it deletes and re-unpacks it (Ray's
+  ``WorkingDirPlugin.create``: ``overwrite=True``). With one shared session
+  dir, a node that joined mid-job wiped the folder that other nodes' workers
+  were running in (seen: a numba task failing in ``os.getcwd()`` with
+  ``FileNotFoundError``). Each worker node gets ``runtime_resources-<node id>``,
+  as each VM has its own disk.
 """
 
 from __future__ import annotations
@@ -83,11 +91,13 @@ class ZoneExhausted(Exception):
 
 
 class LocalNodeProvider(FakeMultiNodeProvider):
-    """FakeMultiNodeProvider whose worker nodes start without a log monitor."""
+    """FakeMultiNodeProvider whose worker nodes start without a log monitor and unpack
+    runtime envs into a folder of their own."""
 
     def _create_node_with_resources_and_labels(self, node_config, tags, count, resources, labels):
         # Ray 2.60.0's method, verbatim except include_log_monitor=False (Ray is pinned
-        # exactly, and tests/cluster/test_local.py counts the log monitors).
+        # exactly, and tests/cluster/test_local.py counts the log monitors) and
+        # runtime_env_dir_name (see the module docstring).
         resources = copy.deepcopy(resources)
         with self.lock:
             node_type = tags[TAG_RAY_USER_NODE_TYPE]
@@ -108,6 +118,7 @@ class LocalNodeProvider(FakeMultiNodeProvider):
                 redis_address=gcs,
                 gcs_address=gcs,
                 include_log_monitor=False,
+                runtime_env_dir_name=f"{ray_constants.DEFAULT_RUNTIME_ENV_DIR_NAME}-{next_id}",
                 env_vars={
                     "RAY_OVERRIDE_NODE_ID_FOR_TESTING": next_id,
                     "RAY_CLOUD_INSTANCE_ID": next_id,
