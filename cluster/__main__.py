@@ -5,6 +5,10 @@
                              [--project P] [--region R]
     python -m cluster render --target kuberay --kind raycluster|rayjob|rayservice|core
                              [--spec SPEC.yaml] [--facts KUBEFACTS.json] [--project P]
+    python -m cluster render --target kuberay --kind rayjob --job-dir DIR [--job-name N]
+                             [--spec ...] [--facts ...] -- COMMAND...
+    python -m cluster job check DIR
+    python -m cluster job submit DIR [--address URL] [--env K=V]... [--no-wait] -- COMMAND...
     python -m cluster requirements [--check]
 
 ``render --target gcp`` without ``--facts`` renders the default ClusterSpec
@@ -19,7 +23,12 @@ as ``field = value: problem (allowed: ...)``, exit status 2.
 ``--target kuberay`` prints KubeRay manifests for ``kubectl apply -f -``
 (``--kind core``: Namespace, ServiceAccount, NetworkPolicy and the workloads
 ConfigMap, as a multi-document stream); ``--facts`` then takes KubeFacts'
-fields (default: example facts for ``--project``).
+fields (default: example facts for ``--project``). With ``--job-dir`` the
+RayJob runs a user's own job (its folder and uv.lock, ``cluster/userjob.py``)
+and comes with the ConfigMap of its files; the job is checked first, as by
+``job check``.
+``job`` checks a user's job folder against the cluster and submits it
+(``cluster/job_cli.py``).
 ``requirements`` rewrites cluster/requirements-node.txt from uv.lock
 (``--check`` only compares and exits 1 on drift).
 """
@@ -120,6 +129,12 @@ def _render(args: argparse.Namespace) -> int:
         problems.append("--facts: not used with --target local (GCP facts)")
     if args.target == "kuberay" and args.region is not None:
         problems.append("--region: not used with --target kuberay (the pods have no zone)")
+    command = args.argv
+    if args.job_dir is not None and (args.target, args.kind) != ("kuberay", "rayjob"):
+        problems.append("--job-dir: only with --target kuberay --kind rayjob")
+    if args.job_dir is None and (command or args.job_name):
+        what = "--job-name" if args.job_name else f"command {' '.join(command)!r}"
+        problems.append(f"{what}: only with --job-dir (a user's job)")
     project = args.project or "my-ray-project"
     region = args.region or DEFAULT_REGION
     if args.target == "gcp" and not args.facts:
@@ -177,6 +192,10 @@ def _render_kuberay(args: argparse.Namespace, spec, project: str) -> int:
     try:
         if args.kind == "raycluster":
             objs = [kuberay.render_raycluster(spec, facts)]
+        elif args.kind == "rayjob" and args.job_dir is not None:
+            objs = _render_user_job(args, spec, facts)
+            if objs is None:
+                return 2
         elif args.kind == "rayjob":
             objs = [kuberay.render_rayjob(spec, facts)]
         elif args.kind == "rayservice":
@@ -188,6 +207,28 @@ def _render_kuberay(args: argparse.Namespace, spec, project: str) -> int:
         return 2
     sys.stdout.write(kuberay.to_yaml_documents(objs))
     return 0
+
+
+def _render_user_job(args: argparse.Namespace, spec, facts) -> list[dict] | None:
+    """ConfigMap + RayJob for the job in --job-dir, after the same checks as `job submit`."""
+    from cluster import job_cli, userjob
+    from cluster.errors import report
+
+    command = args.argv
+    job, problems = job_cli.checked_job(args.job_dir)
+    objs = None
+    if job is not None and not problems:
+        try:
+            files = userjob.job_files(args.job_dir)
+            objs = userjob.render_kuberay(
+                job, files, spec, facts, command, name=args.job_name
+            )
+        except userjob.JobError as e:
+            problems.append(str(e))
+    if problems:
+        print(report(problems, "nothing was rendered"), file=sys.stderr)
+        return None
+    return objs
 
 
 def _requirements(args: argparse.Namespace) -> int:
@@ -246,15 +287,35 @@ def main(argv: list[str] | None = None) -> int:
         "the stack's default); the zone is its first",
     )
     render.add_argument("--gcs-port", type=int, default=6379, help="local target's GCS port")
+    render.add_argument(
+        "--job-dir", type=Path,
+        help="kuberay rayjob: a user's job folder (pyproject.toml, uv.lock) to run instead of "
+        "annotate.py; the command follows `--`",
+    )
+    render.add_argument("--job-name", help="with --job-dir: the RayJob's name")
+    from cluster import job_cli
+
+    job_cli.add_parser(sub)
     reqs = sub.add_parser("requirements", help="regenerate cluster/requirements-node.txt")
     reqs.add_argument("--check", action="store_true", help="only compare with uv.lock")
+    # Everything after the first `--` is a job's command line (render --job-dir, job submit).
+    argv = list(sys.argv[1:] if argv is None else argv)
+    tail: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, tail = argv[:cut], argv[cut + 1 :]
     args = parser.parse_args(argv)
+    args.argv = tail
     if args.command == "local":
         return _local(args)
     if args.command == "render":
         return _render(args)
     if args.command == "requirements":
         return _requirements(args)
+    if args.command == "job":
+        from cluster import job_cli
+
+        return job_cli.main(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
