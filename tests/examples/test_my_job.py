@@ -1,0 +1,303 @@
+"""examples/my-job on the session's local cluster, through `python -m cluster job submit`.
+
+The first run builds the job's environment from its uv.lock: the cluster's uv cache
+(``<state dir>/uv-cache``, its nodes' own) and job environments start empty here, inside
+the test session's temp dir, so the packages come from PyPI as on a fresh node (and
+nothing of this machine's uv cache is used). Later runs with the same lock reuse it.
+The head has CPU 0, so every task runs on a fake worker node; each task imports numba
+(not in our own lock) and reports what it imported and where.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster import layout, userjob
+from cluster.kuberay import example_kube_facts
+from cluster.local import LocalCluster
+from cluster.spec import ClusterSpec
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "examples" / "my-job"
+LIMIT, CHUNKS, PRIMES = 3_000_000, 6, 216_816  # pi(3e6)
+SUBMIT_TIMEOUT = 900  # the first run downloads ~150 MB; tests check outcomes, not speed
+
+
+def user_env(cluster: LocalCluster) -> dict[str, str]:
+    """A user's shell after the README's `eval` line: no RAY_* of its own, the exports."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(cluster.driver_env())
+    return env
+
+
+def run_submit(cluster: LocalCluster, job: Path, *command: str, cwd: Path = ROOT) -> dict:
+    """`python -m cluster job submit JOB -- COMMAND`; its output lines with their arrival
+    times, so the wait before the driver's first line can be measured."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cluster", "job", "submit", str(job), "--", *command],
+        cwd=cwd, env=user_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )
+    lines: list[tuple[float, str]] = []
+    errors: list[str] = []
+
+    def read():
+        for line in proc.stdout:
+            lines.append((time.monotonic() - started, line))
+
+    readers = [
+        threading.Thread(target=read, daemon=True),
+        threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    try:
+        proc.wait(timeout=SUBMIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        raise
+    for reader in readers:
+        reader.join(30)
+    stderr = "".join(errors)
+    out = "".join(line for _, line in lines)
+    return {
+        "rc": proc.returncode, "out": out, "err": stderr, "lines": lines,
+        "seconds": time.monotonic() - started,
+    }
+
+
+def seconds_to(result: dict, text: str) -> float:
+    return next(t for t, line in result["lines"] if text in line)
+
+
+def env_snapshot(path: Path) -> dict[str, tuple[int, int]]:
+    """Every file of a job environment with (inode, mtime_ns): changes if anything is installed."""
+    out = {}
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            st = os.lstat(os.path.join(dirpath, f))
+            out[os.path.join(dirpath, f)] = (st.st_ino, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster(_session_cluster: LocalCluster) -> LocalCluster:
+    return _session_cluster.up()
+
+
+@pytest.fixture(scope="module")
+def first_run(cluster: LocalCluster, tmp_path_factory) -> dict:
+    """The template's first run: its environment is built here, from an empty cache."""
+    assert cluster.uv_cache_dir.is_relative_to(cluster.state_dir)
+    assert cluster.state_dir.is_relative_to(tmp_path_factory.getbasetemp())
+    assert not cluster.uv_cache_dir.exists() or not any(cluster.uv_cache_dir.iterdir()), (
+        "the cluster's uv cache is not empty: another test ran a job first"
+    )
+    out = tmp_path_factory.mktemp("my-job-run1") / "result.json"
+    result = run_submit(
+        cluster, TEMPLATE, "python", "driver.py", "--limit", str(LIMIT), "--chunks",
+        str(CHUNKS), "--output", str(out),
+    )
+    result["result"] = json.loads(out.read_text()) if out.exists() else None
+    return result
+
+
+def template_env(cluster: LocalCluster) -> Path:
+    return cluster.job_envs_dir / userjob.env_dir(userjob.load_job(TEMPLATE))
+
+
+def test_the_template_runs_on_worker_nodes_with_its_own_numba(cluster, first_run):
+    r = first_run
+    assert r["rc"] == 0, r["out"][-3000:] + r["err"][-3000:]
+    assert f"primes below {LIMIT}: {PRIMES} (matches NumPy); {CHUNKS} tasks on" in r["out"]
+    assert re.search(r"^job raysubmit_\w+ succeeded in [\d.]+ s$", r["out"], re.MULTILINE)
+    result = r["result"]
+    assert result["ok"] and result["count"] == result["expected"] == PRIMES
+    # Every task ran on a fake worker node (the head has CPU 0), imported the lock's
+    # numba and ran in the job's environment, built under $RAY_GCP_JOB_ENVS.
+    numba = userjob.load_job(TEMPLATE).locked("numba")[0]["version"]
+    head = [n.node_id for n in cluster.status().nodes if n.is_head]
+    env = template_env(cluster)
+    assert len(result["tasks"]) == CHUNKS
+    for task in result["tasks"]:
+        assert task["node"] not in head
+        assert task["numba"] == numba
+        assert task["python"] == str(env)
+    # Built once, from the registry, into the cluster's own cache (not this machine's).
+    assert re.search(r"Installed \d+ packages in", r["out"]), r["out"][:3000]
+    assert any(cluster.uv_cache_dir.glob("wheels-v*/pypi/numba"))
+    assert (env / "lib/python3.11/site-packages/numba").is_dir()
+
+
+@pytest.fixture(scope="module")
+def second_run(cluster, first_run, tmp_path_factory) -> dict:
+    before = env_snapshot(template_env(cluster))
+    out = tmp_path_factory.mktemp("my-job-run2") / "result.json"
+    result = run_submit(
+        cluster, TEMPLATE, "python", "driver.py", "--limit", str(LIMIT), "--chunks",
+        str(CHUNKS), "--output", str(out),
+    )
+    result["result"] = json.loads(out.read_text()) if out.exists() else None
+    result["changed"] = env_snapshot(template_env(cluster)) != before
+    return result
+
+
+def test_a_second_run_reuses_the_environment(first_run, second_run, record_property):
+    r1, r2 = first_run, second_run
+    assert r2["rc"] == 0, r2["out"][-3000:] + r2["err"][-3000:]
+    assert r2["result"]["ok"] and r2["result"]["count"] == PRIMES
+    # Nothing installed: not by the driver's `uv run` (its log), not by any worker's
+    # (every fake node shares the environment's folder, and no file in it changed).
+    assert "Installed" not in r2["out"] and "Downloading" not in r2["out"]
+    assert not r2["changed"]
+    # Measured, not asserted (tests check outcomes): the wait from submission to the
+    # driver's first line, which includes building the environment on the first run.
+    first_line = "driver: ray "
+    waits = {
+        "first": round(seconds_to(r1, first_line) - seconds_to(r1, "submitted "), 1),
+        "second": round(seconds_to(r2, first_line) - seconds_to(r2, "submitted "), 1),
+        "first_total": round(r1["seconds"], 1),
+        "second_total": round(r2["seconds"], 1),
+    }
+    record_property("my_job_seconds", waits)
+    print(
+        f"\nmy-job: submission to the driver's first line: first run {waits['first']} s, "
+        f"second {waits['second']} s; whole job: {waits['first_total']} s, "
+        f"{waits['second_total']} s"
+    )
+
+
+def test_a_driver_that_raises_ends_in_one_line_and_loses_nothing(cluster, first_run, tmp_path):
+    job = tmp_path / "job"
+    shutil.copytree(TEMPLATE, job, ignore=shutil.ignore_patterns("__pycache__"))
+    driver = job / "driver.py"
+    text = driver.read_text()
+    anchor = "    total = sum(p[\"count\"] for p in parts)\n"
+    assert anchor in text
+    driver.write_text(text.replace(
+        anchor,
+        anchor + "    print(f'partial result: {total} primes', flush=True)\n"
+        "    raise RuntimeError('planted failure after the tasks')\n",
+    ))
+    line = text[: text.index(anchor)].count("\n") + 3  # the raise, 1-based
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run_submit(cluster, job, "python", "driver.py", "--limit", str(LIMIT), "--chunks",
+                   str(CHUNKS), "--output", str(out / "result.json"))
+    assert r["rc"] == 1, r["out"][-3000:] + r["err"][-3000:]
+    # What the driver printed before it raised is all there, then one line: what, where.
+    assert f"partial result: {PRIMES} primes" in r["out"]
+    (error,) = r["err"].strip().splitlines()[-1:]
+    assert re.fullmatch(
+        rf"error: job raysubmit_\w+ failed: driver\.py:{line} in main: "
+        r"RuntimeError: planted failure after the tasks", error
+    ), r["err"]
+    # The result file is written atomically after the check: neither it nor a temp file.
+    assert list(out.iterdir()) == []
+
+
+def test_a_lock_whose_files_do_not_match_their_hashes_fails_before_the_driver(
+    cluster, first_run, tmp_path
+):
+    """uv checks every download against the lock's sha256: a tampered hash (a wheel that is
+    not the locked one) fails the environment on the cluster, so the driver never starts."""
+    job = tmp_path / "job"
+    shutil.copytree(TEMPLATE, job, ignore=shutil.ignore_patterns("__pycache__"))
+    lock = (job / "uv.lock").read_text()
+    tampered = re.sub(
+        r'(numba-[\d.]+-cp311-cp311-manylinux[^"]*x86_64[^"]*\.whl", hash = "sha256:)[0-9a-f]{64}',
+        lambda m: m.group(1) + "0" * 64, lock,
+    )
+    assert tampered != lock
+    (job / "uv.lock").write_text(tampered)
+    r = run_submit(cluster, job, "python", "driver.py", "--limit", "1000")
+    assert r["rc"] == 1, r["out"][-3000:] + r["err"][-3000:]
+    assert "primes below" not in r["out"]
+    (error,) = r["err"].strip().splitlines()[-1:]
+    numba = userjob.load_job(TEMPLATE).locked("numba")[0]["version"]
+    assert re.fullmatch(
+        rf"error: job raysubmit_\w+ failed before the driver started: uv could not build the "
+        rf"job's environment from its uv\.lock on the cluster: Failed to download "
+        rf"`numba=={re.escape(numba)}`: Hash mismatch for `numba=={re.escape(numba)}`", error
+    ), r["err"]
+
+
+def test_readme_commands_run_the_template_as_written(cluster, first_run, tmp_path):
+    """README.md's three lines, run by bash as written: the session cluster's state dir
+    added to `local up`, `.venv/bin/` the venv in use. Also the next job after the
+    failures above: the cluster still runs jobs."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Your own job, with your own packages\n", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = [line for line in block.strip().splitlines()]
+    assert lines[0] == "make setup"
+    assert lines[1].startswith('eval "$(.venv/bin/python -m cluster local up')
+    assert lines[2].startswith(".venv/bin/python -m cluster job submit examples/my-job -- ")
+    bindir = os.path.dirname(sys.executable)
+    script = "set -e\n" + "\n".join(lines[1:]).replace(
+        "cluster local up", f"cluster local up --state-dir {cluster.state_dir}"
+    ).replace(".venv/bin/", f"{bindir}/")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    r = subprocess.run(["bash", "-c", script], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=SUBMIT_TIMEOUT, check=False)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    promised = section.split("It streams the job's log and ends with\n`", 1)[1].split("`", 1)[0]
+    assert promised.endswith("...")
+    assert promised.removesuffix("...") in r.stdout, r.stdout[-3000:]
+    assert re.search(r"^job raysubmit_\w+ succeeded in [\d.]+ s$", r.stdout, re.MULTILINE)
+
+
+def test_the_rendered_rayjob_runs_its_files_in_place(cluster, first_run, tmp_path, monkeypatch):
+    """The GKE RayJob's ConfigMap and runtime env, run on the local cluster: its files
+    written where the pods mount them (here a temp folder), its runtimeEnvYAML submitted
+    as KubeRay's submitter does (the mount path and the pods' $RAY_GCP_JOB_ENVS swapped
+    for this cluster's). Same lock, so the environment built above is reused."""
+    from ray.job_submission import JobSubmissionClient
+
+    job = userjob.load_job(TEMPLATE)
+    configmap, rayjob = userjob.render_kuberay(
+        job, userjob.job_files(TEMPLATE), ClusterSpec(), example_kube_facts(),
+        ["python", "driver.py", "--limit", "1000000", "--chunks", "3"],
+    )
+    pod = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "job-files"]
+    mounted = tmp_path / "mount"
+    for item in volume["configMap"]["items"]:
+        dest = mounted / item["path"]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(configmap["data"][item["key"]])
+    runtime_env = yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])
+    mount = f"{layout.KUBE_JOBS_DIR}/{rayjob['metadata']['name']}"
+    assert runtime_env["working_dir"] == f"local://{mount}"
+    runtime_env["working_dir"] = f"local://{mounted}"
+    envs = runtime_env["env_vars"]
+    envs["UV_PROJECT_ENVIRONMENT"] = envs["UV_PROJECT_ENVIRONMENT"].replace(
+        layout.KUBE_JOB_ENVS, str(cluster.job_envs_dir)
+    )
+    for env_var, value in cluster.driver_env().items():
+        if env_var.startswith("RAY_AUTH"):
+            monkeypatch.setenv(env_var, value)  # the client reads the token from here
+    client = JobSubmissionClient(cluster.dashboard_url)
+    job_id = client.submit_job(entrypoint=rayjob["spec"]["entrypoint"], runtime_env=runtime_env)
+    deadline = time.monotonic() + SUBMIT_TIMEOUT
+    while not client.get_job_status(job_id).is_terminal() and time.monotonic() < deadline:
+        time.sleep(1)
+    logs = client.get_job_logs(job_id)
+    assert str(client.get_job_status(job_id).value) == "SUCCEEDED", logs[-3000:]
+    assert "primes below 1000000: 78498 (matches NumPy)" in logs
+    assert "Installed" not in logs  # the environment of the same lock, reused
