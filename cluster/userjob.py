@@ -292,9 +292,28 @@ def _traceback_summary(lines: list[str], working_dir: str | None) -> str | None:
     return f"{_display_path(f['file'], working_dir)}:{f['line']} in {f['func']}: {exc}"
 
 
+# How uv's own failures start (uv 0.13); a driver's "error: ..." line is not one of them.
+_UV_FAILURES = (
+    "Failed to ",
+    "No solution found",
+    "No interpreter found",
+    "The lockfile at",
+    "Distribution not found",
+    "Request failed",
+)
+
+
 def _uv_error(lines: list[str]) -> str | None:
     """uv's own ``error: ...`` with its ``cause:`` lines, joined (the last one in the log)."""
-    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    starts = [
+        i
+        for i, line in enumerate(lines)
+        if line.startswith("error: ")
+        and (
+            line.removeprefix("error: ").startswith(_UV_FAILURES)
+            or lines[i + 1 : i + 2] and lines[i + 1].lstrip().startswith(("cause:", "Caused by:"))
+        )
+    ]
     if not starts:
         return None
     parts = [lines[starts[-1]].removeprefix("error: ").strip()]
@@ -330,7 +349,8 @@ def failure_line(
             f"job {job_id} failed before the driver started: uv could not build the job's "
             f"environment from its uv.lock on the cluster: {uv}"
         )
-    missing = next((s for s in lines if "uv: command not found" in s), None)
+    # bash says "uv: command not found", dash (Debian's /bin/sh, Ray's shell) "uv: not found".
+    missing = next((s for s in lines if re.search(r"\buv: (command )?not found", s)), None)
     if missing:
         return (
             f"job {job_id} failed before the driver started: the cluster's nodes have no `uv` "
@@ -338,6 +358,10 @@ def failure_line(
         )
     detail = (message or "").strip().splitlines()
     last = next((s.strip() for s in reversed(lines) if s.strip()), "")
+    exited = re.match(r"Job entrypoint command failed with exit code (-?\d+)", detail[0] if detail else "")
+    if exited:
+        said = f"; its last line: {last}" if last else "; it printed nothing"
+        return f"job {job_id} failed: the command exited with status {exited[1]}{said}"
     return f"job {job_id} failed: {detail[0] if detail else last or 'no log, no message'}"
 
 

@@ -76,10 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if not 2 <= args.limit <= 10**9 or not 1 <= args.chunks <= 10_000:
-        print("error: --limit must be in [2, 1e9] and --chunks in [1, 10000]", file=sys.stderr)
-        return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 2 <= args.limit <= 10**9:
+        parser.error(f"--limit {args.limit}: allowed 2 to 1000000000")
+    if not 1 <= args.chunks <= 10_000:
+        parser.error(f"--chunks {args.chunks}: allowed 1 to 10000")
     started = time.monotonic()
     import numba
 

@@ -372,10 +372,24 @@ def test_failure_line_of_a_lock_uv_cannot_install():
     )
 
 
-def test_failure_line_without_uv_stopped_and_silent():
-    assert "have no `uv` on PATH" in userjob.failure_line(
-        "j", "FAILED", None, "bash: line 1: uv: command not found\n"
+def test_a_drivers_own_error_line_is_not_taken_for_uv():
+    logs = "driver: starting\nerror: the input folder is empty\n"
+    ray_says = (
+        "Job entrypoint command failed with exit code 1, last available logs (truncated to "
+        "20,000 chars):\n" + logs
     )
+    assert userjob.failure_line("j", "FAILED", ray_says, logs) == (
+        "job j failed: the command exited with status 1; its last line: error: the input "
+        "folder is empty"
+    )
+
+
+def test_failure_line_without_uv_stopped_and_silent():
+    for shell_says in ("bash: line 1: uv: command not found", "/bin/sh: 1: uv: not found"):
+        assert userjob.failure_line("j", "FAILED", None, shell_says + "\n") == (
+            "job j failed before the driver started: the cluster's nodes have no `uv` on PATH "
+            "(a ray-gcp node gets it from its setup; rerun `ray up`)"
+        )
     assert userjob.failure_line("j", "STOPPED", "stopped by user", "") == (
         "job j was stopped: stopped by user"
     )
