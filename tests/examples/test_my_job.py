@@ -138,6 +138,12 @@ def test_the_template_runs_on_worker_nodes_with_its_own_numba(cluster, first_run
         assert task["node"] not in head
         assert task["numba"] == numba
         assert task["python"] == str(env)
+    # Each worker node unpacked the job's folder into its own runtime_resources, as on
+    # VMs with their own disks (cluster/local_provider.py).
+    session = cluster.temp_dir / "session_latest"
+    for node in {task["node"] for task in result["tasks"]}:
+        unpacked = session / f"runtime_resources-{node}" / "working_dir_files"
+        assert any(unpacked.glob("_ray_pkg_*/primes.py")), sorted(session.iterdir())
     # Built once, from the registry, into the cluster's own cache (not this machine's).
     assert re.search(r"Installed \d+ packages in", r["out"]), r["out"][:3000]
     assert any(cluster.uv_cache_dir.glob("wheels-v*/pypi/numba"))
@@ -262,13 +268,13 @@ def test_readme_commands_run_the_template_as_written(cluster, first_run, tmp_pat
     assert re.search(r"^job raysubmit_\w+ succeeded in [\d.]+ s$", r.stdout, re.MULTILINE)
 
 
-def test_the_rendered_rayjob_runs_its_files_in_place(cluster, first_run, tmp_path, monkeypatch):
+def test_the_rendered_rayjob_runs_its_files_in_place(cluster, first_run, tmp_path):
     """The GKE RayJob's ConfigMap and runtime env, run on the local cluster: its files
-    written where the pods mount them (here a temp folder), its runtimeEnvYAML submitted
-    as KubeRay's submitter does (the mount path and the pods' $RAY_GCP_JOB_ENVS swapped
-    for this cluster's). Same lock, so the environment built above is reused."""
-    from ray.job_submission import JobSubmissionClient
-
+    written where the pods mount them (here a temp folder), and submitted with the command
+    line KubeRay's submitter runs (ray-operator/controllers/ray/common/job.go: the runtime
+    env as JSON in a double-quoted shell word, the entrypoint pasted after `--`), with the
+    mount path and the pods' job environments folder swapped for this cluster's. Same lock,
+    so the environment built above is reused."""
     job = userjob.load_job(TEMPLATE)
     configmap, rayjob = userjob.render_kuberay(
         job, userjob.job_files(TEMPLATE), ClusterSpec(), example_kube_facts(),
@@ -281,23 +287,21 @@ def test_the_rendered_rayjob_runs_its_files_in_place(cluster, first_run, tmp_pat
         dest = mounted / item["path"]
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(configmap["data"][item["key"]])
-    runtime_env = yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])
     mount = f"{layout.KUBE_JOBS_DIR}/{rayjob['metadata']['name']}"
-    assert runtime_env["working_dir"] == f"local://{mount}"
-    runtime_env["working_dir"] = f"local://{mounted}"
-    envs = runtime_env["env_vars"]
-    envs["UV_PROJECT_ENVIRONMENT"] = envs["UV_PROJECT_ENVIRONMENT"].replace(
+    runtime_env = json.dumps(yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"]), sort_keys=True)
+    assert f'"local://{mount}"' in runtime_env and layout.KUBE_JOB_ENVS in runtime_env
+    runtime_env = runtime_env.replace(f"local://{mount}", f"local://{mounted}").replace(
         layout.KUBE_JOB_ENVS, str(cluster.job_envs_dir)
     )
-    for env_var, value in cluster.driver_env().items():
-        if env_var.startswith("RAY_AUTH"):
-            monkeypatch.setenv(env_var, value)  # the client reads the token from here
-    client = JobSubmissionClient(cluster.dashboard_url)
-    job_id = client.submit_job(entrypoint=rayjob["spec"]["entrypoint"], runtime_env=runtime_env)
-    deadline = time.monotonic() + SUBMIT_TIMEOUT
-    while not client.get_job_status(job_id).is_terminal() and time.monotonic() < deadline:
-        time.sleep(1)
-    logs = client.get_job_logs(job_id)
-    assert str(client.get_job_status(job_id).value) == "SUCCEEDED", logs[-3000:]
-    assert "primes below 1000000: 78498 (matches NumPy)" in logs
-    assert "Installed" not in logs  # the environment of the same lock, reused
+    # Go's strconv.Quote of ASCII text is JSON's string quoting.
+    submit = (
+        f"ray job submit --address {cluster.dashboard_url} --runtime-env-json "
+        f"{json.dumps(runtime_env)} -- {rayjob['spec']['entrypoint']}"
+    )
+    env = user_env(cluster)
+    env["PATH"] = f"{os.path.dirname(sys.executable)}:{env['PATH']}"
+    r = subprocess.run(["bash", "-c", submit], env=env, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=SUBMIT_TIMEOUT, check=False)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert "primes below 1000000: 78498 (matches NumPy)" in r.stdout
+    assert "Installed" not in r.stdout + r.stderr  # the environment of the same lock, reused
