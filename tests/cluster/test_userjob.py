@@ -358,6 +358,39 @@ hint: `numba` (v0.68.1) was included because `my-job` (v0.1.0) depends on `numba
 """
 
 
+# A task's exception re-raised in the driver, as Ray 2.60 logged it (tests/examples, with
+# Ray's uv hook switched off on purpose: the worker had no numba); paths shortened.
+TASK_TB = """\
+Traceback (most recent call last):
+  File "/tmp/rg-q/session_x/runtime_resources/working_dir_files/_ray_pkg_8de6de5b4253bc3c/driver.py", line 124, in <module>
+    sys.exit(main())
+             ^^^^^^
+  File "/tmp/rg-q/session_x/runtime_resources/working_dir_files/_ray_pkg_8de6de5b4253bc3c/driver.py", line 93, in main
+    parts = ray.get(
+            ^^^^^^^^
+  File "/x/job-envs/my-job-dbfbb1dbb84d8d95/lib/python3.11/site-packages/ray/_private/worker.py", line 1053, in get_objects
+    raise value.as_instanceof_cause()
+ray.exceptions.RayTaskError(RuntimeError): \x1b[36mray::count_task()\x1b[39m (pid=569, ip=192.0.2.2)
+RuntimeError: The remote function failed to import on the worker. This may be because needed library dependencies are not installed in the worker environment or cannot be found from sys.path [...]
+
+\x1b[36mray::count_task()\x1b[39m (pid=569, ip=192.0.2.2)
+               ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+  File "/v/.venv/lib/python3.11/site-packages/ray/cloudpickle/cloudpickle.py", line 469, in subimport
+    __import__(name)
+  File "/tmp/rg-q/session_x/runtime_resources-ff01/working_dir_files/_ray_pkg_8de6de5b4253bc3c/primes.py", line 11, in <module>
+    import numba
+ModuleNotFoundError: No module named 'numba'
+\x1b[33m(raylet)\x1b[0m /v/raylet(+0x8bbdcb) [0x558354da1dcb] std::_Function_handler<>::_M_invoke()
+"""
+
+
+def test_failure_line_of_a_task_that_raises():
+    assert userjob.failure_line("raysubmit_3", "FAILED", "exit code 1", TASK_TB) == (
+        "job raysubmit_3 failed: primes.py:11 in <module>: ModuleNotFoundError: No module "
+        "named 'numba'"
+    )
+
+
 def test_failure_line_of_a_driver_that_raises():
     assert userjob.failure_line("raysubmit_1", "FAILED", "exit code 1", DRIVER_TB) == (
         "job raysubmit_1 failed: driver.py:99 in main: ValueError: the input is wrong"
