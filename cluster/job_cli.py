@@ -10,15 +10,16 @@ and ``uv lock --check`` (the lock matches pyproject.toml and resolves).
 
 ``submit`` then connects to the cluster's Jobs API (``--address``, else
 ``RAY_API_SERVER_ADDRESS`` / ``RAY_ADDRESS`` as ``ray job submit`` reads
-them; the token from ``RAY_AUTH_MODE=token`` + ``RAY_AUTH_TOKEN_PATH``),
-refuses a cluster that reports another Ray, and submits ``uv run --frozen
---no-dev COMMAND`` with DIR as working_dir (``cluster.userjob.runtime_env``).
-It follows the job's log to the end like ``ray job submit``; a failed job
-ends with one line, ``error: job ... failed: <what> (<where>)``.
+them, never Ray's search for a running cluster; the token from
+``RAY_AUTH_MODE=token`` + ``RAY_AUTH_TOKEN_PATH``), refuses a cluster that
+reports another Ray, and submits ``uv run --frozen --no-dev COMMAND`` with
+DIR as working_dir (``cluster.userjob.runtime_env``). It follows the job's
+log to the end like ``ray job submit``; a failed job ends with one line,
+``error: job ... failed: <where>: <what>`` (``cluster.userjob.failure_line``).
 
 Exit status: 0 the job succeeded (or, with ``--no-wait``, was submitted), 1
 the job failed or was stopped, 2 refused before anything was submitted, 3
-the cluster could not be reached.
+the cluster could not be reached or did not take the job.
 """
 
 from __future__ import annotations
@@ -182,12 +183,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 "cluster built from this checkout")
             ]
         )
+    from ray.exceptions import RayError
+
     started = time.monotonic()
-    job_id = client.submit_job(
-        entrypoint=entry,
-        runtime_env=renv,
-        metadata={"ray-gcp-job": job.name, "ray-gcp-env": userjob.env_dir(job)},
-    )
+    try:
+        job_id = client.submit_job(
+            entrypoint=entry,
+            runtime_env=renv,
+            metadata={"ray-gcp-job": job.name, "ray-gcp-env": userjob.env_dir(job)},
+        )
+    except (OSError, RuntimeError, ValueError, RayError) as e:  # upload or submission refused
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: the Jobs API at {address} did not take the job: {first}", file=sys.stderr)
+        return EXIT_NO_CLUSTER
     print(
         f"submitted {job_id}: {entry} (in {job.where}; environment "
         f"${userjob.JOB_ENVS_VAR}/{userjob.env_dir(job)})",

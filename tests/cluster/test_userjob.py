@@ -4,6 +4,7 @@ runs on the local cluster are in tests/examples/test_my_job.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -279,6 +280,73 @@ def test_job_submit_refuses_uv_run_in_the_command_and_reserved_env(tmp_path):
     assert r.returncode == 2 and "give it without uv" in r.stderr, r.stderr
     assert r2.returncode == 2 and "--env UV_PYTHON: set by ray-gcp" in r2.stderr, r2.stderr
     assert cluster.connections == 0
+
+
+class FakeJobsApi:
+    """An HTTP server on 127.0.0.1 that answers /api/version like a dashboard running
+    another Ray, and records every request (no job may be posted)."""
+
+    def __init__(self, ray_version: str):
+        import http.server
+
+        requests = self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                requests.append((self.command, self.path))
+                body = json.dumps({"ray_version": ray_version, "version": "4",
+                                   "ray_commit": "0" * 40}).encode()
+                if self.path != "/api/version":
+                    self.send_response(404)
+                    body = b"{}"
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_job_submit_refuses_a_cluster_that_runs_another_ray(tmp_path):
+    api = FakeJobsApi("2.59.0")
+    try:
+        r = submit(TEMPLATE, api.url, "python", "driver.py")
+    finally:
+        api.close()
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines()[-2:] == [
+        "refused (nothing was submitted):",
+        (f"  the cluster at {api.url} runs ray 2.59.0, but this checkout and "
+        f"{TEMPLATE}/uv.lock pin ray 2.60.0: submit to a cluster built from this checkout"),
+    ]
+    assert api.requests and all(method == "GET" for method, _ in api.requests), api.requests
+
+
+def test_a_jobs_api_that_does_not_take_the_job_is_one_line(tmp_path):
+    api = FakeJobsApi("2.60.0")  # answers 404 to the upload and the submission
+    try:
+        r = submit(TEMPLATE, api.url, "python", "driver.py")
+    finally:
+        api.close()
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.splitlines()[-1].startswith(
+        f"error: the Jobs API at {api.url} did not take the job: "
+    ), r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_job_check_says_ok_and_names_the_environment():
