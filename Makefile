@@ -4,7 +4,7 @@ PY := .venv/bin/python
 UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 UV_VERSION := 0.13.8
 
-.PHONY: setup test test-unit test-cluster demo bench bench-tools lint clean
+.PHONY: setup test test-unit test-cluster e2e demo bench bench-tools lint clean
 
 $(UV):
 	python3 -m venv .tools && .tools/bin/pip install -q uv==$(UV_VERSION)
@@ -23,6 +23,10 @@ test-unit: setup
 
 test-cluster: setup
 	$(PY) -m pytest -m cluster
+
+# `ray up` to `ray down` on fake VMs (Linux namespaces; needs root): tests/e2e/.
+e2e: setup
+	$(PY) -m pytest --e2e -m e2e -s -v tests/e2e
 
 demo: setup
 	$(PY) -m demo

@@ -26,7 +26,7 @@ from bench import config, machine, report
 from bench.clusters import REPO, local_cluster, work_spec
 from bench.comparisons import ALL
 
-ORDER = ["node_setup", "annotate", "granularity", "serve", "tree_reduce", "scaleup"]
+ORDER = ["node_setup", "annotate", "granularity", "serve", "tree_reduce", "scaleup", "e2e"]
 RESULTS_DIR = REPO / "bench" / "results"
 JSON_NAME = "benchmarks.json"
 PNG_NAME = "benchmarks.png"

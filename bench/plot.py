@@ -86,29 +86,32 @@ def _node_setup(ax, d):
 
 
 def _serve(ax, d):
-    from bench.report import SERVE_LABELS
+    from bench.report_serve import SERVE_LABELS, SHORT, limit_at
 
     sizes = d["rows_per_request"]
     keys = [k for k in SERVE_LABELS if k in d]
-    short = {"sequential": "sequential Flask", "actor_pool": "actor pool, no batching",
-             "batching": "serve.py batching", "ray_serve": "Ray Serve"}
+    limits = [limit_at(d, s) for s in sizes]
+    share = all(lim and lim.get("2") for lim in limits)
     width = 0.8 / len(keys)
     for i, key in enumerate(keys):
-        vals = [d[key][str(s)]["rps"] for s in sizes]
+        rps = [d[key][str(s)]["rps"] for s in sizes]
+        vals = ([100 * r * s / lim["2"] for r, s, lim in zip(rps, sizes, limits)] if share
+                else rps)
         xs = [j + (i - (len(keys) - 1) / 2) * width for j in range(len(sizes))]
-        bars = ax.bar(xs, vals, width, color=COLORS[i % len(COLORS)], label=short[key])
-        for j, (b, v) in enumerate(zip(bars, vals)):
-            base = d["sequential"][str(sizes[j])]
-            text = f"{v:.0f}\np99\n{d[key][str(sizes[j])]['p99_ms']:.0f}ms"
-            if key != "sequential":
-                text += f"\n{v / base['rps']:.1f}x"
-            ax.text(b.get_x() + b.get_width() / 2, v, text, ha="center", va="bottom", fontsize=6)
-    top = max(d[k][str(s)]["rps"] for k in keys for s in sizes)
-    ax.set_ylim(0, top * 1.45)
-    ax.set_xticks(range(len(sizes)), [f"{s} rows/request" for s in sizes], fontsize=8)
-    ax.set_ylabel("requests per second")
-    ax.set_title(f"serve: {d['concurrency']} connections (wrk)\n(higher is better)", fontsize=10)
-    ax.legend(fontsize=6, loc="upper right")
+        bars = ax.bar(xs, vals, width, color=COLORS[i % len(COLORS)], label=SHORT[key])
+        for b, v, r in zip(bars, vals, rps):
+            ax.text(b.get_x() + b.get_width() / 2, v, f"{r:.0f}", ha="center", va="bottom",
+                    fontsize=5, rotation=90)
+    ax.set_xticks(range(len(sizes)), [f"{s} rows" for s in sizes], fontsize=7)
+    if share:
+        ax.set_ylim(0, 110)
+        ax.set_ylabel("% of the model's own 2-core limit")
+    else:
+        ax.set_yscale("log")
+        ax.set_ylabel("requests per second")
+    ax.set_title(f"serve: {d['concurrency']} connections (wrk), per request size\n"
+                 "(higher is better; numbers: requests/s)", fontsize=10)
+    ax.legend(fontsize=6, loc="upper left")
 
 
 def _tree(ax, d):
@@ -118,13 +121,32 @@ def _tree(ax, d):
           f"tree_reduce: {d['chunks']} partials\n(lower is better)", ratio_base=0, fmt="{:.3f}")
 
 
+def _e2e(ax, d):
+    marks = [("head ready", d["head_ready"])]
+    marks += [(f"worker {i + 1} joined", t) for i, t in enumerate(d["workers_joined"])]
+    marks += [("ray down done", d["down_done"])]
+    ys = range(len(marks))
+    ax.barh(ys, [t for _, t in marks], color=COLORS[1])
+    for y, (_, t) in zip(ys, marks):
+        ax.text(t, y, f" {t:.0f} s", va="center", fontsize=8)
+    ax.set_yticks(list(ys), [m for m, _ in marks], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(t for _, t in marks) * 1.2)
+    ax.set_xlabel("seconds since `ray up` started")
+    ax.set_title("ray up .. ray down on fake VMs\n(namespaces, only the Google APIs faked)",
+                 fontsize=10)
+
+
 PANELS = {"annotate": _annotate, "granularity": _granularity, "scaleup": _scaleup,
-          "node_setup": _node_setup, "serve": _serve, "tree_reduce": _tree}
+          "node_setup": _node_setup, "serve": _serve, "tree_reduce": _tree, "e2e": _e2e}
 
 
 def render(doc: dict, path: Path) -> Path:
     comps = doc.get("comparisons", {})
-    fig, axes = plt.subplots(2, 3, figsize=(15, 9))
+    cols = 4 if len(ORDER) > 6 else 3
+    fig, axes = plt.subplots(2, cols, figsize=(5 * cols, 9))
+    for ax in list(axes.flat)[len(ORDER):]:
+        ax.set_axis_off()
     for ax, name in zip(axes.flat, ORDER):
         e = comps.get(name)
         if e is None or "data" not in e:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from bench.report_serve import SERVE_LABELS, serve_section
+from bench.report_serve import TRANSFER as SERVE_TRANSFER
 from bench.stats import efficiency, fmt_ratio, fmt_seconds, fmt_spread, median, ratio, summary
 
-ORDER = ["annotate", "granularity", "scaleup", "node_setup", "serve", "tree_reduce"]
+ORDER = ["annotate", "granularity", "scaleup", "node_setup", "serve", "tree_reduce", "e2e"]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -33,7 +35,7 @@ def annotate_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
                      fmt_ratio(sp), f"{efficiency(sp, cores):.0%}"])
     sides = (f", {d['sample_sides'][0]}-{d['sample_sides'][1]} px resized to at most "
              f"{d['max_side']} px" if "sample_sides" in d else "")
-    text = (f"{d['items']} generated images (annotate.make_sample{sides}); every method runs "
+    text = (f"{d['items']} generated images (workloads.labelme_sample.make_sample{sides}); every method runs "
             "`workloads.annotate.process_item` on each (read, resize, rescale LabelMe JSON, "
             "quality metrics, atomic writes).\n\n"
             + _table(["method", "time (median, range)", "images/s", "speedup vs sequential",
@@ -164,60 +166,6 @@ def node_setup_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
     ]
 
 
-SERVE_LABELS = {
-    "sequential": "sequential Flask (model in-process, one request at a time)",
-    "actor_pool": "serve.py before batching (Flask threaded server, one actor call per request)",
-    "batching": "serve.py, dynamic batching",
-    "ray_serve": "Ray Serve app (`serve_app.py`, `@serve.batch`)",
-}
-
-
-def serve_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
-    rows, heads = [], []
-    servers = [k for k in SERVE_LABELS if k in d]
-    for size in d["rows_per_request"]:
-        base = d["sequential"][str(size)]
-        for key in servers:
-            r = d[key][str(size)]
-            label = SERVE_LABELS[key] + (f" ({d['actors']} actors)" if key in (
-                "actor_pool", "batching") else f" ({d['actors']} replicas)" if key == "ray_serve"
-                else "")
-            rows.append([size, label, f"{r['rps']:.1f}", f"{r['p50_ms']:.1f} ms",
-                         f"{r['p99_ms']:.1f} ms",
-                         f"{r['ok']} / {r.get('non_2xx', r['errors'])} / {r.get('socket_errors', 0)}",
-                         (f"{r['loadgen_cpu_core_share']:.0%}" if "loadgen_cpu_core_share" in r
-                          else "n/a"),
-                         fmt_ratio(r["rps"] / base["rps"])])
-        for key, name in (("batching", "serve.py batching"), ("actor_pool", "serve.py before batching")):
-            if key in d:
-                r = d[key][str(size)]
-                heads.append((f"serve ({size} rows/request): requests/s, {name} / sequential Flask",
-                              fmt_ratio(r["rps"] / base["rps"])))
-                heads.append(((f"serve ({size} rows/request): p99 latency, sequential Flask / "
-                              f"{name}"), fmt_ratio(base["p99_ms"] / r["p99_ms"])))
-        if "batching" in d and "ray_serve" in d:
-            b, rs = d["batching"][str(size)], d["ray_serve"][str(size)]
-            heads.append((f"serve ({size} rows/request): requests/s, serve.py batching / Ray Serve",
-                          fmt_ratio(b["rps"] / rs["rps"])))
-            heads.append((f"serve ({size} rows/request): p99 latency, Ray Serve / serve.py batching",
-                          fmt_ratio(rs["p99_ms"] / b["p99_ms"])))
-    loadgen = d.get("loadgen", "a Python thread pool (older results)")
-    text = (f"POST /predict; {d['concurrency']} concurrent connections from {loadgen} on "
-            f"127.0.0.1 for {d['duration']:g} s per server and request size, after a short "
-            "warm-up. Same model (`workloads/anomaly_model.py`, same seed), same validation and "
-            "response format. \"ok / non-2xx / socket errors\" are wrk's counts; \"wrk CPU\" is "
-            "the load generator's own CPU time over the run, as a share of one core. serve.py "
-            "and the Ray Serve app batch the same way (rows up to 1024, 10 ms wait) but at "
-            "different places: serve.py merges requests *before* the Ray actor call (one call "
-            "per batch), while Serve's proxy makes one Ray call per request to a replica, which "
-            "then batches inside; on one machine that per-request hop (and a second HTTP stack, "
-            "uvicorn in the proxy) costs the CPU that the batching saves.\n\n"
-            + _table(["rows/request", "server", "requests/s", "p50", "p99",
-                      "ok / non-2xx / socket errors", "wrk CPU", "throughput vs sequential"],
-                     rows))
-    return text, heads
-
-
 def tree_reduce_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
     s = {k: summary(v) for k, v in d["seconds"].items()}
     rows = [[k, d["depth"][k], fmt_spread(s[k]), fmt_ratio(ratio(s["chain"]["median"],
@@ -231,13 +179,45 @@ def tree_reduce_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
                    fmt_ratio(ratio(s["chain"]["median"], s["tree"]["median"])))]
 
 
+def e2e_section(d: dict) -> tuple[str, list[tuple[str, str]]]:
+    joined = d["workers_joined"]
+    rows = [["`ray up` returned: head created, set up over SSH, Ray started",
+             fmt_seconds(d["head_ready"])]]
+    rows += [[f"worker {i + 1} of {d['workers']} joined (demand sent after `ray up`)",
+              fmt_seconds(t)] for i, t in enumerate(joined)]
+    rows += [["`ray down` done: every instance deleted, its machine gone",
+              f"{fmt_seconds(d['down_done'])} ({fmt_seconds(d['down'])} for `ray down` itself)"]]
+    text = ("One run of the end-to-end harness (`make e2e` runs the same path with a job, a "
+            "preempted worker and a second `ray up`): the rendered GCP config, the real `ray` CLI "
+            "on a provider machine, head and workers as namespace sets created through a fake "
+            "Compute Engine API, real SSH, rsync, setup commands (offline, from a prewarmed uv "
+            "cache), `ray start` with token auth and autoscaler v2. Seconds since `ray up` "
+            f"started; {d['workers']} workers of {d['worker_cpus']:g} CPUs.\n\n"
+            + _table(["milestone", "seconds since `ray up`"], rows)
+            + "\n\nRay's own default GCP setup cannot run side by side: it pip-installs a cp37 "
+              "nightly wheel from S3 into the image's system Python (needs the internet, does not "
+              "install on Python 3.11, and Debian 12's system pip refuses it under PEP 668). The "
+              "install step itself, pip vs uv, is the node setup comparison.")
+    value = (f"{d['head_ready']:.0f} / {d['all_joined']:.0f} / {d['down_done']:.0f} s"
+             if joined else "no worker joined")
+    return text, [("e2e on fake VMs: head ready / all workers joined / ray down done", value)]
+
+
 SECTIONS = {
     "annotate": annotate_section, "granularity": granularity_section,
     "scaleup": scaleup_section, "node_setup": node_setup_section,
-    "serve": serve_section, "tree_reduce": tree_reduce_section,
+    "serve": serve_section, "tree_reduce": tree_reduce_section, "e2e": e2e_section,
 }
 
 TRANSFER = {
+    "e2e": (
+        "A fake VM boots in about a second and has no network to download from; a GCE VM "
+        "takes ~20-40 s to boot and sshd to start, and installs through Cloud NAT (the "
+        "node setup comparison measures that download). Here the head, the workers, the "
+        "provider and this process share {cores} cores, so setup and `ray start` of several "
+        "machines compete; on GCP each VM has its own. What transfers: the order and number "
+        "of steps (one SSH round per command, the setup on every node, the autoscaler's "
+        "launch rounds), not the seconds."),
     "annotate": (
         "The per-image work and the ratio Pool/sequential depend only on cores. On GCP, Ray adds "
         "nodes, so its speedup grows with the cluster while Pool stays on one VM; here the fake "
@@ -264,20 +244,7 @@ TRANSFER = {
         "Both download from PyPI over this machine's link; a GCP VM behind Cloud NAT has a "
         "different link, so absolute times differ, but uv's parallel download and install "
         "advantage carries over. The uv bootstrap (pip-installing uv itself) is counted."),
-    "serve": (
-        "An IsolationForest call costs about the same for 64 rows as for 1024, so what "
-        "transfers is the batching gain: fewer, larger actor calls per request served. Here "
-        "the HTTP front (Flask or Serve's proxy), the head's daemons, the actors or replicas and "
-        "wrk share {cores} cores, so the actors' CPU is taken from the front and the ratios "
-        "are a floor. On GCP the actors (or Serve replicas) run on worker VMs with their own "
-        "cores and grow with the cluster, while serve.py's single Flask process on the head "
-        "(one GIL: parsing, validation, JSON) becomes the ceiling; Ray Serve runs a proxy on "
-        "every node and scales that part too. Latency between VMs adds ~0.1-1 ms per actor "
-        "call, which batching pays once per batch, not once per request. At 2048 rows a "
-        "request is already a large batch, so there is little to merge: serve.py then adds "
-        "the Ray hop and its Flask process (parsing 16k numbers per request under one GIL) "
-        "competes with the actors for the same {cores} cores, and here it does not beat one "
-        "process doing everything; on GCP the actors' CPU is on the workers, not the head's."),
+    "serve": SERVE_TRANSFER,
     "tree_reduce": (
         "The tree has log2(chunks) levels instead of chunks-1 dependent steps; on {cores} CPUs "
         "only a few combines run at once, so a bigger cluster widens the gap. Per-step latency "
@@ -362,7 +329,7 @@ def render(doc: dict, png: str = "bench/results/benchmarks.png") -> str:
         "noise, not a result."),
         ("- Ray timings start after connecting and a warm-up wave of tasks: they compare executing "
         "work, not starting Ray. The Pool timing includes starting its processes."),
-        ("- Sizes are chosen so the whole `make bench` stays under ~15 minutes on 2 cores; the "
+        ("- Sizes are chosen so the whole `make bench` stays under ~20 minutes on 2 cores (about 15 without e2e); the "
         "parameters of each run are in the JSON."),
         "",
     ]
@@ -380,4 +347,4 @@ def headline_value(doc: dict, label: str) -> str | None:
     return None
 
 
-__all__ = ["first_round", "headline_value", "median", "render"]
+__all__ = ["SERVE_LABELS", "first_round", "headline_value", "median", "render"]

@@ -1,36 +1,8 @@
-"""Command line for the cluster package.
+"""Command line for the cluster package: ``python -m cluster --help``.
 
-    python -m cluster local up|down|status [--state-dir DIR] [--autoscaler-v2]
-    python -m cluster render --target gcp|local [--spec SPEC.yaml] [--facts FACTS.json]
-                             [--project P] [--region R]
-    python -m cluster render --target kuberay --kind raycluster|rayjob|rayservice|core
-                             [--spec SPEC.yaml] [--facts KUBEFACTS.json] [--project P]
-    python -m cluster render --target kuberay --kind rayjob --job-dir DIR [--job-name N]
-                             [--spec ...] [--facts ...] -- COMMAND...
-    python -m cluster job check DIR
-    python -m cluster job submit DIR [--address URL] [--env K=V]... [--no-wait] -- COMMAND...
-    python -m cluster requirements [--check]
-
-``render --target gcp`` without ``--facts`` renders the default ClusterSpec
-(the stack's default settings) with the facts ``pulumi up`` would produce
-for ``--project`` (default ``my-ray-project``) and ``--region``: the same
-names, subnet, bucket and zone; only the pinned image and the launcher key
-are placeholders. So it is what ``pulumi up`` with default settings puts on
-the provider VM (a test compares it with the stack's ``clusterConfig``).
-``--facts`` takes a JSON (or YAML) object with GcpFacts' fields; ``--spec`` a
-ClusterSpec as YAML/JSON (default: the default spec). A bad value is reported
-as ``field = value: problem (allowed: ...)``, exit status 2.
-``--target kuberay`` prints KubeRay manifests for ``kubectl apply -f -``
-(``--kind core``: Namespace, ServiceAccount, NetworkPolicy and the workloads
-ConfigMap, as a multi-document stream); ``--facts`` then takes KubeFacts'
-fields (default: example facts for ``--project``). With ``--job-dir`` the
-RayJob runs a user's own job (its folder and uv.lock, ``cluster/userjob.py``)
-and comes with the ConfigMap of its files; the job is checked first, as by
-``job check``.
-``job`` checks a user's job folder against the cluster and submits it
-(``cluster/job_cli.py``).
-``requirements`` rewrites cluster/requirements-node.txt from uv.lock
-(``--check`` only compares and exits 1 on drift).
+The parser below is the reference: each command's ``--help`` says what it does,
+every flag and an example. A flag that does not apply to the chosen target or
+action is refused (exit status 2) rather than ignored.
 """
 
 from __future__ import annotations
@@ -40,10 +12,59 @@ import sys
 from pathlib import Path
 
 DEFAULT_STATE_DIR = Path(".ray-local")
+DEFAULT_GCS_PORT = 6379
+
+DESCRIPTION = """\
+The Ray cluster from one typed spec (cluster/spec.py): its config for `ray up` on
+GCP, KubeRay manifests for GKE, or a local autoscaling cluster of fake nodes."""
+EXAMPLES = """\
+examples:
+  python -m cluster local up
+  python -m cluster render --target gcp --project my-project-id
+  python -m cluster render --target kuberay --kind rayjob --spec spec.json --facts kubefacts.json
+  python -m cluster job check examples/my-job
+  python -m cluster job submit examples/my-job -- python driver.py
+  python -m cluster requirements --check
+  python -m cluster render --help"""
+RENDER_DESCRIPTION = """\
+Print a Ray autoscaler config (--target gcp, local) or KubeRay manifests
+(--target kuberay) as YAML.
+
+--target gcp without --facts renders the spec with the facts `pulumi up` would
+produce for --project and --region: the same names, subnet, bucket and zone;
+only the pinned image and the launcher key are placeholders (a test compares it
+with the stack's clusterConfig). --facts takes GcpFacts (gcp) or KubeFacts
+(kuberay) as JSON/YAML, e.g. `pulumi stack output --json kubeFacts`; --spec a
+ClusterSpec (default: the stack's default spec). --api-endpoint API=URL
+(repeatable; gcp only) sets provider.api_endpoints as ray-gcp:apiEndpoints does
+for the stack; with --facts it adds to the facts file's api_endpoints.
+--kind core prints the
+Namespace, ServiceAccount, NetworkPolicy and workloads ConfigMap as one stream.
+--kind rayjob --job-dir DIR -- COMMAND runs a user's own job (DIR's files and
+uv.lock, cluster/userjob.py) instead of annotate.py and comes with the ConfigMap
+of its files; the job is checked first, as by `job check`.
+A bad value is reported as `field = value: problem (allowed: ...)`, exit 2;
+so is a flag the target does not use."""
+RENDER_EXAMPLES = """\
+examples:
+  python -m cluster render --target gcp --region us-central1
+  python -m cluster render --target local --gcs-port 41000
+  pulumi stack output --json clusterSpec > spec.json
+  pulumi stack output --json kubeFacts > kubefacts.json
+  python -m cluster render --target kuberay --kind rayjob --spec spec.json --facts kubefacts.json \\
+      | kubectl apply -f -
+  python -m cluster render --target kuberay --kind rayjob --job-dir examples/my-job \\
+      -- python driver.py | kubectl apply -f -"""
 
 
 def _local(args: argparse.Namespace) -> int:
+    from cluster.errors import report
     from cluster.local import LocalCluster
+
+    if args.autoscaler_v2 and args.action != "up":
+        print(report([f"--autoscaler-v2: applies to `local up` only (not `local {args.action}`)"]),
+              file=sys.stderr)
+        return 2
 
     lc = LocalCluster(args.state_dir, autoscaler_v2=args.autoscaler_v2)
     if args.action == "up":
@@ -109,6 +130,27 @@ def _check_place(project: str, region: str) -> list[str]:
     return problems
 
 
+def _parse_api_endpoints(items: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``--api-endpoint API=URL`` flags as a mapping, and what is wrong with them."""
+    from cluster import api_endpoints
+
+    out: dict[str, str] = {}
+    problems: list[str] = []
+    for item in items:
+        api, sep, url = item.partition("=")
+        if not sep:
+            problems.append(
+                f"--api-endpoint = {item!r}: write API=URL, e.g. "
+                f"compute={api_endpoints.DEFAULT_ENDPOINTS['compute']}"
+            )
+        elif api in out:
+            problems.append(f"--api-endpoint {api}: given twice")
+        else:
+            out[api] = url
+    problems += api_endpoints.problems(out, where="--api-endpoint", sep=" ")
+    return out, problems
+
+
 def _render(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -117,24 +159,11 @@ def _render(args: argparse.Namespace) -> int:
     from cluster.render import example_gcp_facts, render_gcp, render_local, to_yaml
     from cluster.spec import ClusterSpec, GcpFacts, local_default_spec
 
-    problems: list[str] = []
-    place_flags = [f for f in ("project", "region") if getattr(args, f) is not None]
-    if place_flags and (args.target == "local" or (args.facts and args.target == "gcp")):
-        used = "--target local" if args.target == "local" else "--facts"
-        problems.append(
-            f"{', '.join('--' + f for f in place_flags)}: not used with {used} "
-            "(the example facts of --target gcp only; a --facts file has its own)"
-        )
-    if args.target == "local" and args.facts:
-        problems.append("--facts: not used with --target local (GCP facts)")
-    if args.target == "kuberay" and args.region is not None:
-        problems.append("--region: not used with --target kuberay (the pods have no zone)")
-    command = args.argv
-    if args.job_dir is not None and (args.target, args.kind) != ("kuberay", "rayjob"):
-        problems.append("--job-dir: only with --target kuberay --kind rayjob")
-    if args.job_dir is None and (command or args.job_name):
-        what = "--job-name" if args.job_name else f"command {' '.join(command)!r}"
-        problems.append(f"{what}: only with --job-dir (a user's job)")
+    problems = _unused_flags(args)
+    endpoints: dict[str, str] = {}
+    if args.target == "gcp":
+        endpoints, endpoint_problems = _parse_api_endpoints(args.api_endpoint or [])
+        problems.extend(endpoint_problems)
     project = args.project or "my-ray-project"
     region = args.region or DEFAULT_REGION
     if args.target == "gcp" and not args.facts:
@@ -158,20 +187,57 @@ def _render(args: argparse.Namespace) -> int:
     if args.target == "gcp" and not problems:
         if args.facts:
             try:
-                facts = GcpFacts.model_validate(_load_mapping(args.facts))
+                raw = _load_mapping(args.facts)
+                if endpoints:
+                    raw["api_endpoints"] = {**(raw.get("api_endpoints") or {}), **endpoints}
+                facts = GcpFacts.model_validate(raw)
             except ValidationError as e:
                 problems.extend(describe_all(e, GcpFacts, prefix=f"{args.facts}: "))
         else:
             facts = example_gcp_facts(project=project, region=region, cluster_name=spec.cluster_name)
+            if endpoints:
+                facts = GcpFacts.model_validate({**facts.model_dump(), "api_endpoints": endpoints})
     if problems:
         print(report(problems), file=sys.stderr)
         return 2
     if args.target == "local":
-        cfg = render_local(spec, gcs_port=args.gcs_port)
+        cfg = render_local(spec, gcs_port=args.gcs_port or DEFAULT_GCS_PORT)
     else:
         cfg = render_gcp(spec, facts)
     sys.stdout.write(to_yaml(cfg))
     return 0
+
+
+def _unused_flags(args: argparse.Namespace) -> list[str]:
+    """`render` flags the chosen target (or --facts) does not use: refused, not ignored."""
+    problems = []
+    if args.kind is not None and args.target != "kuberay":
+        problems.append(f"--kind: applies to --target kuberay only (not --target {args.target})")
+    if args.gcs_port is not None and args.target != "local":
+        problems.append(f"--gcs-port: applies to --target local only (not --target {args.target})")
+    place_flags = [f for f in ("project", "region") if getattr(args, f) is not None]
+    if args.target == "kuberay" and args.region is not None:
+        problems.append("--region: not used with --target kuberay (the pods have no zone)")
+        place_flags.remove("region")
+    if place_flags and (args.target == "local" or args.facts):
+        used = "--target local" if args.target == "local" else "--facts"
+        problems.append(
+            f"{', '.join('--' + f for f in place_flags)}: not used with {used} "
+            "(the example facts only; a --facts file has its own)"
+        )
+    if args.target == "local" and args.facts:
+        problems.append("--facts: not used with --target local (GCP facts)")
+    if args.api_endpoint and args.target != "gcp":
+        problems.append(
+            f"--api-endpoint: applies to --target gcp only (not --target {args.target}): "
+            "the VM path's Google API clients"
+        )
+    if args.job_dir is not None and (args.target, args.kind) != ("kuberay", "rayjob"):
+        problems.append("--job-dir: applies to --target kuberay --kind rayjob only")
+    if args.job_dir is None and (args.argv or args.job_name):
+        what = "--job-name" if args.job_name else f"command {' '.join(args.argv)!r}"
+        problems.append(f"{what}: only with --job-dir (a user's job)")
+    return problems
 
 
 def _render_kuberay(args: argparse.Namespace, spec, project: str) -> int:
@@ -185,12 +251,12 @@ def _render_kuberay(args: argparse.Namespace, spec, project: str) -> int:
         if args.facts:
             facts = kuberay.KubeFacts.model_validate(_load_mapping(args.facts))
         else:
-            facts = kuberay.example_kube_facts(project=project)
+            facts = kuberay.example_kube_facts(project=project, cluster_name=spec.cluster_name)
     except ValidationError as e:
         print(report(describe_all(e, kuberay.KubeFacts, prefix=f"{args.facts}: ")), file=sys.stderr)
         return 2
     try:
-        if args.kind == "raycluster":
+        if args.kind in (None, "raycluster"):
             objs = [kuberay.render_raycluster(spec, facts)]
         elif args.kind == "rayjob" and args.job_dir is not None:
             objs = _render_user_job(args, spec, facts)
@@ -249,10 +315,30 @@ def _requirements(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cluster", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    local = sub.add_parser("local", help="a local autoscaling Ray cluster with fake nodes")
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps our own line breaks, and puts each command on one line with its help:
+    argparse sizes the help column before it indents the commands, so the longest
+    one (`requirements`) would otherwise get a line of its own."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=24, width=100)
+        self._action_max_length = 20
+
+
+def build_parser() -> argparse.ArgumentParser:
+    raw = _HelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="python -m cluster", description=DESCRIPTION, epilog=EXAMPLES, formatter_class=raw
+    )
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+    local = sub.add_parser(
+        "local", help="start, stop or inspect a local autoscaling Ray cluster of fake nodes",
+        description="A local autoscaling Ray cluster whose autoscaler starts fake worker nodes,\n"
+        "token auth on. `up` prints the environment drivers and `ray job` need.",
+        epilog="examples:\n  python -m cluster local up --autoscaler-v2\n"
+        "  python -m cluster local status\n  python -m cluster local down",
+        formatter_class=raw,
+    )
     local.add_argument("action", choices=["up", "down", "status"])
     local.add_argument(
         "--state-dir",
@@ -261,17 +347,19 @@ def main(argv: list[str] | None = None) -> int:
         help="where pids, ports, token and config live (default: .ray-local/)",
     )
     local.add_argument(
-        "--autoscaler-v2", action="store_true", help="up: run Ray's v2 autoscaler (as `ray up`)"
+        "--autoscaler-v2", action="store_true", help="up only: run Ray's v2 autoscaler (as `ray up`)"
     )
     render = sub.add_parser(
-        "render", help="print a Ray autoscaler config or KubeRay manifests as YAML"
+        "render", help="print the Ray autoscaler config (gcp, local) or KubeRay manifests (YAML)",
+        description=RENDER_DESCRIPTION, epilog=RENDER_EXAMPLES, formatter_class=raw,
     )
     render.add_argument("--target", choices=["gcp", "local", "kuberay"], required=True)
     render.add_argument(
         "--kind",
         choices=["raycluster", "rayjob", "rayservice", "core"],
-        default="raycluster",
-        help="kuberay target: which manifest (core = Namespace, KSA, NetworkPolicy, ConfigMap)",
+        default=None,
+        help="kuberay only: which manifest (default raycluster; core = Namespace, KSA, "
+        "NetworkPolicy, ConfigMap)",
     )
     render.add_argument("--spec", type=Path, help="ClusterSpec as YAML/JSON")
     render.add_argument(
@@ -279,32 +367,54 @@ def main(argv: list[str] | None = None) -> int:
     )
     render.add_argument(
         "--project", default=None,
-        help="gcp/kuberay targets: the project of the example facts (default my-ray-project)",
+        help="gcp/kuberay without --facts: the project of the example facts (default my-ray-project)",
     )
     render.add_argument(
         "--region", default=None,
-        help="gcp target: the region of the example facts (default asia-northeast3, "
+        help="gcp without --facts: the region of the example facts (default asia-northeast3, "
         "the stack's default); the zone is its first",
     )
-    render.add_argument("--gcs-port", type=int, default=6379, help="local target's GCS port")
+    render.add_argument(
+        "--api-endpoint", action="append", metavar="API=URL",
+        help="gcp only: a provider.api_endpoints entry (repeatable); API is compute, iam or "
+        "cloudresourcemanager, URL the API's whole base URL ending in '/', e.g. "
+        "compute=https://compute.googleapis.com/compute/v1/ (ray-gcp:apiEndpoints)",
+    )
+    render.add_argument(
+        "--gcs-port", type=int, default=None,
+        help=f"local only: the GCS port (default {DEFAULT_GCS_PORT})",
+    )
     render.add_argument(
         "--job-dir", type=Path,
-        help="kuberay rayjob: a user's job folder (pyproject.toml, uv.lock) to run instead of "
-        "annotate.py; the command follows `--`",
+        help="kuberay rayjob only: a user's job folder (pyproject.toml, uv.lock) to run instead "
+        "of annotate.py; its command follows `--`",
     )
     render.add_argument("--job-name", help="with --job-dir: the RayJob's name")
     from cluster import job_cli
 
-    job_cli.add_parser(sub)
-    reqs = sub.add_parser("requirements", help="regenerate cluster/requirements-node.txt")
-    reqs.add_argument("--check", action="store_true", help="only compare with uv.lock")
-    # Everything after the first `--` is a job's command line (render --job-dir, job submit).
-    argv = list(sys.argv[1:] if argv is None else argv)
-    tail: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, tail = argv[:cut], argv[cut + 1 :]
-    args = parser.parse_args(argv)
+    job_cli.add_parser(sub, formatter_class=raw)
+    reqs = sub.add_parser(
+        "requirements", help="regenerate cluster/requirements-node.txt from uv.lock",
+        description="Rewrite cluster/requirements-node.txt (the nodes' exact packages, with\n"
+        "hashes) from uv.lock, with the pinned uv.", formatter_class=raw,
+    )
+    reqs.add_argument("--check", action="store_true", help="only compare; exit 1 on drift")
+    return parser
+
+
+def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Our flags, and the job's command line: everything after the first `--`
+    (render --job-dir, job submit)."""
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1 :]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ours, tail = split_command(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(ours)
     args.argv = tail
     if args.command == "local":
         return _local(args)

@@ -1,7 +1,9 @@
 """The code bundle the provider VM unpacks and ``ray up`` ships to every node.
 
 ``build_bundle(project_root)`` returns a deterministic tar.gz (sorted entries,
-mtime 0, uid/gid 0, no ``__pycache__``) of ``cluster/`` and ``workloads/``;
+mtime 0, uid/gid 0, no ``__pycache__``) of the code in ``cluster/`` and
+``workloads/``: not their READMEs (``*.md``), which no node reads and which
+would take a fifth of the metadata value;
 ``cluster/requirements-node.txt`` (the nodes' exact packages, exported from
 uv.lock) is part of ``cluster/``. infra/ base64s it into the provider VM's
 metadata key ``layout.META_BUNDLE``; a metadata value may hold 256 KB, so
@@ -28,7 +30,8 @@ REQUIREMENTS_PATH = layout.NODE_REQUIREMENTS
 # Base64 grows by 4/3; keep the encoded value well under GCE's 256 KB per value.
 MAX_BUNDLE_BYTES = 160 * 1024
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
-_SKIP_SUFFIXES = (".pyc", ".pyo", ".swp", "~")
+# Docs stay out: the nodes run code, the operator reads the docs in the checkout.
+_SKIP_SUFFIXES = (".pyc", ".pyo", ".swp", "~", ".md")
 
 # The exact export command; its text is also the file's header, so the
 # drift test compares byte for byte.

@@ -23,7 +23,7 @@ the head, whose autoscaler (v1 ``StandardAutoscaler`` or v2
 ``~/ray_bootstrap_config.yaml``. Instance creation and deletion is
 GCPNodeProvider's code; only the choice of zone is ours (below).
 
-Zone fallback (``ZonalGCPCompute``): ``availability_zone`` is the preferred
+Zone fallback (``cluster.gcp_zonal.ZonalGCPCompute``): ``availability_zone`` is the preferred
 zone and ``fallback_zones`` (optional, ordered) the others. A create goes to
 the first zone not cooling down; when ``instances.insert`` or its zone
 operation answers a capacity or availability error (``cluster.zones.zone_error``:
@@ -35,6 +35,14 @@ addresses a node (list, get, setLabels, delete) goes to the node's own zone.
 The GCP methods stay Ray's: instances.insert/list/get/setLabels/delete and
 zoneOperations.get, once per zone where Ray made one call.
 
+API endpoints (``api_endpoints``, optional): ``{compute: URL, iam: URL,
+cloudresourcemanager: URL}``, each the API's whole base URL (Private Service
+Connect endpoints, or a fake API in tests). Both the bootstrap and the node
+provider build their clients through ``cluster.gcp_clients.construct_clients``,
+which passes each URL as ``client_options.api_endpoint``; the key stays in the
+head's copy of the config, so the head's autoscaler uses the same endpoints.
+Ray's own ``gcp_credentials`` (``credentials_token``) works with it unchanged.
+
 ``bootstrap_config`` checks, top-down, one function per step, and calls only
 GET APIs (``projects.get``, ``serviceAccounts.get`` per account,
 ``subnetworks.get`` per subnet). Every failure names the thing and the fix.
@@ -43,24 +51,66 @@ GET APIs (``projects.get``, ``serviceAccounts.get`` per account,
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import stat
 from typing import Any
 
 from googleapiclient import errors
+from ray.autoscaler._private import util as ray_autoscaler_util
 from ray.autoscaler._private.command_runner import SSHCommandRunner
-from ray.autoscaler._private.gcp.config import (
-    construct_clients_from_provider_config,
-    get_node_type,
-)
-from ray.autoscaler._private.gcp.node import GCPCompute, GCPNodeType
-from ray.autoscaler._private.gcp.node_provider import GCPNodeProvider
+from ray.autoscaler._private.gcp.config import get_node_type
+from ray.autoscaler._private.gcp.node import GCPNodeType
+from ray.autoscaler._private.gcp.node_provider import GCPNodeProvider, _retry
 from ray.autoscaler._private.util import check_legacy_fields
 
+from cluster import api_endpoints
+from cluster.gcp_clients import construct_clients
+from cluster.gcp_zonal import ZonalGCPCompute, http_status, provider_zones
 from cluster.render import apt_install_command
-from cluster.zones import DEFAULT_COOLDOWN_S, ZonePlacement, rezone, zone_error
+from cluster.zones import DEFAULT_COOLDOWN_S, ZonePlacement
 
 FIX = "run `pulumi up` (it creates and grants these) and regenerate cluster.yaml"
+
+
+# ---- Ray's per-round warning about fields no config of ours has ---------------------
+
+
+class _EmptyLegacyFieldFilter(logging.Filter):
+    """Drops Ray's "Dropping the empty legacy field head_node/worker_nodes" warnings.
+
+    For ``type: external`` Ray's ``prepare_config`` starts from
+    ``MINIMAL_EXTERNAL_CONFIG`` (ray/autoscaler/_private/providers.py), which
+    holds ``head_node: {}`` and ``worker_nodes: {}``, and ``fillout_defaults``
+    then drops both again (``translate_trivial_legacy_config``), warning each
+    time. The config we render has neither key; the head's copy could not
+    carry them anyway (``ray up`` pops ``head_node`` from it and Ray's schema
+    forbids both). Autoscaler v2 re-reads the config every round, so the
+    head's log got both lines every round. Only these two messages are dropped.
+    """
+
+    MESSAGES = tuple(
+        f"Dropping the empty legacy field {field}." for field in ("head_node", "worker_nodes")
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.MESSAGES)
+
+
+def quiet_empty_legacy_field_warnings() -> None:
+    """Install the filter on the logger of ``ray.autoscaler._private.util`` (once).
+
+    Runs when this module is imported: on the head that is when the
+    autoscaler loads this provider, so every later config read is quiet (the
+    autoscaler's very first read, before it loads a provider, still logs the
+    pair once).
+    """
+    ray_util_logger = logging.getLogger(ray_autoscaler_util.__name__)
+    if not any(isinstance(f, _EmptyLegacyFieldFilter) for f in ray_util_logger.filters):
+        ray_util_logger.addFilter(_EmptyLegacyFieldFilter())
+
+
+quiet_empty_legacy_field_warnings()
 
 
 class BootstrapCheckError(RuntimeError):
@@ -74,14 +124,16 @@ def bootstrap_readonly(config: dict[str, Any]) -> dict[str, Any]:
     """Ray's bootstrap step for GCP, as checks only. Returns the config to launch with."""
     config = copy.deepcopy(config)
     check_legacy_fields(config)
-    # Ray's commands merge config["head_node"] into the head's node_config.
-    config["head_node"] = {}
+    # No `config["head_node"] = {}` as in Ray's bootstrap_gcp (which fills it with
+    # the head's service account): `get_or_create_head_node` reads it with
+    # `.get("head_node", {})`, Ray's schema does not allow the key, and our head
+    # node_config is complete.
 
     _check_provider_section(config)
     _check_node_types(config)
     _check_ssh(config)
 
-    crm, iam, compute, _tpu = construct_clients_from_provider_config(config["provider"])
+    crm, iam, compute, _tpu = construct_clients(config["provider"])
     _check_project(config, crm)
     _check_service_accounts(config, iam)
     _check_subnetworks(config, compute)
@@ -111,6 +163,9 @@ def _check_provider_section(config: dict[str, Any]) -> None:
             f"provider zones {zones} list a zone twice (availability_zone first, then "
             "fallback_zones): name each zone once"
         )
+    endpoint_problems = api_endpoints.problems(provider.get("api_endpoints") or {})
+    if endpoint_problems:
+        raise BootstrapCheckError("; ".join(endpoint_problems))
     if provider.get("use_internal_ips") is not True:
         raise BootstrapCheckError(
             "provider.use_internal_ips must be true: Ray nodes have no external IP and "
@@ -194,19 +249,15 @@ def _check_ssh(config: dict[str, Any]) -> None:
             )
 
 
-def _http_status(e: errors.HttpError) -> int:
-    return int(getattr(e.resp, "status", 0) or 0)
-
-
 def _check_project(config: dict[str, Any], crm: Any) -> None:
     project_id = config["provider"]["project_id"]
     try:
         project = crm.projects().get(projectId=project_id).execute()
     except errors.HttpError as e:
-        if _http_status(e) in (403, 404):
+        if http_status(e) in (403, 404):
             raise BootstrapCheckError(
                 f"project {project_id!r} does not exist or this machine's credentials may "
-                f"not read it (HTTP {_http_status(e)}): check provider.project_id; {FIX}"
+                f"not read it (HTTP {http_status(e)}): check provider.project_id; {FIX}"
             ) from None
         raise
     state = project.get("lifecycleState")
@@ -233,11 +284,11 @@ def _check_service_accounts(config: dict[str, Any], iam: Any) -> None:
         try:
             iam.projects().serviceAccounts().get(name=name).execute()
         except errors.HttpError as e:
-            what = "does not exist" if _http_status(e) == 404 else "cannot be read"
-            if _http_status(e) in (403, 404):
+            what = "does not exist" if http_status(e) == 404 else "cannot be read"
+            if http_status(e) in (403, 404):
                 raise BootstrapCheckError(
                     f"service account {email} (node types: {', '.join(users)}) {what} "
-                    f"in project {project_id} (HTTP {_http_status(e)}); {FIX}"
+                    f"in project {project_id} (HTTP {http_status(e)}); {FIX}"
                 ) from None
             raise
 
@@ -272,11 +323,11 @@ def _check_subnetworks(config: dict[str, Any], compute: Any) -> None:
                 project=project, region=subnet_region, subnetwork=subnet
             ).execute()
         except errors.HttpError as e:
-            if _http_status(e) in (403, 404):
+            if http_status(e) in (403, 404):
                 raise BootstrapCheckError(
                     f"subnetwork {subnet} in region {subnet_region} of project {project} "
                     f"(node types: {', '.join(users)}) does not exist or cannot be read "
-                    f"(HTTP {_http_status(e)}); {FIX}"
+                    f"(HTTP {http_status(e)}); {FIX}"
                 ) from None
             raise
 
@@ -307,157 +358,6 @@ class _RsyncEnsuringSSHCommandRunner(SSHCommandRunner):
         return super().run_rsync_down(source, target, options)
 
 
-class ZonalGCPCompute(GCPCompute):
-    """Ray's GCPCompute over several zones: creates in the first zone with room,
-    finds every node in its own zone.
-
-    Each zone is served by an unchanged ``GCPCompute`` of Ray's (its insert,
-    get, setLabels, delete and zoneOperations.get calls, with that zone); this
-    class only decides which zone a call goes to. ``availability_zone`` stays
-    the preferred zone.
-    """
-
-    def __init__(
-        self,
-        resource: Any,
-        project_id: str,
-        placement: ZonePlacement,
-        cluster_name: str,
-    ) -> None:
-        super().__init__(resource, project_id, placement.zones[0], cluster_name)
-        self.placement = placement
-        self.per_zone = {
-            z: GCPCompute(resource, project_id, z, cluster_name) for z in placement.zones
-        }
-        # node name -> zone, learnt from creates and lists (GCE's own `zone`
-        # field wins when a node dict carries it).
-        self._zone_of: dict[str, str] = {}
-
-    # ---- where a node lives --------------------------------------------------
-
-    def _zone_for(self, node_id: str, node: dict | None = None) -> str:
-        if node is not None and node.get("zone"):
-            return str(node["zone"]).rsplit("/", 1)[-1]
-        if node_id in self._zone_of:
-            return self._zone_of[node_id]
-        # Unknown (e.g. `ray down` from a fresh process): ask each zone.
-        for zone, compute in self.per_zone.items():
-            try:
-                compute.get_instance(node_id)
-            except errors.HttpError as e:
-                if _http_status(e) == 404:
-                    continue
-                raise
-            self._zone_of[node_id] = zone
-            return zone
-        return self.availability_zone  # not anywhere: Ray's own 404 handling applies
-
-    def _compute_for(self, node_id: str, node: dict | None = None) -> GCPCompute:
-        return self.per_zone.get(self._zone_for(node_id, node), self)
-
-    # ---- GCPResource, routed by zone -------------------------------------------
-
-    def wait_for_operation(self, operation: dict, *args: Any, **kwargs: Any) -> dict:
-        zone = str(operation.get("zone") or self.availability_zone).rsplit("/", 1)[-1]
-        return GCPCompute.wait_for_operation(self.per_zone.get(zone, self), operation, *args, **kwargs)
-
-    def list_instances(self, label_filters=None, is_terminated=False):
-        nodes = []
-        for zone, compute in self.per_zone.items():
-            for node in compute.list_instances(label_filters, is_terminated):
-                self._zone_of[node["name"]] = zone
-                nodes.append(node)
-        return nodes
-
-    def get_instance(self, node_id: str):
-        return self._compute_for(node_id).get_instance(node_id)
-
-    def set_labels(self, node, labels: dict, wait_for_operation: bool = True) -> dict:
-        compute = self._compute_for(node["name"], node)
-        return compute.set_labels(node, labels, wait_for_operation=wait_for_operation)
-
-    def delete_instance(self, node_id: str, wait_for_operation: bool = True) -> dict:
-        result = self._compute_for(node_id).delete_instance(
-            node_id, wait_for_operation=wait_for_operation
-        )
-        self._zone_of.pop(node_id, None)
-        return result
-
-    def stop_instance(self, node_id: str, wait_for_operation: bool = True) -> dict:
-        return self._compute_for(node_id).stop_instance(
-            node_id, wait_for_operation=wait_for_operation
-        )
-
-    def start_instance(self, node_id: str, wait_for_operation: bool = True) -> dict:
-        return self._compute_for(node_id).start_instance(
-            node_id, wait_for_operation=wait_for_operation
-        )
-
-    def create_instance(self, base_config: dict, labels: dict, wait_for_operation: bool = True):
-        return self.create_instances(base_config, labels, 1, wait_for_operation)[0]
-
-    def create_instances(
-        self, base_config: dict, labels: dict, count: int, wait_for_operation: bool = True
-    ) -> list[tuple[dict, str]]:
-        """All inserts of a zone go out before waiting on any (as Ray's own
-        create_instances); what a zone could not take goes to the next zone."""
-
-        def launch(zone: str, n: int) -> tuple[list[tuple[dict, str]], str | None]:
-            compute = self.per_zone[zone]
-            node_config = zonal_node_config(base_config, zone)
-            issued: list[tuple[dict, str]] = []
-            reason = None
-            for _ in range(n):
-                try:
-                    operation, name = compute.create_instance(
-                        node_config, labels, wait_for_operation=False
-                    )
-                except errors.HttpError as e:
-                    reason = zone_error(e)
-                    if reason is None:
-                        raise
-                    break
-                self._zone_of[name] = zone
-                issued.append((operation, name))
-            if not wait_for_operation:
-                return issued, reason
-            done: list[tuple[dict, str]] = []
-            for operation, name in issued:
-                try:
-                    done.append((compute.wait_for_operation(operation), name))
-                except Exception as e:  # Ray raises a bare Exception(operation["error"])
-                    why = zone_error(e)
-                    if why is None:
-                        raise
-                    self._zone_of.pop(name, None)  # a failed insert leaves no VM
-                    reason = reason or why
-            return done, reason
-
-        return self.placement.place(count, launch)
-
-
-# node_config fields that carry a zone (Ray expands bare machine and
-# accelerator type names itself, with the zone it is given).
-def zonal_node_config(node_config: dict[str, Any], zone: str) -> dict[str, Any]:
-    """``node_config`` with every zonal URL (machine, disk, accelerator types) moved to ``zone``."""
-    cfg = copy.deepcopy(node_config)
-    if isinstance(cfg.get("machineType"), str):
-        cfg["machineType"] = rezone(cfg["machineType"], zone)
-    for disk in cfg.get("disks") or []:
-        params = disk.get("initializeParams") or {}
-        if isinstance(params.get("diskType"), str):
-            params["diskType"] = rezone(params["diskType"], zone)
-    for acc in cfg.get("guestAccelerators") or []:
-        if isinstance(acc.get("acceleratorType"), str):
-            acc["acceleratorType"] = rezone(acc["acceleratorType"], zone)
-    return cfg
-
-
-def provider_zones(provider_config: dict[str, Any]) -> list[str]:
-    """The preferred zone, then ``fallback_zones`` in order."""
-    return [provider_config["availability_zone"], *(provider_config.get("fallback_zones") or [])]
-
-
 class ReadOnlyGCPNodeProvider(GCPNodeProvider):
     """GCPNodeProvider whose bootstrap only reads and whose nodes fall back across zones
     (see module docstring)."""
@@ -468,10 +368,11 @@ class ReadOnlyGCPNodeProvider(GCPNodeProvider):
 
     def _construct_clients(self) -> None:
         # As GCPNodeProvider._construct_clients (Compute Engine only, TPUs are
-        # refused at bootstrap), through this module's name so one patch covers
+        # refused at bootstrap), with provider.api_endpoints honoured
+        # (cluster.gcp_clients), through this module's name so one patch covers
         # both the bootstrap and the provider in tests. The placement (and its
         # cool-downs) survives Ray rebuilding the clients after a BrokenPipeError.
-        _, _, compute, _tpu = construct_clients_from_provider_config(self.provider_config)
+        _, _, compute, _tpu = construct_clients(self.provider_config)
         if getattr(self, "placement", None) is None:
             self.placement = ZonePlacement(
                 provider_zones(self.provider_config),
@@ -487,6 +388,32 @@ class ReadOnlyGCPNodeProvider(GCPNodeProvider):
                 self.cluster_name,
             )
         }
+
+    @_retry
+    def set_node_tags(self, node_id: str, tags: dict) -> dict:
+        """Ray's set_node_tags, and the cached node then shows what was written.
+
+        Ray 2.60's ``GCPNodeProvider.set_node_tags`` labels the instance but
+        leaves its cached node (what ``node_tags`` reads) with the old labels.
+        Autoscaler v2's ``RayInstaller`` reads ``node_tags`` right after the
+        updater set ``ray-node-status: up-to-date``, sees the old status, calls
+        the install failed and retries; the retry's ``ray stop`` makes v2
+        terminate a healthy worker. So the cache here is updated to exactly the
+        labels ``GCPCompute.set_labels`` sent (the node's labels merged with
+        ``tags``). setLabels answers with a zone operation, not the new
+        ``labelFingerprint``: the cached copy drops the old one, and the next
+        write reads a fresh one (Ray's ``_get_node`` lists first;
+        ``ZonalGCPCompute.set_labels`` fetches the node if it has none).
+        """
+        with self.lock:
+            node = self._get_node(node_id)
+            resource = self._get_resource_depending_on_node_name(node_id)
+            result = resource.set_labels(node=node, labels=tags)
+            written = copy.copy(node)  # a GCPNode: a dict plus its resource
+            written["labels"] = dict(node.get("labels") or {}, **tags)
+            written.pop("labelFingerprint", None)
+            self.cached_nodes[node_id] = written
+            return result
 
     def get_command_runner(self, *args: Any, **kwargs: Any):
         runner = super().get_command_runner(*args, **kwargs)

@@ -223,12 +223,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
-def add_parser(sub) -> None:
+def add_parser(sub, formatter_class=argparse.HelpFormatter) -> None:
     job = sub.add_parser(
-        "job", help="check and run your own job (its folder, its uv.lock) on a cluster"
+        "job", help="check and run your own job (its folder, its uv.lock) on a cluster",
+        description="Your own job: a folder with pyproject.toml and uv.lock (examples/my-job is\n"
+        "a template). `check` compares its lock with the cluster's pins; `submit` checks,\n"
+        "then runs it on a cluster through the Jobs API and follows its log.",
+        epilog="examples:\n  python -m cluster job check examples/my-job\n"
+        "  python -m cluster job submit examples/my-job -- python driver.py --limit 1000000",
+        formatter_class=formatter_class,
     )
-    actions = job.add_subparsers(dest="action", required=True)
-    check = actions.add_parser("check", help="check DIR's lock against the cluster's pins")
+    actions = job.add_subparsers(dest="action", required=True, title="actions", metavar="ACTION")
+    check = actions.add_parser(
+        "check", help="check DIR's lock against the cluster's pins",
+        description=f"Check DIR's uv.lock against the cluster (ray {layout.RAY_VERSION}, "
+        f"Python {layout.PYTHON_MINOR}) and\nwith `uv lock --check`; nothing is contacted. "
+        "Exit 2 with what to fix.",
+        formatter_class=formatter_class,
+    )
     check.add_argument("dir", type=Path, metavar="DIR", help="the job folder (pyproject.toml, uv.lock)")
     submit = actions.add_parser(
         "submit",
@@ -236,8 +248,10 @@ def add_parser(sub) -> None:
         "[--no-wait] -- COMMAND...",
         help="check, then run `uv run --frozen --no-dev COMMAND` in DIR on the cluster",
         description="Check DIR's lock against the cluster, then run COMMAND (everything "
-        "after `--`, e.g. -- python driver.py --limit 1000) as `uv run --frozen --no-dev "
-        "COMMAND` in DIR on the cluster, and follow its log.",
+        "after `--`,\ne.g. -- python driver.py --limit 1000) as `uv run --frozen --no-dev "
+        "COMMAND`\nin DIR on the cluster, and follow its log. Exit 0 succeeded, 1 the job "
+        "failed,\n2 refused before submitting, 3 the cluster could not be reached.",
+        formatter_class=formatter_class,
     )
     submit.add_argument("dir", type=Path, metavar="DIR", help="the job folder (pyproject.toml, uv.lock)")
     submit.add_argument(

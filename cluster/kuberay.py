@@ -69,8 +69,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from cluster import layout, ray_start
-from cluster.spec import ClusterSpec, NodeTypeSpec, SpecError
+from cluster import layout, names, ray_start
+from cluster.spec import DEFAULT_CLUSTER_NAME, ClusterSpec, NodeTypeSpec, SpecError
 
 API_VERSION = "ray.io/v1"
 # KubeRay caps names so the names it derives stay valid
@@ -176,9 +176,13 @@ class KubeFacts(BaseModel):
         return v
 
 
-def example_kube_facts(project: str = "my-ray-project") -> KubeFacts:
-    """Plausible facts for previews and tests (`python -m cluster render --target kuberay`)."""
-    return KubeFacts(bucket=f"{project}-ray-workloads")
+def example_kube_facts(
+    project: str = "my-ray-project", cluster_name: str = DEFAULT_CLUSTER_NAME
+) -> KubeFacts:
+    """The facts `pulumi up` on GKE would produce for this project and cluster name
+    (names from cluster.names, as infra/ names the bucket), for previews and tests
+    (`python -m cluster render --target kuberay`)."""
+    return KubeFacts(bucket=names.bucket_name(project, cluster_name))
 
 
 # ---- machine shapes -----------------------------------------------------------

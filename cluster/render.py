@@ -322,6 +322,31 @@ def _node_check(spec: ClusterSpec, *, head: bool) -> str:
     )
 
 
+# Ray keeps many sockets and files open per node (a connection per worker
+# process, object spilling, logs); Ray's own cluster examples raise the limit
+# to 65536 before `ray start`.
+OPEN_FILES_LIMIT = 65536
+
+
+def raise_open_files_limit(limit: int = OPEN_FILES_LIMIT) -> str:
+    """Shell: raise the soft open-files limit to ``limit``, or to the hard limit if that is lower.
+
+    Without privileges only the soft limit can go up, and only as far as the
+    hard limit: a plain ``ulimit -n 65536`` fails where the hard limit is lower
+    (a container, a tighter limits.conf) and also lowers a higher hard limit.
+    This never lowers a soft limit already at or above ``limit`` (or
+    ``unlimited``), never touches the hard limit, and exits 0, so the start
+    command joins it to ``ray start`` with ``&&``: any failure here is a real
+    one and stops the start visibly.
+    """
+    return (
+        'soft=$(ulimit -Sn); hard=$(ulimit -Hn); '
+        f'if [ "$soft" != unlimited ] && [ "$soft" -lt {limit} ]; then '
+        f'if [ "$hard" = unlimited ] || [ "$hard" -ge {limit} ]; then ulimit -Sn {limit}; '
+        'else ulimit -Sn "$hard"; fi; fi'
+    )
+
+
 def head_start_commands(spec: ClusterSpec) -> list[str]:
     # Dashboard and Jobs API on loopback only: reached through `ray dashboard`
     # (an SSH tunnel from the provider VM), never from the network.
@@ -333,7 +358,8 @@ def head_start_commands(spec: ClusterSpec) -> list[str]:
         _node_check(spec, head=True),
         # A dedicated VM: stop a previous Ray of this node so `ray up` can restart it.
         f"{NODE_RAY} stop",
-        f"export {env}; ulimit -n 65536; {NODE_RAY} start --head " + ray_start.shell_args(params),
+        f"export {env}; {raise_open_files_limit()} && {NODE_RAY} start --head "
+        + ray_start.shell_args(params),
     ]
 
 
@@ -344,7 +370,7 @@ def worker_start_commands(spec: ClusterSpec) -> list[str]:
         _node_check(spec, head=False),
         f"{NODE_RAY} stop",
         (
-            f"export {env}; ulimit -n 65536; "
+            f"export {env}; {raise_open_files_limit()} && "
             f"{NODE_RAY} start --address=$RAY_HEAD_IP:{GCS_PORT} "
             + ray_start.shell_args(ray_start.worker_params(spec))
         ),
@@ -378,11 +404,17 @@ def render_gcp(spec: ClusterSpec, facts: GcpFacts) -> dict[str, Any]:
             "project_id": facts.project,
             "region": facts.region,
             "availability_zone": facts.zone,
-            # Ours (cluster.gcp_provider.ZonalGCPCompute): where nodes go when
+            # Ours (cluster.gcp_zonal.ZonalGCPCompute): where nodes go when
             # availability_zone is out of capacity; [] = no fallback.
             "fallback_zones": list(facts.fallback_zones),
             "use_internal_ips": True,
             "cache_stopped_nodes": False,
+            # Ours (cluster.gcp_clients): the APIs' base URLs, only when set.
+            **(
+                {"api_endpoints": facts.api_endpoints.as_config()}
+                if facts.api_endpoints.as_config()
+                else {}
+            ),
         },
         "auth": {
             "ssh_user": layout.NODE_SSH_USER,

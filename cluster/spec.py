@@ -17,7 +17,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cluster import layout
+from cluster import api_endpoints, layout
+from cluster.api_endpoints import ApiEndpoints
 
 # Ray names GCE instances `ray-<cluster_name>-<head|worker>-<uuid8>-compute`
 # (ray/autoscaler/_private/gcp/node.py: _generate_node_name) and GCE allows 63
@@ -364,6 +365,13 @@ class GcpFacts(BaseModel):
         description="pinned image self-link projects/P/global/images/NAME (not a family)",
     )
     bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+    # Where the launcher's and autoscaler's Google API clients connect (Private
+    # Service Connect, or a fake API in tests); unset = Google's public hosts.
+    api_endpoints: ApiEndpoints = Field(
+        default_factory=ApiEndpoints,
+        description="base URLs of the compute, iam and cloudresourcemanager APIs",
+        json_schema_extra={"allowed": api_endpoints.ALLOWED},
+    )
 
     @model_validator(mode="after")
     def _same_place(self) -> GcpFacts:

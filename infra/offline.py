@@ -1,7 +1,8 @@
 """Run the Pulumi program offline the way Pulumi's language host runs it, and record everything.
 
 Used by tests/infra (every assertion on resource inputs) and by `make demo`
-(`python -m infra.offline` lists what `pulumi up` would create).
+(`python -m infra.offline` lists what `pulumi up` would create; what it reads
+from `--set` and prints after the resources is infra/preview.py).
 
 The language host (`pulumi-language-python-exec`) sets the config from the
 engine, configures the runtime, chdirs to the project root and runs
@@ -96,7 +97,7 @@ def engine_config(overrides: dict[str, Any], *, project: str | None = TEST_PROJE
         if "default" in decl
     }
     config.update({key: encode(v) for key, v in overrides.items()})
-    if project is not None:
+    if project is not None and "gcp:project" not in overrides:  # a given project wins
         config["gcp:project"] = project
     return config
 
@@ -461,95 +462,10 @@ def inventory_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-PROJECT_KEY_FOR_SET = "gcp:project"
-# What Pulumi's Python SDK accepts for a typed config value (pulumi.Config.get_bool /
-# get_int); anything else it refuses with ConfigTypeError, so we refuse it too.
-_PULUMI_BOOLEANS = ("true", "True", "false", "False")
-
-
-def check_overrides(overrides: dict[str, str]) -> list[str]:
-    """Problems with `--set` items, before anything runs: a key without its
-    namespace (Pulumi would file `maxWorkers` under the project's namespace
-    only via `pulumi config set`, and the program would never see a bare key)
-    and a value of the wrong type for the key Pulumi.yaml declares."""
-    declared = pulumi_yaml()["config"]
-    problems = []
-    for key, value in overrides.items():
-        namespace, sep, name = key.partition(":")
-        if not sep or not namespace or not name:
-            hint = f"ray-gcp:{key}" if f"ray-gcp:{key}" in declared else "ray-gcp:<setting>"
-            problems.append(
-                f"--set {key}={value}: a key needs its namespace (allowed: {hint}, or "
-                f"{PROJECT_KEY_FOR_SET} for the project)"
-            )
-            continue
-        typ = declared.get(key, {}).get("type")
-        if typ == "boolean" and value not in _PULUMI_BOOLEANS:
-            problems.append(f"--set {key}={value}: not a boolean (allowed: true or false)")
-        elif typ == "integer":
-            try:
-                int(value)
-            except ValueError:
-                problems.append(f"--set {key}={value}: not an integer (allowed: e.g. 0, 6, 10)")
-    return problems
-
-
-def summary_lines(result: dict[str, Any], config: dict[str, str], changed: set[str]) -> list[str]:
-    """The effective ray-gcp settings (marking those --set changed) and the rendered
-    cluster's node types, read back from the stack output `clusterConfig`."""
-    lines = [
-        (
-            "settings (* = set with --set; others are Pulumi.yaml's defaults, and gcp:project "
-            "is this harness's mock project):"
-        )
-    ]
-    for key in sorted(k for k in config if k.startswith("ray-gcp:") or k == PROJECT_KEY_FOR_SET):
-        mark = "*" if key in changed else " "
-        lines.append(f" {mark} {key} = {config[key]}")
-    outputs = result["outputs"]
-    if "clusterConfig" not in outputs:  # platform gke: the spec the KubeRay objects render
-        return lines + _spec_summary(outputs["clusterSpec"]["value"])
-    cluster = yaml.safe_load(outputs["clusterConfig"]["value"])
-    lines.append(
-        f"cluster {cluster['cluster_name']!r}: at most {cluster['max_workers']} workers in all, "
-        f"idle timeout {cluster['idle_timeout_minutes']:g} min"
-    )
-    for name, node_type in sorted(cluster["available_node_types"].items()):
-        node = node_type["node_config"]
-        role = "head" if name == cluster["head_node_type"] else "workers"
-        scheduling = node.get("scheduling", {}).get("provisioningModel", "STANDARD")
-        machine = node["machineType"].rsplit("/", 1)[-1]
-        guests = node.get("guestAccelerators") or []
-        gpus = "".join(f", {g['acceleratorCount']} x {g['acceleratorType'].rsplit('/', 1)[-1]}"
-                       for g in guests)
-        count = ("1" if role == "head"
-                 else f"{node_type['min_workers']}-{node_type['max_workers']}")
-        lines.append(f"  {name}: {role} {count}, {machine}{gpus}, {scheduling}, "
-                     f"resources {node_type['resources']}")
-    return lines
-
-
-def _spec_summary(spec: dict[str, Any]) -> list[str]:
-    """gke: the node types of the stack output `clusterSpec` (one pod group each)."""
-    lines = [
-        (
-            f"cluster {spec['cluster_name']!r} (KubeRay): at most {spec['max_workers']} "
-            f"workers in all, idle timeout {spec['idle_timeout_minutes']:g} min"
-        )
-    ]
-    for name, node_type in sorted(spec["node_types"].items()):
-        role = "head" if name == spec["head_node_type"] else "workers"
-        count = "1" if role == "head" else f"{node_type['min_workers']}-{node_type['max_workers']}"
-        gpus = (f", {node_type['accelerator_count']} x {node_type['accelerator_type']}"
-                if node_type.get("accelerator_type") else "")
-        scheduling = "SPOT" if node_type["spot"] else "STANDARD"
-        lines.append(f"  {name}: {role} {count}, {node_type['machine_type']}{gpus}, {scheduling}, "
-                     f"resources {node_type['resources']}")
-    return lines
-
-
 def main(argv: list[str] | None = None) -> int:
     import argparse
+
+    from infra import preview
 
     p = argparse.ArgumentParser(
         prog="python -m infra.offline",
@@ -558,16 +474,21 @@ def main(argv: list[str] | None = None) -> int:
         "resources (sorted), then the effective settings and the cluster they render.",
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a stack setting with its namespace, e.g. --set ray-gcp:spotWorkers=true "
-                        "(repeatable; values as `pulumi config set` takes them)")
+                   help="a stack setting with its namespace, e.g. --set ray-gcp:spotWorkers=true, "
+                        "as `pulumi config set` takes it; a list as JSON "
+                        "(--set 'ray-gcp:fallbackZones=[]') or one item per index as "
+                        "`pulumi config set --path` takes it "
+                        "(--set 'ray-gcp:operators[0]=user:alice@example.com'); "
+                        "--set gcp:project=ID previews another project (repeatable)")
     args = p.parse_args(argv)
-    overrides: dict[str, Any] = {}
+    items = []
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             p.error(f"--set takes KEY=VALUE, got {item!r}")
-        overrides[key] = value
-    problems = check_overrides(overrides)
+        items.append((key, value))
+    overrides, problems = preview.parse_set_items(items)
+    problems += preview.check_overrides(overrides)
     if problems:
         print("invalid --set (nothing was run):\n  " + "\n  ".join(problems))
         return 1
@@ -578,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print("\n".join(inventory_lines(result)))
     print(f"{len(result['resources'])} resources; outputs: {', '.join(sorted(result['outputs']))}")
-    print("\n".join(summary_lines(result, config, set(overrides))))
+    print("\n".join(preview.summary_lines(result, config, set(overrides))))
     return 0
 
 

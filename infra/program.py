@@ -97,6 +97,7 @@ def build(settings: Settings) -> dict[str, Any]:
                 "region": settings.region,
                 "zone": settings.zone,
                 "fallback_zones": settings.node_fallback_zones,
+                "api_endpoints": settings.node_api_endpoints,
                 **facts,
             },
         )

@@ -18,6 +18,8 @@ import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
+from cluster import api_endpoints
+from cluster.api_endpoints import ApiEndpoints
 from cluster.regions import (
     DEFAULT_REGION,
     DEFAULT_ZONE,
@@ -106,6 +108,19 @@ class Settings(BaseModel):
             "An empty list turns zone fallback off."
         ),
         **_allowed("a list of zones of `region` other than `zone`; [] for no fallback"),
+    )
+    api_endpoints: ApiEndpoints | None = Field(
+        default=None,
+        description=(
+            "Base URLs of the Google APIs that `ray up`, `ray down` and the head's autoscaler "
+            "call: an object with the optional keys compute, iam and cloudresourcemanager, "
+            "each the API's whole base URL ending in '/' (Private Service Connect endpoints, "
+            "or a fake API for offline tests). Unset: Google's public endpoints."
+        ),
+        **_allowed(
+            api_endpoints.ALLOWED
+            + "; set one with pulumi config set --path ray-gcp:apiEndpoints.compute URL"
+        ),
     )
     cluster_name: str = Field(
         default=DEFAULT_CLUSTER_NAME,
@@ -281,13 +296,8 @@ class Settings(BaseModel):
 
     @field_validator("fallback_zones", mode="before")
     @classmethod
-    def _fallback_list(cls, v: Any) -> Any:
-        if isinstance(v, str) and v.strip().startswith("["):
-            try:
-                return json.loads(v)
-            except json.JSONDecodeError:
-                raise ValueError("not a JSON list of zone names") from None
-        return _as_list(v)
+    def _fallback_list(cls, v: Any, info: ValidationInfo) -> Any:
+        return _as_list(v, info, what="zone names")
 
     @field_validator("fallback_zones")
     @classmethod
@@ -310,6 +320,21 @@ class Settings(BaseModel):
                 raise ValueError(f"{z!r} is listed twice")
             seen.append(z)
         return tuple(seen)
+
+    @field_validator("api_endpoints", mode="before")
+    @classmethod
+    def _api_endpoints_object(cls, v: Any) -> Any:
+        # Pulumi hands an object value to the program as JSON text.
+        if isinstance(v, str):
+            try:
+                v = json.loads(v) if v.strip() else {}
+            except json.JSONDecodeError:
+                raise ValueError("not a JSON object") from None
+        if isinstance(v, Mapping) and not v:
+            return None  # {} is the same as unset
+        if v is not None and not isinstance(v, Mapping | ApiEndpoints):
+            raise ValueError("not an object")
+        return v
 
     @field_validator("cluster_name")
     @classmethod
@@ -358,8 +383,8 @@ class Settings(BaseModel):
 
     @field_validator("ssh_source_ranges", mode="before")
     @classmethod
-    def _ssh_list(cls, v: Any) -> Any:
-        return _as_list(v)
+    def _ssh_list(cls, v: Any, info: ValidationInfo) -> Any:
+        return _as_list(v, info, what="CIDRs")
 
     @field_validator("ssh_source_ranges")
     @classmethod
@@ -379,8 +404,8 @@ class Settings(BaseModel):
 
     @field_validator("operators", mode="before")
     @classmethod
-    def _operator_list(cls, v: Any) -> Any:
-        return _as_list(v, what="principals")
+    def _operator_list(cls, v: Any, info: ValidationInfo) -> Any:
+        return _as_list(v, info, what="principals")
 
     @field_validator("operators")
     @classmethod
@@ -449,6 +474,11 @@ class Settings(BaseModel):
             return self.fallback_zones
         return default_fallback_zones(self.region, self.zone)
 
+    @property
+    def node_api_endpoints(self) -> dict[str, str]:
+        """``provider.api_endpoints`` of the rendered cluster config ({} when unset)."""
+        return self.api_endpoints.as_config() if self.api_endpoints else {}
+
     def cluster_spec(self) -> ClusterSpec:
         """The Ray cluster spec these settings describe (validated by cluster.spec)."""
         return ClusterSpec.from_settings(
@@ -498,6 +528,7 @@ PLATFORM_ONLY: dict[str, tuple[str, ...]] = {
         "custom_roles",
         "operators",
         "fallback_zones",  # GKE's cluster is zonal; its pools do not move between zones
+        "api_endpoints",  # the Ray launcher's and autoscaler's clients; KubeRay has none
     ),
     "gke": (
         "gke_pods_cidr",
@@ -523,6 +554,8 @@ def _platform_problems(settings: Settings) -> list[str]:
             value = getattr(settings, field)
             if value != Settings.model_fields[field].default:
                 # As Pulumi config stores it: false, ["user:a@b.c"], 'e2-small'.
+                if isinstance(value, BaseModel):
+                    value = value.model_dump(exclude_none=True)
                 shown = repr(value) if isinstance(value, str) else json.dumps(value)
                 problems.append(
                     f"{keys[field]} = {shown}: applies only to {keys['platform']} {platform}, "
@@ -587,7 +620,7 @@ def _kuberay_problems(settings: Settings) -> list[str]:
     from cluster.kuberay import example_kube_facts, render_raycluster
 
     try:
-        render_raycluster(settings.cluster_spec(), example_kube_facts(settings.project))
+        render_raycluster(settings.cluster_spec(), example_kube_facts(settings.project, settings.cluster_name))
     except SpecError as e:
         message = str(e)
         field = next(
@@ -669,19 +702,27 @@ def _present_keys() -> set[str]:
 # ---- helpers ------------------------------------------------------------------
 
 
-def _as_list(v: Any, what: str = "CIDRs") -> Any:
-    """Pulumi passes arrays as JSON text; also accept `a,b` from `pulumi config set`."""
-    if isinstance(v, str):
-        text = v.strip()
-        if not text:
-            return []
-        if text.startswith("["):
-            try:
-                return json.loads(text)
-            except json.JSONDecodeError:
-                raise ValueError(f"not a JSON list of {what}") from None
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return v
+def _as_list(v: Any, info: ValidationInfo, *, what: str) -> Any:
+    """A list setting as the engine passes it: JSON text (or, typed, a list).
+
+    Any other string is what `pulumi config set KEY VALUE` without `--path` stores;
+    it is refused, showing the command that stores a list (Pulumi's typed-config
+    check refuses it at `pulumi up` too, with less to go on).
+    """
+    if not isinstance(v, str):
+        return v
+    text = v.strip()
+    if not text.startswith("["):
+        key = f"{NAMESPACE}:{to_camel(info.field_name or '')}"
+        first = next((part.strip() for part in text.split(",") if part.strip()), "<item>")
+        raise ValueError(
+            "not a list; store one item per index: "
+            f"pulumi config set --path '{key}[0]' {first} (then [1], ...)"
+        )
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"not a JSON list of {what}") from None
 
 
 def _is_rfc1918(net: ipaddress.IPv4Network) -> bool:
@@ -725,8 +766,13 @@ def _describe(err: Mapping[str, Any]) -> str:
     name = next((n for n, f in Settings.model_fields.items() if loc in (n, f.alias)), loc)
     field = Settings.model_fields.get(name)
     key = PROJECT_KEY if name == "project" else Settings.config_keys().get(str(name), str(name))
+    # Inside an object setting: name the member, as `pulumi config set --path` does.
+    key += "".join(f".{part}" for part in err["loc"][1:] if isinstance(part, str))
     allowed = (field.json_schema_extra or {}).get("allowed") if field else None
-    line = f"{key} = {err.get('input')!r}: {_clean(err['msg'])}"
+    msg = _clean(err["msg"])
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    line = f"{key} = {err.get('input')!r}: {msg}"
     if allowed and "allowed:" not in line:
         line += f" (allowed: {allowed})"
     return line

@@ -32,6 +32,23 @@ TEST_SPEC = ClusterSpec(
 )
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--e2e", action="store_true", default=False,
+        help="also run the end-to-end test (tests/e2e/test_e2e.py, marker e2e; `make e2e`)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The end-to-end test (many minutes, root) runs only with --e2e, not in `make test`."""
+    if config.getoption("--e2e"):
+        return
+    e2e = [item for item in items if item.get_closest_marker("e2e")]
+    if e2e:
+        config.hook.pytest_deselected(items=e2e)
+        items[:] = [item for item in items if not item.get_closest_marker("e2e")]
+
+
 @pytest.fixture(scope="session")
 def _session_cluster(tmp_path_factory: pytest.TempPathFactory):
     """The session's LocalCluster object; up only while some test needs it."""

@@ -23,6 +23,12 @@ flight. A task on a lost node is retried by Ray (--max-retries); outputs are
 written atomically and are identical on a retry; the driver is the only
 writer of results.jsonl and writes each image's row once.
 
+A relative --input or --output is resolved against the driver's working
+directory before it is shipped to tasks, which run in a worker's directory.
+The per-image work (LabelMe geometry, OpenCV, metrics) is in labelme_resize.py
+and --make-sample's generator in labelme_sample.py; this file is the driver:
+items, the Ray task, results.jsonl and the command line.
+
 Exit status: 0 if every image was processed or skipped, 1 if some failed,
 2 for usage errors, 3 if the Ray cluster cannot be reached (within
 --connect-timeout, default $RAY_GCP_CONNECT_TIMEOUT or 30 s).
@@ -36,16 +42,13 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import base64
 import fcntl
 import json
-import math
 import os
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 
 try:
     from workloads import common
@@ -54,215 +57,25 @@ except ImportError:  # run as a file from a checkout that is not installed
     from workloads import common
 
 import cv2
-import numpy as np
+
+from workloads.labelme_resize import (
+    ItemError,
+    annotation_key,
+    decode_image,
+    encode_image,
+    parse_labelme,
+    quality_metrics,
+    rescale_annotation,
+    resize_image,
+    target_size,
+)
+from workloads.labelme_sample import make_sample
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 DONE_PREFIX = "_done"
 RESULTS_KEY = "results.jsonl"
 SUMMARY_KEY = "_summary.json"
 RESERVED = (DONE_PREFIX + "/", RESULTS_KEY, SUMMARY_KEY)
-
-# LabelMe shape types and how many points each carries (labelme's loader
-# enforces the same). None = any number >= the minimum.
-SHAPE_POINTS = {
-    "polygon": (2, None),
-    "rectangle": (2, 2),
-    "oriented_rectangle": (4, 4),
-    "circle": (2, 2),  # centre, then a point on the circumference
-    "line": (2, 2),
-    "linestrip": (1, None),
-    "point": (1, 1),
-    "points": (1, None),
-    "mask": (2, 2),  # bbox corners; the bitmap is the base64 PNG in "mask"
-}
-
-
-class ItemError(Exception):
-    """One image (or its JSON) cannot be processed; recorded, the job goes on."""
-
-
-# ------------------------------------------------------------ geometry -------
-
-
-def target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
-    """Size with the longest side at most max_side, aspect kept, never upscaled."""
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image size must be positive, got {width}x{height}")
-    longest = max(width, height)
-    if longest <= max_side:
-        return width, height
-    s = max_side / longest
-    new_w = max_side if width == longest else max(1, round(width * s))
-    new_h = max_side if height == longest else max(1, round(height * s))
-    return new_w, new_h
-
-
-def _finite_point(p, where: str) -> tuple[float, float]:
-    if (
-        not isinstance(p, (list, tuple))
-        or len(p) != 2
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
-        or not all(math.isfinite(v) for v in p)
-    ):
-        raise ItemError(f"{where}: expected [x, y] with finite numbers, got {p!r}")
-    return float(p[0]), float(p[1])
-
-
-def _r(v: float) -> float:
-    return round(v, 4)
-
-
-def scale_shape(shape: dict, sx: float, sy: float, where: str = "shape") -> dict:
-    """A copy of one LabelMe shape with its geometry scaled by (sx, sy).
-
-    Points are in LabelMe's pixel-corner coordinates, so a point scales as
-    (x*sx, y*sy) and the image corners map onto the new corners. A circle's
-    centre scales the same way; its radius scales by the mean factor, so it
-    stays a circle. A mask's bitmap is resized with nearest neighbour to the
-    scaled size of the bitmap.
-    """
-    if not isinstance(shape, dict):
-        raise ItemError(f"{where}: expected an object, got {type(shape).__name__}")
-    shape_type = shape.get("shape_type") or "polygon"  # labelme's default
-    if shape_type not in SHAPE_POINTS:
-        raise ItemError(
-            f"{where}.shape_type: {shape_type!r} is not a LabelMe shape type "
-            f"(allowed: {', '.join(sorted(SHAPE_POINTS))})"
-        )
-    points = shape.get("points")
-    if not isinstance(points, list):
-        raise ItemError(f"{where}.points: expected a list of [x, y], got {type(points).__name__}")
-    lo, hi = SHAPE_POINTS[shape_type]
-    if len(points) < lo or (hi is not None and len(points) > hi):
-        want = f"exactly {lo}" if lo == hi else f"at least {lo}"
-        raise ItemError(f"{where}.points: a {shape_type} has {want} points, got {len(points)}")
-    pts = [_finite_point(p, f"{where}.points[{i}]") for i, p in enumerate(points)]
-
-    out = dict(shape)
-    if shape_type == "circle":
-        (cx, cy), (px, py) = pts
-        s = (sx + sy) / 2
-        ncx, ncy = cx * sx, cy * sy
-        out["points"] = [[_r(ncx), _r(ncy)], [_r(ncx + (px - cx) * s), _r(ncy + (py - cy) * s)]]
-    else:
-        out["points"] = [[_r(x * sx), _r(y * sy)] for x, y in pts]
-
-    if shape_type == "mask":
-        out["mask"] = _scale_mask(shape.get("mask"), sx, sy, f"{where}.mask")
-    return out
-
-
-def _scale_mask(encoded, sx: float, sy: float, where: str) -> str:
-    if not isinstance(encoded, str) or not encoded:
-        raise ItemError(f"{where}: a mask shape needs a base64 PNG bitmap, got {encoded!r:.40}")
-    try:
-        raw = base64.b64decode(encoded, validate=True)
-    except ValueError as e:
-        raise ItemError(f"{where}: not valid base64 ({e})") from None
-    bitmap = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
-    if bitmap is None:
-        raise ItemError(f"{where}: not a decodable PNG bitmap")
-    if bitmap.ndim != 2:
-        raise ItemError(f"{where}: the mask bitmap must be single-channel, got shape {bitmap.shape}")
-    h, w = bitmap.shape
-    new_w, new_h = max(1, round(w * sx)), max(1, round(h * sy))
-    if (new_w, new_h) != (w, h):
-        bitmap = cv2.resize(bitmap, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
-    ok, png = cv2.imencode(".png", bitmap)
-    if not ok:  # pragma: no cover - encoding a valid array does not fail
-        raise ItemError(f"{where}: re-encoding the bitmap failed")
-    return base64.b64encode(png.tobytes()).decode("ascii")
-
-
-def parse_labelme(raw: bytes, where: str) -> dict:
-    """The JSON object of a LabelMe file, or ItemError saying what is wrong."""
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise ItemError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        # Some messages end in "at" already ("Unterminated string starting at").
-        msg = e.msg.removesuffix(" at")
-        raise ItemError(f"{where}: invalid JSON ({msg} at line {e.lineno} column {e.colno})") from None
-    if not isinstance(data, dict):
-        raise ItemError(f"{where}: a LabelMe file is a JSON object, got {type(data).__name__}")
-    shapes = data.get("shapes", [])
-    if not isinstance(shapes, list):
-        raise ItemError(f"{where}: 'shapes' must be a list, got {type(shapes).__name__}")
-    for key in ("imageWidth", "imageHeight"):
-        v = data.get(key)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
-            raise ItemError(f"{where}: {key!r} must be a positive integer, got {v!r}")
-    return data
-
-
-def rescale_annotation(
-    data: dict, width: int, height: int, new_w: int, new_h: int, image_bytes: bytes, where: str
-) -> dict:
-    """The LabelMe object for the resized image (pure; raises ItemError)."""
-    jw, jh = data.get("imageWidth"), data.get("imageHeight")
-    if (jw is not None and jw != width) or (jh is not None and jh != height):
-        raise ItemError(
-            f"{where}: imageWidth x imageHeight is {jw}x{jh} but the image is "
-            f"{width}x{height}; the annotation does not belong to this image"
-        )
-    sx, sy = new_w / width, new_h / height
-    out = dict(data)
-    out["shapes"] = [
-        scale_shape(s, sx, sy, f"{where}: shapes[{i}]") for i, s in enumerate(data.get("shapes", []))
-    ]
-    out["imageWidth"], out["imageHeight"] = new_w, new_h
-    if out.get("imageData"):
-        out["imageData"] = base64.b64encode(image_bytes).decode("ascii")
-    return out
-
-
-# -------------------------------------------------------------- images -------
-
-
-def decode_image(raw: bytes, key: str) -> np.ndarray:
-    # JPEGs decode with their EXIF orientation applied, as LabelMe shows them;
-    # PNGs decode unchanged so alpha and 16-bit depth survive.
-    flags = cv2.IMREAD_UNCHANGED if key.lower().endswith(".png") else cv2.IMREAD_COLOR
-    img = cv2.imdecode(np.frombuffer(raw, np.uint8), flags) if raw else None
-    if img is None or img.size == 0:
-        raise ItemError(f"{key}: not a decodable image ({len(raw)} bytes; corrupt or not jpg/png)")
-    return img
-
-
-def encode_image(img: np.ndarray, key: str) -> bytes:
-    ext = ".png" if key.lower().endswith(".png") else ".jpg"
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext == ".jpg" else []
-    ok, buf = cv2.imencode(ext, img, params)
-    if not ok:
-        raise ItemError(f"{key}: encoding the resized image as {ext} failed")
-    return buf.tobytes()
-
-
-def resize_image(img: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
-    h, w = img.shape[:2]
-    if (new_w, new_h) == (w, h):
-        return img
-    return cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_AREA)
-
-
-def quality_metrics(img: np.ndarray) -> dict:
-    if img.ndim == 3 and img.shape[2] == 4:
-        gray = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY)
-    elif img.ndim == 3:
-        gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-    else:
-        gray = img
-    if gray.dtype != np.uint8:  # 16-bit PNG: compare on the same 0-255 scale
-        gray = (gray.astype(np.float64) * (255.0 / np.iinfo(gray.dtype).max)).astype(np.uint8)
-    g = gray.astype(np.float64)
-    return {
-        "sharpness": round(float(cv2.Laplacian(gray, cv2.CV_64F).var()), 3),
-        "brightness": round(float(g.mean()), 3),
-        "contrast": round(float(g.std()), 3),
-        "dark_fraction": round(float((gray < 16).mean()), 5),
-        "bright_fraction": round(float((gray > 239).mean()), 5),
-    }
 
 
 # --------------------------------------------------------------- items -------
@@ -276,10 +89,6 @@ class Item:
 
 def done_key(image_key: str) -> str:
     return f"{DONE_PREFIX}/{image_key}.json"
-
-
-def annotation_key(image_key: str) -> str:
-    return str(PurePosixPath(image_key).with_suffix(".json"))
 
 
 def discover(keys) -> tuple[list[Item], list[dict]]:
@@ -600,126 +409,6 @@ def run(args) -> int:
     print(common.format_summary(shape, processed=stats.processed, skipped=stats.skipped,
                                 failed=len(stats.failures), seconds=seconds))
     return 1 if stats.failures else 0
-
-
-# -------------------------------------------------------------- sample -------
-
-
-@dataclass
-class SampleManifest:
-    images: list[str]  # every image key written
-    annotated: list[str]  # image keys that have a (valid) JSON
-    corrupt_images: list[str]
-    broken_json: list[str]  # image keys whose JSON is broken
-
-
-def _sample_shapes(rng, w, h):
-    def pt():
-        return [float(rng.integers(0, w)), float(rng.integers(0, h))]
-
-    x1, y1 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
-    x2, y2 = int(rng.integers(x1 + 8, w)), int(rng.integers(y1 + 8, h))
-    cx, cy, r = int(rng.integers(w // 4, 3 * w // 4)), int(rng.integers(h // 4, 3 * h // 4)), \
-        int(rng.integers(5, max(6, min(w, h) // 5)))
-    mx1, my1 = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
-    mw, mh = int(rng.integers(8, 20)), int(rng.integers(8, 20))
-    bitmap = np.zeros((mh, mw), np.uint8)
-    cv2.ellipse(bitmap, (mw // 2, mh // 2), (mw // 2, mh // 2), 0, 0, 360, 1, -1)
-    _, png = cv2.imencode(".png", bitmap)
-
-    def shape(label, kind, points, **extra):
-        return {"label": label, "points": points, "group_id": None, "description": "",
-                "shape_type": kind, "flags": {}, "mask": None, **extra}
-
-    return [
-        shape("box", "rectangle", [[float(x1), float(y1)], [float(x2), float(y2)]]),
-        shape("ball", "circle", [[float(cx), float(cy)], [float(cx + r), float(cy)]]),
-        shape("region", "polygon", [pt() for _ in range(5)]),
-        shape("edge", "line", [pt(), pt()]),
-        shape("path", "linestrip", [pt() for _ in range(4)]),
-        shape("spot", "point", [pt()]),
-        shape("dots", "points", [pt() for _ in range(3)]),
-        shape("tilted", "oriented_rectangle", [[float(x1), float(y1)], [float(x2), float(y1)],
-                                                [float(x2), float(y2)], [float(x1), float(y2)]]),
-        shape("blob", "mask", [[float(mx1), float(my1)], [float(mx1 + mw - 1), float(my1 + mh - 1)]],
-              mask=base64.b64encode(png.tobytes()).decode("ascii")),
-    ]
-
-
-def _sample_image(rng, w, h, shapes):
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = rng.integers(40, 200, size=3)
-    img = np.empty((h, w, 3), np.uint8)
-    for c in range(3):
-        img[..., c] = np.clip(base[c] + 40 * np.sin(xx / (7 + 5 * c)) * np.cos(yy / 11), 0, 255)
-    img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
-    colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
-    (x1, y1), (x2, y2) = shapes[0]["points"]
-    cv2.rectangle(img, (int(x1), int(y1)), (int(x2), int(y2)), colour, 2)
-    (cx, cy), (px, _) = shapes[1]["points"]
-    cv2.circle(img, (int(cx), int(cy)), int(px - cx), colour, -1)
-    cv2.polylines(img, [np.array(shapes[2]["points"], np.int32)], True, colour, 2)
-    if rng.random() < 0.3:  # some blurry images, so sharpness varies
-        img = cv2.GaussianBlur(img, (9, 9), 3)
-    return img
-
-
-def make_sample(dst, count: int, seed: int = 0, corrupt: int = 0, broken_json: int = 0,
-                min_side: int = 160, max_side: int = 640) -> SampleManifest:
-    """Write a synthetic LabelMe dataset; the same arguments give the same bytes.
-
-    Image i is drawn from its own generator seeded by (seed, i), so a bigger
-    --count adds images without changing the first ones. Every 4th image is a
-    PNG, every 5th sits in a subfolder, every 7th has no JSON. The last
-    ``corrupt`` annotated images get garbage bytes and the ``broken_json``
-    images before them get a truncated JSON.
-    """
-    if isinstance(dst, str):
-        dst = common.open_storage(dst)
-    if count < 0 or corrupt < 0 or broken_json < 0:
-        raise common.UsageError("--count, --corrupt and --broken-json must be >= 0")
-    if min_side < 32 or max_side < min_side:
-        raise common.UsageError("sample sides must satisfy 32 <= min_side <= max_side")
-    manifest = SampleManifest([], [], [], [])
-    keys = []
-    for i in range(count):
-        folder = "cam1/" if i % 5 == 4 else ""
-        ext = ".png" if i % 4 == 3 else ".jpg"
-        keys.append((i, f"{folder}img_{i:05d}{ext}", i % 7 != 6))
-    annotated = [k for _, k, has_json in keys if has_json]
-    if corrupt + broken_json > len(annotated):
-        raise common.UsageError(
-            f"--corrupt {corrupt} + --broken-json {broken_json} exceed the {len(annotated)} "
-            f"annotated images of a {count}-image sample"
-        )
-    bad_images = set(annotated[len(annotated) - corrupt:]) if corrupt else set()
-    bad_json = set(annotated[len(annotated) - corrupt - broken_json:len(annotated) - corrupt])
-
-    for i, key, has_json in keys:
-        rng = np.random.default_rng([seed, i])
-        w, h = int(rng.integers(min_side, max_side + 1)), int(rng.integers(min_side, max_side + 1))
-        shapes = _sample_shapes(rng, w, h)
-        img = _sample_image(rng, w, h, shapes)
-        if key in bad_images:
-            data = rng.integers(0, 256, size=200, dtype=np.uint8).tobytes()
-            manifest.corrupt_images.append(key)
-        else:
-            data = encode_image(img, key)
-        dst.write_bytes(key, data)
-        manifest.images.append(key)
-        if has_json:
-            doc = {"version": "5.5.0", "flags": {}, "shapes": shapes,
-                   "imagePath": PurePosixPath(key).name,
-                   "imageData": base64.b64encode(data).decode("ascii") if i % 3 == 0 else None,
-                   "imageHeight": h, "imageWidth": w}
-            text = json.dumps(doc, indent=2)
-            if key in bad_json:
-                text = text[: len(text) // 2]  # truncated mid-write
-                manifest.broken_json.append(key)
-            elif key not in bad_images:
-                manifest.annotated.append(key)
-            dst.write_text(annotation_key(key), text)
-    return manifest
 
 
 # ----------------------------------------------------------------- CLI -------

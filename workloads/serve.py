@@ -1,17 +1,20 @@
-"""HTTP anomaly-detection service: Flask on the head, Ray actors doing the work.
+"""HTTP anomaly-detection service: an asyncio HTTP front on the head, Ray actors doing the work.
 
 Each actor in the pool fits the model once when it starts: a scikit-learn
 IsolationForest trained on data generated from --seed, so every actor holds
 the same model and answers are deterministic (workloads/anomaly_model.py,
 shared with the Ray Serve app serve_app.py).
 
-Dynamic batching (on by default): concurrent requests that arrive within
---max-wait-ms of each other are merged into one actor call of at most
---max-batch-rows rows, and each caller gets exactly its own rows back, in
-order. A request larger than --max-batch-rows is split across actors. A
-64-row call costs about as much as a 512-row one, so merging is what lets
-the pool beat one Flask process. --max-batch-rows 0 turns batching off
-(each request is split across the actors on its own, as before).
+The front is one event loop (uvicorn with httptools and uvloop,
+serve_http.py): it parses and validates each body, and dynamic batching
+(serve_batcher.py) merges concurrent requests into actor calls of at most
+--max-batch-rows rows: a batch leaves when it holds an actor's share of the
+rows in flight, when requests stop arriving for --batch-gap-ms, or
+--max-wait-ms after its oldest request arrived, so under load the actors
+take turns. Each caller gets exactly its own rows back, in order. A call costs
+about 6 ms however few its rows, so merging is what lets the pool beat one
+process doing everything. --max-batch-rows 0 turns merging off (every
+request its own actor call).
 
 Overload is bounded: at most --max-queued-rows rows are admitted and not yet
 answered; past that a request gets 503 with Retry-After at once instead of
@@ -21,15 +24,21 @@ Endpoints:
   POST /predict  {"instances": [[x1, ..., xN], ...]}  (N = --features)
                  -> {"predictions": [{"score": s, "anomaly": bool}, ...]}
                  score = IsolationForest.decision_function (negative = anomalous)
-  GET  /healthz  -> {"status": "ok", "actors": [{"pid", "node_id"}, ...],
-                     "batching": {counters}}  (503 if no actor answers)
+  GET  /healthz  -> {"status": "ok", "actors": [{"pid", "node_id", ...}, ...],
+                     "batching": {counters}, "http": {counters}}  (503 if no actor answers)
 
 A bad body gets 400 and a message naming the problem (not JSON, no
 "instances", wrong number of features, a non-numeric value, too many rows);
-any other path or method gets a JSON 404/405. An actor that dies (its worker
-or node lost) is restarted by Ray (max_restarts); a batch that was on it is
-resent to the next actor at once (counted as resent_batches in /healthz), and
-only if every attempt fails do the requests in that batch get 503.
+a body over 16 MB gets 413; any other path or method gets a JSON 404/405. An
+actor that dies (its worker or node lost) is restarted by Ray
+(max_restarts); a batch that was on it is resent to the next actor at once
+(counted as resent_batches in /healthz), and only if every attempt fails do
+the requests in that batch get 503.
+
+Once it answers, the server prints one line on stdout, "serve: ready at
+http://HOST:PORT ...", for scripts to wait on (or poll GET /healthz).
+SIGTERM (kill) or SIGINT (Ctrl-C) stops it cleanly: requests in flight are
+answered, the actors are released, one line says so, exit status 0.
 
 Examples:
   python workloads/serve.py --port 8000 --actors 2
@@ -40,11 +49,11 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import collections
-import itertools
+import asyncio
+import contextlib
 import os
+import signal
 import sys
-import threading
 import time
 
 try:
@@ -68,374 +77,133 @@ from workloads.anomaly_model import (  # noqa: F401 - re-exported
     predict_with,
     training_data,
 )
-
-DEFAULT_MAX_BATCH_ROWS = 1024
-# 10 ms = Ray Serve's default batch wait; measured best of 2/5/10/20 ms (workloads/README.md)
-DEFAULT_MAX_WAIT_MS = 10.0
-DEFAULT_MAX_QUEUED_ROWS = 65_536
-RETRY_AFTER_SECONDS = 1
-# Batches in flight per actor. 1 measured faster than 2 on 2 cores (880 vs 810 req/s at
-# 64 rows): fewer, larger batches cost less CPU than keeping the next one queued at the actor.
-PIPELINE_DEPTH = 1
-HTTP_SERVERS = ("waitress", "flask")  # waitress measured 2.3x Flask's dev server (README)
-DEFAULT_HTTP_SERVER = "waitress"
-
+from workloads.serve_batcher import (  # noqa: F401 - re-exported
+    DEFAULT_GAP_MS,
+    DEFAULT_MAX_BATCH_ROWS,
+    DEFAULT_MAX_QUEUED_ROWS,
+    DEFAULT_MAX_WAIT_MS,
+    ActorUnavailable,
+    Batcher,
+    Overloaded,
+    PoolUnavailable,
+)
+from workloads.serve_http import App
 
 # --------------------------------------------------------------- actor -------
 
 
 class AnomalyModel:
-    """Ray actor: fits the model once in __init__, then serves predict calls."""
+    """Ray actor: fits the model once in __init__, then scores batches (and counts its time)."""
 
     def __init__(self, seed: int, n_features: int):
         self.model = fit_model(seed, n_features)
         self.n_features = n_features
+        self.model_seconds = 0.0  # wall time inside the model
+        self.model_cpu_seconds = 0.0  # CPU time of it (this thread; sklearn runs n_jobs=1)
+        self.batches = 0
+        self.rows = 0
 
     def predict(self, instances) -> list[dict]:
         return predict_with(self.model, instances)
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         """One batch: an array in, an array out (cheaper to ship than lists of dicts)."""
-        return anomaly_model.scores(self.model, x)
+        t0, c0 = time.perf_counter(), time.thread_time()
+        out = anomaly_model.scores(self.model, x)
+        self.model_seconds += time.perf_counter() - t0
+        self.model_cpu_seconds += time.thread_time() - c0
+        self.batches += 1
+        self.rows += len(x)
+        return out
 
     def info(self) -> dict:
         import ray
 
-        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
+                "batches": self.batches, "rows": self.rows,
+                "model_seconds": round(self.model_seconds, 6),
+                "model_cpu_seconds": round(self.model_cpu_seconds, 6),
+                "cpu_seconds": round(time.process_time(), 3)}
 
 
 # ---------------------------------------------------------------- pool -------
 
 
-class PoolUnavailable(Exception):
-    """No actor answered in time; the request gets 503."""
-
-
-class Overloaded(Exception):
-    """Too many rows queued; the request gets 503 with Retry-After."""
-
-
 class ModelPool:
-    """N actors holding the same model.
-
-    ``scores_on(i, x)`` is one call on actor i (what the batcher uses);
-    ``predict(rows)`` splits one request across all actors (batching off).
-    """
+    """N actors holding the same model; ``await scores_on(i, x)`` is one call on actor i."""
 
     def __init__(self, n_actors: int, seed: int = DEFAULT_SEED, n_features: int = DEFAULT_FEATURES,
-                 call_timeout: float = 60.0, attempts: int = 3):
+                 call_timeout: float = 60.0):
         import ray
 
         self.n_features = n_features
         self.seed = seed
         self.call_timeout = call_timeout
-        self.attempts = attempts
         actor_cls = ray.remote(AnomalyModel).options(
             num_cpus=1,
             max_restarts=-1,  # a lost actor always comes back (with the same model)
-            # Calls that were on it fail at once and the pool resends them to
+            # Calls that were on it fail at once and the batcher resends them to
             # another actor, instead of Ray re-running them only after the restart.
             max_task_retries=0,
         )
         self.actors = [actor_cls.remote(seed, n_features) for _ in range(n_actors)]
-        self._rr = itertools.count()
-        self._lock = threading.Lock()
 
     @property
     def size(self) -> int:
         return len(self.actors)
 
-    def wait_ready(self, timeout: float = 600.0) -> list[dict]:
-        """Block until every actor has fitted its model (autoscaling may add nodes first)."""
-        import ray
+    def wait_ready(self, timeout: float = 600.0, stop=lambda: False) -> list[dict]:
+        """Block until every actor has fitted its model (autoscaling may add nodes first).
 
-        return ray.get([a.info.remote() for a in self.actors], timeout=timeout)
-
-    def scores_on(self, i: int, x: np.ndarray) -> np.ndarray:
-        """Scores of x from actor i; raises ActorUnavailable if it cannot answer."""
-        import ray
-
-        try:
-            return ray.get(self.actors[i].scores.remote(x), timeout=self.call_timeout)
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
-            # ActorDiedError / ActorUnavailableError / timeout: the caller resends elsewhere
-            raise ActorUnavailable(type(e).__name__) from e
-
-    def predict(self, instances) -> list[dict]:
-        """One request split across the actors, in order (the unbatched path)."""
-        x = np.asarray(instances, dtype=np.float64)
-        with self._lock:
-            offset = next(self._rr)
-        n = len(self.actors)
-        parts = np.array_split(x, min(n, len(x)))
-        results: list = [None] * len(parts)
-        todo = list(range(len(parts)))
-        errors = []
-        import ray
-
-        for attempt in range(self.attempts):
-            refs = {self.actors[(offset + i + attempt) % n].scores.remote(parts[i]): i for i in todo}
-            todo = []
-            for ref, i in refs.items():
-                try:
-                    results[i] = ray.get(ref, timeout=self.call_timeout)
-                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
-                    errors.append(type(e).__name__)
-                    todo.append(i)
-            if not todo:
-                return anomaly_model.predictions(np.concatenate(results))
-        raise PoolUnavailable(
-            f"{len(todo)} of {len(parts)} chunks failed after {self.attempts} attempts "
-            f"({', '.join(errors[-3:])})"
-        )
-
-    def health(self, timeout: float = 5.0) -> list[dict]:
+        Polls, so that ``stop()`` turning true (a signal) ends the wait with _Stopped.
+        """
         import ray
 
         refs = [a.info.remote() for a in self.actors]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        ready = set(ready)
-        out = []
-        for i, ref in enumerate(refs):
-            entry = {"index": i, "alive": False}
-            if ref in ready:
-                try:
-                    entry.update(ray.get(ref), alive=True)
-                except ray.exceptions.RayError as e:
-                    entry["error"] = type(e).__name__
-            out.append(entry)
-        return out
-
-
-class ActorUnavailable(Exception):
-    """One call on one actor failed (died, restarting, timed out); try another."""
-
-
-# ------------------------------------------------------------- batching ------
-
-
-class _Request:
-    """One caller's rows, filled in by the batches its segments land in."""
-
-    __slots__ = ("_lock", "arrived", "done", "error", "left", "resent", "scores", "taken", "x")
-
-    def __init__(self, x: np.ndarray):
-        self.x = x
-        self.arrived = time.monotonic()
-        self.taken = 0  # rows already put into a batch (guarded by the batcher's lock)
-        self.scores = np.empty(len(x), dtype=np.float64)
-        self.left = len(x)
-        self.done = threading.Event()
-        self.error: str | None = None
-        self.resent = False
-        self._lock = threading.Lock()
-
-    def fill(self, start: int, stop: int, scores: np.ndarray, resent: bool) -> None:
-        with self._lock:
-            self.scores[start:stop] = scores
-            self.left -= stop - start
-            self.resent |= resent
-            if self.left == 0:
-                self.done.set()
-
-    def fail(self, message: str) -> None:
-        with self._lock:
-            self.error = self.error or message
-            self.done.set()
-
-
-class Batcher:
-    """Merges concurrent requests into batches of at most max_batch_rows rows.
-
-    ``backend`` needs ``size`` (number of workers) and ``scores_on(i, x)``
-    (one call on worker i; raises ActorUnavailable to make the batch go to
-    the next worker). PIPELINE_DEPTH threads per worker take a batch
-    whenever they are free: a batch closes when it holds max_batch_rows rows
-    or max_wait_ms after its oldest request arrived, whichever is first, so
-    under load batches grow by themselves and an idle server adds at most
-    max_wait_ms.
-
-    Each batch is answered once: by the first attempt that succeeds. A batch
-    whose every attempt fails fails only the requests with rows in it.
-    """
-
-    def __init__(self, backend, n_features: int, max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
-                 max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
-                 max_queued_rows: int = DEFAULT_MAX_QUEUED_ROWS, attempts: int = 3,
-                 pipeline_depth: int = PIPELINE_DEPTH, request_timeout: float = 300.0):
-        if max_batch_rows < 1 or max_wait_ms < 0 or max_queued_rows < 1:
-            raise ValueError("max_batch_rows and max_queued_rows must be >= 1, max_wait_ms >= 0")
-        self.backend = backend
-        self.n_features = n_features
-        self.max_batch_rows = max_batch_rows
-        self.max_wait = max_wait_ms / 1000.0
-        self.max_queued_rows = max_queued_rows
-        self.attempts = attempts
-        self.request_timeout = request_timeout
-        self._cond = threading.Condition()
-        self._queue: collections.deque[_Request] = collections.deque()
-        self._unassigned = 0  # rows queued but not yet in a batch
-        self._admitted = 0  # rows admitted and not yet answered (the overload ceiling)
-        self.counters = collections.Counter()
-        self._threads = [
-            threading.Thread(target=self._work, args=(i % backend.size,), daemon=True,
-                             name=f"batcher-{i}")
-            for i in range(backend.size * pipeline_depth)
-        ]
-        for t in self._threads:
-            t.start()
-
-    # the pool interface create_app uses
-    def predict(self, x) -> list[dict]:
-        return anomaly_model.predictions(self.scores(x))
-
-    def health(self) -> list[dict]:
-        return self.backend.health()
-
-    def stats(self) -> dict:
-        with self._cond:
-            return {"max_batch_rows": self.max_batch_rows, "max_wait_ms": self.max_wait * 1000,
-                    "max_queued_rows": self.max_queued_rows, "queued_rows": self._admitted,
-                    **{k: self.counters[k] for k in (
-                        "requests", "batches", "rows", "resent_batches", "resent_requests",
-                        "failed_batches", "rejected_requests")}}
-
-    def scores(self, x) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
-        req = _Request(x)
-        with self._cond:
-            # One request alone is always admitted (max_instances bounds it).
-            if self._admitted and self._admitted + len(x) > self.max_queued_rows:
-                self.counters["rejected_requests"] += 1
-                raise Overloaded(f"{self._admitted} rows queued; limit {self.max_queued_rows}")
-            self._admitted += len(x)
-            self._unassigned += len(x)
-            self.counters["requests"] += 1
-            self._queue.append(req)
-            self._cond.notify()
-        if not req.done.wait(self.request_timeout):
-            raise PoolUnavailable(f"no answer within {self.request_timeout:.0f} s")
-        if req.error:
-            raise PoolUnavailable(req.error)
-        if req.resent:
-            with self._cond:
-                self.counters["resent_requests"] += 1
-        return req.scores
-
-    def _take(self) -> list[tuple[_Request, int, int]]:
-        """Block for the next batch: segments (request, start, stop) of at most max_batch_rows rows."""
-        with self._cond:
-            while True:
-                while not self._queue:
-                    self._cond.wait()
-                deadline = self._queue[0].arrived + self.max_wait
-                while self._queue and self._unassigned < self.max_batch_rows:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
-                if self._queue:  # else another worker took it all meanwhile
-                    break
-            segments, rows = [], 0
-            while self._queue and rows < self.max_batch_rows:
-                req = self._queue[0]
-                n = min(len(req.x) - req.taken, self.max_batch_rows - rows)
-                segments.append((req, req.taken, req.taken + n))
-                req.taken += n
-                rows += n
-                if req.taken == len(req.x):
-                    self._queue.popleft()
-            self._unassigned -= rows
-            if self._queue:
-                self._cond.notify()  # the rest (e.g. of a split request) goes to the next worker
-            return segments
-
-    def _work(self, first: int) -> None:
+        deadline = time.monotonic() + timeout
         while True:
-            segments = self._take()
-            rows = sum(b - a for _, a, b in segments)
-            x = (segments[0][0].x[segments[0][1]:segments[0][2]] if len(segments) == 1
-                 else np.concatenate([r.x[a:b] for r, a, b in segments]))
-            result, errors = None, []
-            for attempt in range(self.attempts):
-                try:
-                    result = self.backend.scores_on((first + attempt) % self.backend.size, x)
-                    break
-                except ActorUnavailable as e:
-                    errors.append(str(e))
-            with self._cond:
-                self.counters["batches"] += 1
-                self.counters["rows"] += rows
-                self.counters["resent_batches"] += bool(errors) and result is not None
-                self.counters["failed_batches"] += result is None
-            off = 0
-            for req, a, b in segments:
-                if result is None:
-                    req.fail(f"batch failed after {self.attempts} attempts ({', '.join(errors)})")
-                else:
-                    req.fill(a, b, result[off:off + b - a], resent=bool(errors))
-                off += b - a
-            with self._cond:
-                self._admitted -= rows
+            _, pending = ray.wait(refs, num_returns=len(refs), timeout=0.5)
+            if not pending:
+                return ray.get(refs)
+            if stop():
+                raise _Stopped
+            if time.monotonic() > deadline:
+                raise SystemExit(f"serve: error: {len(pending)} of {len(refs)} actors not ready "
+                                 f"within {timeout:g} s; is the cluster short of CPUs? "
+                                 "(python -m cluster local status, or ray status)")
 
+    async def scores_on(self, i: int, x: np.ndarray) -> np.ndarray:
+        """Scores of x from actor i; raises ActorUnavailable if it cannot answer in time."""
+        import ray
 
-# ----------------------------------------------------------------- app -------
-
-
-def create_app(pool, max_instances: int = MAX_INSTANCES):
-    """The Flask app around a pool.
-
-    ``pool`` is anything with predict(rows) -> predictions, health() and
-    n_features: a Batcher, a ModelPool (batching off) or an in-process model.
-    """
-    from flask import Flask, Response, request
-
-    app = Flask("ray-gcp-serve")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-
-    def json_response(body: bytes, status: int = 200, headers=None) -> Response:
-        return Response(body, status=status, headers=headers, mimetype="application/json")
-
-    def error(message: str, status: int, headers=None) -> Response:
-        return json_response(anomaly_model.error_body(message), status, headers)
-
-    @app.post("/predict")
-    def predict():
         try:
-            x = parse_instances(request.get_data(cache=False), pool.n_features, max_instances)
-        except BadRequest as e:
-            return error(str(e), 400)
-        try:
-            if hasattr(pool, "scores"):
-                return json_response(anomaly_model.response_body(pool.scores(x)))
-            return json_response(anomaly_model.json_dumps({"predictions": pool.predict(x)}))
-        except Overloaded as e:
-            return error(f"overloaded: {e}; retry later", 503,
-                         {"Retry-After": str(RETRY_AFTER_SECONDS)})
-        except PoolUnavailable as e:
-            return error(f"model pool unavailable: {e}", 503)
+            return await asyncio.wait_for(self.actors[i].scores.remote(x), self.call_timeout)
+        except (ray.exceptions.RayActorError, TimeoutError) as e:
+            # ActorDiedError / ActorUnavailableError / timeout: the batcher resends elsewhere
+            raise ActorUnavailable(type(e).__name__) from e
 
-    @app.get("/healthz")
-    def healthz():
-        actors = pool.health()
-        alive = sum(a["alive"] for a in actors)
-        status = "ok" if alive == len(actors) else "degraded" if alive else "down"
-        doc = {"status": status, "actors": actors}
-        if hasattr(pool, "stats"):
-            doc["batching"] = pool.stats()
-        return json_response(anomaly_model.json_dumps(doc), 200 if alive else 503)
+    async def health(self, timeout: float = 5.0) -> list[dict]:
+        import ray
 
-    @app.errorhandler(404)
-    @app.errorhandler(405)
-    def no_route(_e):
-        status, message = anomaly_model.route_error(request.method, request.path)
-        return error(message, status)
+        async def one(i: int, actor) -> dict:
+            entry = {"index": i, "alive": False}
+            try:
+                entry.update(await asyncio.wait_for(actor.info.remote(), timeout), alive=True)
+            except TimeoutError:
+                entry["error"] = f"no answer within {timeout:g} s"
+            except ray.exceptions.RayError as e:
+                entry["error"] = type(e).__name__
+            return entry
 
-    @app.errorhandler(413)
-    def too_large(_e):
-        return error(f"body larger than {MAX_BODY_BYTES} bytes; split the batch", 413)
+        return list(await asyncio.gather(*(one(i, a) for i, a in enumerate(self.actors))))
 
-    return app
+    def release(self) -> None:
+        """Kill the actors now (they would also go when this driver disconnects)."""
+        import ray
+
+        for actor in self.actors:
+            with contextlib.suppress(Exception):  # already gone: nothing to release
+                ray.kill(actor, no_restart=True)
 
 
 # ----------------------------------------------------------------- CLI -------
@@ -469,26 +237,61 @@ def build_parser():
     )
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to listen on (default 127.0.0.1; the head is not public anyway)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
     p.add_argument("--actors", type=_positive, default=2, help="model actors in the pool (default 2)")
     p.add_argument("--features", type=_positive, default=DEFAULT_FEATURES,
                    help=f"features per instance (default {DEFAULT_FEATURES})")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="training-data seed (default 0)")
     p.add_argument("--max-batch-rows", type=_non_negative, default=DEFAULT_MAX_BATCH_ROWS,
                    help=f"rows per actor call when batching (default {DEFAULT_MAX_BATCH_ROWS}); "
-                        "0 turns batching off")
+                        "0 turns merging off (one request per actor call)")
     p.add_argument("--max-wait-ms", type=_wait_ms, default=DEFAULT_MAX_WAIT_MS,
                    help="longest a request waits for others to join its batch "
                         f"(default {DEFAULT_MAX_WAIT_MS:g} ms)")
+    p.add_argument("--batch-gap-ms", type=_wait_ms, default=DEFAULT_GAP_MS,
+                   help="a batch leaves once no request arrived for this long "
+                        f"(default {DEFAULT_GAP_MS:g} ms; at most --max-wait-ms)")
     p.add_argument("--max-queued-rows", type=_positive, default=DEFAULT_MAX_QUEUED_ROWS,
                    help="rows admitted and not yet answered before new requests get 503 + "
                         f"Retry-After (default {DEFAULT_MAX_QUEUED_ROWS})")
-    p.add_argument("--http-server", choices=HTTP_SERVERS, default=DEFAULT_HTTP_SERVER,
-                   help=f"WSGI server in front of the app (default {DEFAULT_HTTP_SERVER}; "
-                        "see workloads/README.md for the measurement behind it)")
     p.add_argument("--address", default=None,
                    help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)")
     return p
+
+
+class _Stopped(BaseException):
+    """SIGINT/SIGTERM while starting: raised between the start-up's short waits, to the clean exit.
+
+    (A handler that raised it itself surfaced inside Ray's ray.get as a
+    SystemError.)
+    """
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM stop the server; the first one names the reason.
+
+    Installed after ``ray.init``, whose own handler would print a native stack
+    dump on SIGTERM. While starting, a signal is only noted (the start-up
+    checks it between short waits); once serving, it asks the HTTP server to
+    finish (answer what is in flight, then return); a second signal makes it
+    stop waiting for requests in flight.
+    """
+
+    def __init__(self):
+        self.name: str | None = None
+        self.server = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame) -> None:
+        again = self.name is not None
+        self.name = self.name or signal.Signals(signum).name
+        if self.server is not None:
+            if again:
+                self.server.force_exit = True
+            self.server.should_exit = True
 
 
 def main(argv=None) -> int:
@@ -496,37 +299,92 @@ def main(argv=None) -> int:
     if not 0 <= args.port <= 65535:
         print(f"serve.py: error: --port must be 0..65535, got {args.port}", file=sys.stderr)
         return 2
-    common.connect(args.address)
+    from workloads import serve_http
+
+    try:  # before anything starts: a taken port fails at once (bound, not listening yet)
+        sock = serve_http.bind(args.host, args.port)
+    except OSError as e:
+        print(f"serve.py: error: cannot listen on {args.host}:{args.port}: {e.strerror or e}",
+              file=sys.stderr)
+        return 2
+    stop = _StopSignals()
+    pool = app = None
+    try:
+        common.connect(args.address)
+        stop.install()
+        app, pool = _start(args, stop, sock)
+    except (KeyboardInterrupt, _Stopped):
+        stop.name = stop.name or "SIGINT"
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the last line below is the last word
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sock.close()
+        if pool is not None:
+            pool.release()
+        _disconnect()
+    if stop.name:
+        answered = app.counters["answered"] if app is not None else 0
+        print(f"serve: stopped by {stop.name} after answering {answered} prediction request(s)",
+              flush=True)
+    return 0
+
+
+def _start(args, stop: _StopSignals, sock):
+    """Start the actors and the HTTP front; returns (app, pool) once the server has stopped."""
+    from workloads import serve_http
+
+    port = sock.getsockname()[1]
     pool = ModelPool(args.actors, args.seed, args.features)
     t0 = time.monotonic()
     print(f"serve: starting {args.actors} model actors ...", file=sys.stderr, flush=True)
-    infos = pool.wait_ready()
+    try:
+        infos = pool.wait_ready(stop=lambda: stop.name is not None)
+    except BaseException:
+        pool.release()
+        raise
     nodes = len({i["node_id"] for i in infos})
     print(f"serve: {args.actors} actors ready on {nodes} node(s) in {time.monotonic() - t0:.1f} s; "
           f"{common.cluster_shape().describe()}", file=sys.stderr, flush=True)
     if args.max_batch_rows:
-        front = Batcher(pool, args.features, args.max_batch_rows, args.max_wait_ms,
-                        args.max_queued_rows)
-        print(f"serve: batching up to {args.max_batch_rows} rows, waiting at most "
-              f"{args.max_wait_ms:g} ms; 503 past {args.max_queued_rows} queued rows",
-              file=sys.stderr, flush=True)
+        mode = (f"batching up to {args.max_batch_rows} rows (a batch leaves with an actor's "
+                f"share of the rows in flight, after a {args.batch_gap_ms:g} ms lull or "
+                f"{args.max_wait_ms:g} ms)")
     else:
-        front = pool
-        print("serve: batching off", file=sys.stderr, flush=True)
-    print(f"serve: listening on http://{args.host}:{args.port}", flush=True)
-    run_http(create_app(front), args.host, args.port, args.http_server)
-    return 0
+        mode = "batching off (one request per actor call)"
+    print(f"serve: {mode}; 503 past {args.max_queued_rows} queued rows", file=sys.stderr,
+          flush=True)
+    holder: dict = {}
+
+    async def serve() -> None:
+        front = Batcher(pool, args.features, args.max_batch_rows or MAX_INSTANCES,
+                        args.max_wait_ms, args.max_queued_rows, gap_ms=args.batch_gap_ms,
+                        merge=bool(args.max_batch_rows))
+        app = holder["app"] = App(front, pool.health, args.features)
+        server = serve_http.make_server(app, on_ready=lambda: print(
+            f"serve: ready at http://{_url_host(args.host)}:{port} (POST /predict, GET /healthz)",
+            flush=True))
+        stop.server = server
+        if stop.name:  # a signal came between the actors' start and now
+            return
+        await server.serve(sockets=[sock])
+
+    loop = serve_http.new_event_loop()
+    try:
+        loop.run_until_complete(serve())
+    finally:
+        loop.close()
+    return holder.get("app"), pool
 
 
-def run_http(app, host: str, port: int, server: str = DEFAULT_HTTP_SERVER) -> None:
-    if server == "waitress":
-        import waitress
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
-        # Enough threads for every caller to wait on its batch at once.
-        waitress.serve(app, host=host, port=port, threads=64, backlog=1024,
-                       connection_limit=1024, channel_timeout=120, ident="ray-gcp-serve")
-    else:
-        app.run(host=host, port=port, threaded=True)
+
+def _disconnect() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,15 @@ Import paths (``workloads/`` is the working directory / on PYTHONPATH):
                        ``args`` (replicas, seed, features, max_batch_rows,
                        max_wait_ms, max_queued_requests) to it
 
+Throughput (``--throughput-optimized``, what Ray's documentation recommends for
+throughput since Ray 2.55): Serve's HAProxy ingress (``RAY_SERVE_ENABLE_HA_PROXY``,
+the haproxy binary comes with Ray) in front of replicas that serve HTTP
+themselves, and ``RAY_SERVE_THROUGHPUT_OPTIMIZED`` (user code and router on the
+replica's main loop, buffered logs, gRPC between deployments). The flags are
+environment variables of Serve's controller, proxy and replicas: the CLI passes
+them as their runtime_env; with ``serve run``/``serve deploy`` or a RayService,
+set them in the cluster's environment instead (workloads/README.md).
+
 Examples (with RAY_ADDRESS and the token settings of the cluster set):
   serve run --working-dir workloads serve_app:app
   serve run --working-dir workloads serve_app:build_app replicas=4 max_wait_ms=5
@@ -38,7 +47,7 @@ import numpy as np
 from ray import serve
 
 DEFAULT_REPLICAS = 2
-DEFAULT_MAX_BATCH_ROWS = 1024
+DEFAULT_MAX_BATCH_ROWS = 8192  # as serve.py: a call costs ~6 ms however few its rows
 DEFAULT_MAX_WAIT_MS = 10.0  # same as serve.py (and Serve's own default)
 # Serve answers 503 once this many requests wait for a replica (its own
 # overload ceiling, per deployment handle); -1 would be unbounded.
@@ -116,6 +125,32 @@ def build_app(args: dict | None = None):
 
     replicas, seed, features, max_batch_rows, max_wait_ms, max_queued_requests.
     """
+    return _application(args)
+
+
+def throughput_env(files_dir: str, metrics_port: int) -> dict[str, str]:
+    """The environment of ``--throughput-optimized`` (Serve's controller, proxy and replicas).
+
+    The two flags Ray's documentation names, plus where this run's HAProxy
+    keeps its files and metrics (Serve's defaults are fixed paths under /tmp
+    and port 9101, shared by every Serve on the machine), and readiness checks
+    that wait 60 s instead of 5: on a busy 2-core machine HAProxy's proxy
+    needs longer, and Serve would kill and restart it (measured).
+    """
+    return {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+        "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": os.path.join(files_dir, "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": os.path.join(files_dir, "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": files_dir,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": os.path.join(files_dir, "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+    }
+
+
+def _application(args: dict | None, env_vars: dict[str, str] | None = None):
     args = dict(args or {})
     known = {"replicas", "seed", "features", "max_batch_rows", "max_wait_ms",
              "max_queued_requests"}
@@ -133,7 +168,11 @@ def build_app(args: dict | None = None):
                          f"{args['max_wait_ms']!r}") from None
     if not 0 <= max_wait_ms <= 1000:
         raise ValueError(f"serve_app: max_wait_ms must be 0..1000, got {max_wait_ms:g}")
-    return AnomalyService.options(num_replicas=replicas, max_queued_requests=max_queued).bind(
+    actor_options = {"num_cpus": 1}
+    if env_vars:
+        actor_options["runtime_env"] = {"env_vars": dict(env_vars)}
+    return AnomalyService.options(num_replicas=replicas, max_queued_requests=max_queued,
+                                  ray_actor_options=actor_options).bind(
         seed=_int_arg(args, "seed", anomaly_model.DEFAULT_SEED, None),
         n_features=_int_arg(args, "features", anomaly_model.DEFAULT_FEATURES, 1),
         max_batch_rows=max_batch_rows, max_wait_ms=max_wait_ms)
@@ -175,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queued-requests", type=int, default=DEFAULT_MAX_QUEUED_REQUESTS,
                    help="requests waiting for a replica before Serve answers 503 "
                         f"(default {DEFAULT_MAX_QUEUED_REQUESTS}; -1 = unbounded)")
+    p.add_argument("--throughput-optimized", action="store_true",
+                   help="Serve's HAProxy ingress and RAY_SERVE_THROUGHPUT_OPTIMIZED (see above); "
+                        "on a multi-node cluster also --host 0.0.0.0, so HAProxy on the head "
+                        "reaches replicas on other nodes")
     p.add_argument("--address", default=None,
                    help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)")
     return p
@@ -182,14 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Start Serve on --host/--port, deploy the app, block; Ctrl-C/SIGTERM shut Serve down."""
+    import shutil
     import signal
+    import socket
+    import tempfile
     import threading
 
     a = build_parser().parse_args(argv)
+    files_dir, env_vars, start_options = None, None, {}
+    if a.throughput_optimized:
+        files_dir = tempfile.mkdtemp(prefix="serve-haproxy-")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            env_vars = throughput_env(files_dir, s.getsockname()[1])
+        start_options["controller_options"] = {"runtime_env": {"env_vars": env_vars}}
     try:
-        application = build_app({"replicas": a.replicas, "features": a.features, "seed": a.seed,
-                                 "max_batch_rows": a.max_batch_rows, "max_wait_ms": a.max_wait_ms,
-                                 "max_queued_requests": a.max_queued_requests})
+        application = _application(
+            {"replicas": a.replicas, "features": a.features, "seed": a.seed,
+             "max_batch_rows": a.max_batch_rows, "max_wait_ms": a.max_wait_ms,
+             "max_queued_requests": a.max_queued_requests}, env_vars)
     except ValueError as e:
         print(f"serve_app.py: error: {e}", file=sys.stderr)
         return 2
@@ -201,15 +255,19 @@ def main(argv=None) -> int:
     try:
         # One proxy, on the head: fake local nodes share one network namespace,
         # and this is the one address the caller asked for.
-        serve.start(proxy_location="HeadOnly", http_options={"host": a.host, "port": a.port})
+        serve.start(proxy_location="HeadOnly", http_options={"host": a.host, "port": a.port},
+                    **start_options)
         serve.run(application, name="anomaly", route_prefix="/")
-        print(f"serve_app: listening on http://{a.host}:{a.port}", flush=True)
+        mode = " (HAProxy ingress, throughput-optimized)" if a.throughput_optimized else ""
+        print(f"serve_app: listening on http://{a.host}:{a.port}{mode}", flush=True)
         while not stop.wait(1.0):
             pass
     except KeyboardInterrupt:
         pass
     finally:
         serve.shutdown()  # Serve's controller and proxies are detached: remove them
+        if files_dir:
+            shutil.rmtree(files_dir, ignore_errors=True)
     return 0
 
 

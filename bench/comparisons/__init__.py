@@ -9,6 +9,14 @@
 - ``checks(data) -> dict``: correctness of what was measured (outputs agree).
 """
 
-from bench.comparisons import annotate, granularity, node_setup, scaleup, serve, tree_reduce
+from bench.comparisons import (
+    annotate,
+    e2e,
+    granularity,
+    node_setup,
+    scaleup,
+    serve,
+    tree_reduce,
+)
 
-ALL = {m.NAME: m for m in (annotate, granularity, scaleup, node_setup, serve, tree_reduce)}
+ALL = {m.NAME: m for m in (annotate, granularity, scaleup, node_setup, serve, tree_reduce, e2e)}

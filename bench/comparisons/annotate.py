@@ -7,7 +7,7 @@ import time
 
 from bench import work
 from bench.clusters import driver_env, run_driver
-from workloads import annotate as wa
+from workloads import labelme_sample
 
 NAME = "annotate"
 TITLE = "Image annotate: sequential vs multiprocessing.Pool vs Ray"
@@ -17,7 +17,7 @@ COMMAND = "python -m bench --only annotate"
 def _sample(ctx, p) -> str:
     src = str(ctx.workdir / NAME / "sample")
     t0 = time.monotonic()
-    wa.make_sample(src, p["count"], seed=0, min_side=p["min_side"], max_side=p["max_side_sample"])
+    labelme_sample.make_sample(src, p["count"], seed=0, min_side=p["min_side"], max_side=p["max_side_sample"])
     ctx.log(f"sample of {p['count']} images in {time.monotonic() - t0:.1f} s")
     return src
 

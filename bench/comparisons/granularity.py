@@ -6,7 +6,7 @@ import time
 
 from bench import work
 from bench.clusters import driver_env, run_driver
-from workloads import annotate as wa
+from workloads import labelme_sample
 
 NAME = "granularity"
 TITLE = "Task granularity: one Ray task per small file vs batched tasks"
@@ -15,7 +15,7 @@ COMMAND = "python -m bench --only granularity"
 
 def local(ctx, p) -> dict:
     src = str(ctx.workdir / NAME / "sample")
-    wa.make_sample(src, p["count"], seed=1, min_side=p["min_side"], max_side=p["max_side_sample"])
+    labelme_sample.make_sample(src, p["count"], seed=1, min_side=p["min_side"], max_side=p["max_side_sample"])
     items = work.discover(src)
     dst = str(ctx.workdir / NAME / "seq")
     t0 = time.perf_counter()

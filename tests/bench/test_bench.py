@@ -289,18 +289,79 @@ def test_report_flags_disagreeing_outputs():
 
 def test_serve_check_compares_predictions_and_errors():
     base = {"64": {"predictions_digest": "d1", "errors": 0}}
-    four = {k: copy.deepcopy(base) for k in serve_cmp.SERVERS}
-    assert serve_cmp.checks(four)["outputs_agree"]
-    for key in serve_cmp.SERVERS:
-        wrong = copy.deepcopy(four)
+    three = {k: copy.deepcopy(base) for k in serve_cmp.DEFAULT_SERVERS}
+    three["limit"] = {"1": {"64": 1000.0}, "2": {"64": 2000.0}}
+    assert serve_cmp.checks(three)["outputs_agree"]
+    for key in serve_cmp.DEFAULT_SERVERS:
+        wrong = copy.deepcopy(three)
         wrong[key]["64"]["predictions_digest"] = "d2"
         assert not serve_cmp.checks(wrong)["outputs_agree"], key
-        failed = copy.deepcopy(four)
+        failed = copy.deepcopy(three)
         failed[key]["64"]["errors"] = 1
         assert not serve_cmp.checks(failed)["outputs_agree"], key
-    missing = copy.deepcopy(four)
+    missing = copy.deepcopy(three)
     del missing["ray_serve"]
-    assert "servers measured: sequential, actor_pool, batching" in serve_cmp.checks(missing)["detail"]
+    assert "servers measured: sequential, batching;" in serve_cmp.checks(missing)["detail"]
+    no_limit = copy.deepcopy(three)
+    no_limit["limit"] = {"1": {}}
+    assert not serve_cmp.checks(no_limit)["outputs_agree"]
+
+
+def test_model_limit_interpolates_linearly_in_seconds_per_call():
+    from bench import model_limit
+
+    # 6 ms + 4 us/row per call: exact at the grid points and in between.
+    grid = {str(b): b / (0.006 + 4e-6 * b) for b in (1, 64, 1024, 8192)}
+    for b in (1, 64, 300, 1024, 5000, 8192):
+        assert model_limit.interpolate(grid, b) == pytest.approx(b / (0.006 + 4e-6 * b))
+    assert model_limit.interpolate(grid, 10000) == pytest.approx(10000 / (0.006 + 0.04))
+
+
+def test_model_limit_measures_the_model_in_process_on_one_and_two_cores():
+    from bench import model_limit
+
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    got = model_limit.measure([1, 256], 0.3, 8, 0, cores, log=lambda m: None)
+    assert set(got["1"]) == {"1", "256"} and all(v > 0 for v in got["1"].values())
+    assert got["1"]["256"] > got["1"]["1"]  # more rows per call, more rows per second
+    if len(cores) == 2:
+        assert set(got["2"]) == {"1", "256"}
+
+
+def test_profile_summary_sorts_py_spy_samples_into_the_fronts_stages():
+    from bench import serve_accounting as acc
+
+    samples = [
+        "main (workloads/serve.py:300);_start (workloads/serve.py:360) 50",
+        ("run_asgi (uvicorn/protocols/http/httptools_impl.py:422);"
+         "__call__ (workloads/serve_http.py:62);_predict (workloads/serve_http.py:80);"
+         "parse_instances (workloads/anomaly_model.py:77) 30"),
+        ("_run (workloads/serve_batcher.py:211);scores_on (workloads/serve.py:162);"
+         "_actor_method_call (ray/actor.py:2578) 15"),
+        "data_received (uvicorn/protocols/http/httptools_impl.py:174) 5",
+    ]
+    raw = "\n".join(samples)
+    got = acc.summarize_profile(raw)
+    assert got["samples"] == 100
+    assert got["stages"] == {acc.LOOP_STAGE: 0.5, "parse and validate (JSON -> array)": 0.3,
+                             "Ray: submit calls, receive results": 0.15,
+                             "HTTP (uvicorn, httptools, asyncio)": 0.05}
+    assert got["top_functions"][0] == ["_start (workloads/serve.py:360)", 0.5]
+
+
+def test_cpu_split_accounts_for_every_second_of_the_machine():
+    from bench import serve_accounting as acc
+
+    before = {"model": 0, "actors": 0, "front": 0, "cluster": 0, "wrk": 0, "machine": 100.0}
+    after = {"model": 8.0, "actors": 10.0, "front": 5.0, "cluster": 1.0, "wrk": 0.5,
+             "machine": 118.0}
+    got = acc.split_cpu(before, after, elapsed=10.0, cores=2, requests=1000)
+    sec = got["seconds"]
+    assert sec["model (IsolationForest in the actors)"] == 8.0
+    assert sec["actors' other work (Ray calls, (de)serialisation)"] == 2.0
+    assert sec["other processes on the machine"] == 1.5 and sec["idle"] == 2.0
+    assert sum(sec.values()) == pytest.approx(got["machine_seconds"]) == 20.0
+    assert got["ms_per_request"]["HTTP front (serve.py process)"] == 5.0
 
 
 MONITOR_LOG = """\
@@ -368,38 +429,80 @@ def test_first_round_counts_nodes_requested_together():
     assert report.first_round([[0, 0]]) == 0
 
 
-def _serve_result(rps, p99):
-    return {"rps": rps, "p50_ms": p99 / 2, "p99_ms": p99, "ok": int(rps * 15), "non_2xx": 0,
-            "socket_errors": 0, "errors": 0, "loadgen_cpu_core_share": 0.05,
-            "predictions_digest": "x"}
+def _serve_result(rps, p99, batch=None):
+    out = {"rps": rps, "p50_ms": p99 / 2, "p99_ms": p99, "ok": int(rps * 10), "non_2xx": 0,
+           "socket_errors": 0, "errors": 0, "loadgen_cpu_core_share": 0.05,
+           "predictions_digest": "x", "load": [0.5, 0.6, 0.7]}
+    if batch:
+        secs = {"model (IsolationForest in the actors)": 10.0, "HTTP front (serve.py process)": 4.0,
+                "idle": 6.0}
+        out["breakdown"] = {
+            "batches": 100, "mean_batch_rows": batch,
+            "ms_per_request": {"read body": 0.01, "parse and validate": 0.05, "queue (waiting for "
+                               "a batch to leave)": 1.0, "in the batch (actor call)": 8.0,
+                               "build response": 0.02, "send response": 0.03},
+            "ms_per_batch": {"actor call, round trip": 8.5, "model inside the actor": 8.0},
+            "cpu": {"seconds": secs, "machine_seconds": 20.0,
+                    "ms_per_request": {k: v / int(rps * 10) * 1000 for k, v in secs.items()}}}
+    return out
 
 
+# 6 ms + 4 us per row per call on one core; twice that on two
+LIMIT = {n: {str(b): n * b / (0.006 + 4e-6 * b) for b in (1, 64, 512, 1024, 2048, 8192)}
+         for n in (1, 2)}
 SERVE_DATA = {
-    "rows_per_request": [64, 2048], "concurrency": 16, "duration": 15.0, "actors": 2,
+    "rows_per_request": [64, 2048], "concurrency": 16, "duration": 10.0, "actors": 2, "cores": 2,
     "loadgen": "wrk -t1 (bench/wrk_post.lua)",
+    "limit": {str(n): g for n, g in LIMIT.items()},
     "sequential": {k: _serve_result(100.0, 200.0) for k in ("64", "2048")},
-    "actor_pool": {"64": _serve_result(80.0, 100.0), "2048": _serve_result(150.0, 80.0)},
-    "batching": {"64": _serve_result(400.0, 50.0), "2048": _serve_result(160.0, 100.0)},
+    "batching": {"64": _serve_result(1000.0, 50.0, batch=512),
+                 "2048": _serve_result(160.0, 100.0, batch=8192)},
     "ray_serve": {"64": _serve_result(200.0, 100.0), "2048": _serve_result(320.0, 25.0)},
+    "batching_profile": {"rows": 64, "seconds": 8, "rps_while_sampled": 990.0, "samples": 2000,
+                         "stages": {"parse and validate (JSON -> array)": 0.25,
+                                    "HTTP (uvicorn, httptools, asyncio)": 0.75},
+                         "top_functions": [["parse_instances (workloads/anomaly_model.py:77)",
+                                            0.2]]},
 }
+SERVE_DATA["limit_at"] = serve_cmp.limits_at(SERVE_DATA)
 
 
-def test_serve_section_reports_four_servers_at_each_request_size():
+def test_serve_section_reports_every_server_at_each_size_with_its_share_of_the_limit():
     text, heads = report.serve_section(SERVE_DATA)
-    assert ("| 64 | serve.py before batching (Flask threaded server, one actor call per request) "
-            "(2 actors) | 80.0 | "
-            "50.0 ms | 100.0 ms | 1200 / 0 / 0 | 5% | 0.80x |") in text
+    lim64 = 2 * 512 / (0.006 + 4e-6 * 512)  # the 2-core limit at serve.py's 512-row batches
+    assert SERVE_DATA["limit_at"]["64"]["batch"] == 512
+    assert SERVE_DATA["limit_at"]["64"]["2"] == pytest.approx(lim64, rel=1e-3)
+    assert f"| 64 | 512 | {lim64 / 2:,.0f} | {lim64:,.0f} | {lim64 / 64:,.0f} |" in text
+    share = f"{1000 * 64 / lim64:.0%}"
+    assert (f"| 64 | serve.py (asyncio front, dynamic batching) (2 actors) | 1000.0 | 64,000 | "
+            f"{share} | {2 * 1000 * 64 / lim64:.0%} | 25.0 ms | 50.0 ms | 10000 / 0 / 0 | 5% | "
+            "0.5 | 10.00x |") in text
     assert "| 2048 | Ray Serve app (`serve_app.py`, `@serve.batch`) (2 replicas) | 320.0 |" in text
     assert "16 concurrent connections from wrk" in text
     heads = dict(heads)
-    assert heads["serve (64 rows/request): requests/s, serve.py batching / sequential Flask"] == "4.00x"
-    assert heads["serve (64 rows/request): p99 latency, sequential Flask / serve.py batching"] == "4.00x"
-    assert heads["serve (2048 rows/request): requests/s, serve.py before batching / sequential Flask"] \
-        == "1.50x"
-    # batching vs Ray Serve, both ways round
-    assert heads["serve (64 rows/request): requests/s, serve.py batching / Ray Serve"] == "2.00x"
-    assert heads["serve (2048 rows/request): requests/s, serve.py batching / Ray Serve"] == "0.50x"
-    assert heads["serve (2048 rows/request): p99 latency, Ray Serve / serve.py batching"] == "0.25x"
+    assert heads["serve (64 rows/request): requests/s, serve.py / naive Flask"] == "10.00x"
+    assert heads["serve (64 rows/request): p99 latency, naive Flask / serve.py"] == "4.00x"
+    assert heads["serve (64 rows/request): serve.py rows/s, share of the model's own 2-core limit "
+                 "(at 512-row batches)"] == share
+    assert heads["serve (2048 rows/request): requests/s, serve.py / Ray Serve"] == "0.50x"
+    # the verdicts: where Ray Serve wins, and serve.py vs the naive server
+    assert "Ray Serve answers more requests/s at 2048 rows/request" in text
+    assert ("serve.py vs the naive server: at least as many requests/s at every size; p99 not "
+            "above the naive server's at any size") in text
+    # where the time goes: CPU shares, the path of a request, the profile
+    assert "| 64 | 50% (1.00) | 20% (0.40) | 30% (0.60) |" in text
+    assert "| 64 | 512 | 0.01 | 0.05 | 1.00 | 8.00 | 0.02 | 0.03 | 8.50 | 8.00 | 0.50 |" in text
+    assert "| parse and validate (JSON -> array) | 25% |" in text
+
+
+def test_serve_section_of_results_saved_before_the_limit_still_renders():
+    old = {k: v for k, v in SERVE_DATA.items() if k not in ("limit", "limit_at")}
+    text, _ = report.serve_section(old)
+    assert "| 64 | serve.py (asyncio front, dynamic batching) (2 actors) | 1000.0 | 64,000 | n/a |" \
+        in text
+    slower = copy.deepcopy(old)
+    slower["batching"]["2048"]["rps"] = 50.0
+    assert "FEWER requests/s at 2048 rows/request" in report.serve_section(slower)[0]
 
 
 def test_plot_writes_a_png_with_missing_and_failed_panels(tmp_path):
@@ -410,6 +513,9 @@ def test_plot_writes_a_png_with_missing_and_failed_panels(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc["comparisons"]["serve"] = {"title": "s", "data": SERVE_DATA}
     assert plot.render(doc, tmp_path / "q.png").stat().st_size > 10_000
+    old = {k: v for k, v in SERVE_DATA.items() if k not in ("limit", "limit_at")}
+    doc["comparisons"]["serve"] = {"title": "s", "data": old}
+    assert plot.render(doc, tmp_path / "r.png").stat().st_size > 10_000
 
 
 def test_results_file_round_trip_and_schema(tmp_path):
@@ -446,3 +552,26 @@ def test_wait_for_load_returns_at_once_when_quiet_and_gives_up_after_max_wait():
     logs.clear()
     load = cli.wait_for_load(-1.0, 0.2, logs.append, poll=0.05)  # never quiet enough
     assert load >= 0 and "waiting" in logs[0] and "starting" in logs[-1]
+
+
+E2E_DATA = {"workers": 2, "worker_cpus": 2.0, "head_ready": 120.4, "workers_joined": [61.0, 190.2],
+            "all_joined": 190.2, "down": 14.0, "down_done": 230.9, "instances_after_down": 0,
+            "leftovers": [], "api_calls": {"compute.instances.insert": 3}}
+
+
+def test_e2e_section_reports_milestones_and_its_check_needs_every_worker_and_a_clean_host(tmp_path):
+    from bench import plot
+    from bench.comparisons import e2e
+
+    doc = copy.deepcopy(DOC)
+    doc["comparisons"]["e2e"] = {"title": "e2e", "command": e2e.COMMAND, "started": "t",
+                                 "load_at_start": [1, 1, 1], "wall_seconds": 300,
+                                 "data": E2E_DATA}
+    md = report.render(_with_checks(doc))
+    assert "| e2e on fake VMs: head ready / all workers joined / ray down done | 120 / 190 / 231 s |" in md
+    assert "| worker 2 of 2 joined (demand sent after `ray up`) | 190 s |" in md
+    assert "Check: outputs agree (2 of 2 workers joined; 0 instances left" in md
+    assert plot.render(_with_checks(doc), tmp_path / "e.png").stat().st_size > 10_000
+    assert e2e.checks({**E2E_DATA, "workers_joined": [61.0]})["outputs_agree"] is False
+    assert e2e.checks({**E2E_DATA, "leftovers": ["process 1 survives"]})["outputs_agree"] is False
+    assert e2e.checks({**E2E_DATA, "instances_after_down": 1})["outputs_agree"] is False

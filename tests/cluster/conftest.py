@@ -24,7 +24,7 @@ def fake_gcp(monkeypatch, tmp_path) -> FakeGcp:
         service_accounts={FACTS.head_service_account, FACTS.worker_service_account},
         subnetworks={SUBNET_KEY},
     )
-    monkeypatch.setattr(gcp_provider, "construct_clients_from_provider_config", fake.clients)
+    monkeypatch.setattr(gcp_provider, "construct_clients", fake.clients)
 
     def rays_own(*_a, **_k):
         raise AssertionError("Ray's own GCP client factory (bootstrap_gcp path) was used")

@@ -191,7 +191,11 @@ class FakeGcp:
     def _set_labels(self, kw: dict) -> dict:
         with self._lock:
             instance = self._in_zone(kw)
-            assert kw["body"]["labelFingerprint"] == instance["labelFingerprint"]
+            if kw["body"].get("labelFingerprint") != instance["labelFingerprint"]:
+                # GCE's answer to a stale or missing fingerprint (HTTP 412 conditionNotMet).
+                raise http_error(
+                    412, "Labels fingerprint either invalid or resource labels have changed"
+                )
             instance["labels"] = dict(kw["body"]["labels"])
             instance["labelFingerprint"] = f"fp-{next(self._op_ids)}"
             return self._operation(kw["zone"])

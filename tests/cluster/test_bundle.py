@@ -45,6 +45,9 @@ def test_bundle_is_normalised_sorted_and_small():
     assert names == sorted(names)
     assert {"cluster/__init__.py", "cluster/gcp_provider.py", REQUIREMENTS_PATH} <= set(names)
     assert "cluster/layout.py" in names and "workloads/__init__.py" in names
+    # Code only: the READMEs would take a fifth of the one metadata value.
+    assert (ROOT / "cluster/README.md").is_file()
+    assert not [n for n in names if n.endswith(".md")]
     for m in members(blob):
         assert (m.mtime, m.uid, m.gid, m.uname, m.gname) == (0, 0, 0, "", "")
         assert m.isfile()

@@ -169,3 +169,142 @@ def test_local_down_removes_the_token_and_says_so(tmp_path):
     assert down.returncode == 0, down.stderr
     assert not (state / "auth_token").exists()
     assert f"down: removed the auth token {state / 'auth_token'}" in down.stdout
+
+
+# ---- --api-endpoint (provider.api_endpoints, as ray-gcp:apiEndpoints) -----------------------
+
+
+def test_render_gcp_with_api_endpoints():
+    out = cli(
+        "render", "--target", "gcp",
+        "--api-endpoint", "compute=https://compute-psc.p.googleapis.com/compute/v1/",
+        "--api-endpoint", "iam=https://iam-psc.p.googleapis.com/",
+    )
+    assert out.returncode == 0, out.stderr
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["provider"]["api_endpoints"] == {
+        "compute": "https://compute-psc.p.googleapis.com/compute/v1/",
+        "iam": "https://iam-psc.p.googleapis.com/",
+    }
+    validate_config(prepare_config(cfg))
+    # Without the flag the key is absent (nothing changes for everyone else).
+    assert "api_endpoints" not in yaml.safe_load(cli("render", "--target", "gcp").stdout)["provider"]
+
+
+def test_api_endpoint_flag_adds_to_a_facts_file(tmp_path):
+    facts = example_gcp_facts().model_dump()
+    facts["api_endpoints"] = {"iam": "https://iam-psc.p.googleapis.com/"}
+    (tmp_path / "facts.json").write_text(json.dumps(facts))
+    out = cli(
+        "render", "--target", "gcp", "--facts", str(tmp_path / "facts.json"),
+        "--api-endpoint", "compute=http://127.0.0.1:8080/compute/v1/",
+    )
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load(out.stdout)["provider"]["api_endpoints"] == {
+        "iam": "https://iam-psc.p.googleapis.com/",
+        "compute": "http://127.0.0.1:8080/compute/v1/",
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--api-endpoint", "compute=ftp://h/compute/v1/"],
+         "--api-endpoint compute = 'ftp://h/compute/v1/': not an absolute http(s) URL"),
+        (["--api-endpoint", "compute=https://h/compute/v1"], "must end with '/'"),
+        (["--api-endpoint", "storage=https://h/"],
+         "--api-endpoint storage: unknown API; allowed keys: compute, iam, cloudresourcemanager"),
+        (["--api-endpoint", "https://h/compute/v1/"], "write API=URL"),
+        (["--api-endpoint", "iam=https://a/", "--api-endpoint", "iam=https://b/"], "given twice"),
+    ],
+)
+def test_bad_api_endpoint_flags_are_refused(args, needle):
+    out = cli("render", "--target", "gcp", *args)
+    assert out.returncode == 2
+    assert needle in out.stderr and out.stdout == ""
+
+
+def test_bad_api_endpoints_in_a_facts_file_name_the_key(tmp_path):
+    facts = example_gcp_facts().model_dump()
+    facts["api_endpoints"] = {"compute": "compute.googleapis.com"}
+    (tmp_path / "facts.json").write_text(json.dumps(facts))
+    out = cli("render", "--target", "gcp", "--facts", str(tmp_path / "facts.json"))
+    assert out.returncode == 2
+    assert "api_endpoints.compute = 'compute.googleapis.com': not an absolute http(s) URL" in out.stderr
+
+
+def test_api_endpoint_flag_is_for_the_gcp_target_only():
+    out = cli("render", "--target", "local", "--api-endpoint", "compute=http://127.0.0.1:1/c/")
+    assert out.returncode == 2 and "--api-endpoint: applies to --target gcp only" in out.stderr
+
+
+# ---- flags that do not apply are refused, not ignored (issue 24) -------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["render", "--target", "gcp", "--kind", "rayjob"],
+         "--kind: applies to --target kuberay only"),
+        (["render", "--target", "local", "--kind", "core"],
+         "--kind: applies to --target kuberay only"),
+        (["render", "--target", "gcp", "--gcs-port", "41000"],
+         "--gcs-port: applies to --target local only"),
+        (["render", "--target", "kuberay", "--gcs-port", "41000"],
+         "--gcs-port: applies to --target local only"),
+        (["render", "--target", "kuberay", "--facts", "kubefacts.json", "--project", "x-project"],
+         "--project: not used with --facts"),
+        (["local", "status", "--autoscaler-v2"], "--autoscaler-v2: applies to `local up` only"),
+        (["local", "down", "--autoscaler-v2"], "--autoscaler-v2: applies to `local up` only"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
+def test_a_flag_that_does_not_apply_is_refused(tmp_path, args, message):
+    out = cli(*args, "--state-dir", str(tmp_path / "none")) if args[0] == "local" else cli(*args)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert message in out.stderr
+    assert out.stdout == ""
+
+
+def test_kind_still_renders_every_kuberay_manifest():
+    for kind in ("raycluster", "rayjob", "rayservice", "core"):
+        out = cli("render", "--target", "kuberay", "--kind", kind)
+        assert out.returncode == 0, (kind, out.stderr)
+    default = cli("render", "--target", "kuberay")
+    assert yaml.safe_load(default.stdout)["kind"] == "RayCluster"
+
+
+# ---- one bucket name everywhere (issue 24) ------------------------------------------------
+
+
+def test_every_renderer_uses_the_stacks_bucket_name():
+    from cluster.names import bucket_name
+
+    expected = bucket_name("my-ray-project", "ray-gcp")  # what infra/ creates
+    gcp = yaml.safe_load(cli("render", "--target", "gcp").stdout)
+    assert f"RAY_GCP_BUCKET={expected}" in yaml.safe_dump(gcp["setup_commands"])
+    job = yaml.safe_load(cli("render", "--target", "kuberay", "--kind", "rayjob").stdout)
+    assert f"gs://{expected}/annotate/input" in job["spec"]["entrypoint"]
+    team = yaml.safe_load(cli("render", "--target", "kuberay", "--project", "team-proj-42").stdout)
+    envs = [e for c in team["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+            for e in c.get("env", [])]
+    assert {"name": "RAY_GCP_BUCKET", "value": bucket_name("team-proj-42", "ray-gcp")} in envs
+
+
+# ---- --help (issue 24) ----------------------------------------------------------------------
+
+
+def test_help_lists_one_line_per_command_and_examples():
+    out = cli("--help")
+    assert out.returncode == 0
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("usage: python -m cluster")
+    for command in ("local", "render", "requirements"):
+        (line,) = [ln for ln in lines if ln.split()[:1] == [command]]
+        assert len(line.split()) > 3, line  # the command and what it does, on one line
+    examples = lines[lines.index("examples:") + 1:]
+    assert examples and all(ln.startswith("  python -m cluster ") for ln in examples if ln)
+    assert max(len(ln) for ln in lines) <= 100
+    # Each command's own --help carries the details.
+    render = cli("render", "--help").stdout
+    assert "--kind" in render and "examples:" in render

@@ -171,3 +171,104 @@ def test_ray_up_creates_the_head_in_the_next_zone_when_the_first_is_full(
     for c in fake_gcp.calls:
         if c.method in ("instances.get", "instances.setLabels"):
             assert c.kwargs["zone"] == spare, c
+
+
+def test_the_heads_config_keeps_api_endpoints_and_credentials(
+    fake_gcp, provider_vm, monkeypatch, ssh_control_dirs
+):
+    """The head's autoscaler is another process: only its copy of the config can tell it
+    where the APIs are (and with which credentials)."""
+    endpoints = {
+        "compute": "http://10.99.0.1:8080/compute/v1/",
+        "iam": "http://10.99.0.1:8080/iam/",
+        "cloudresourcemanager": "http://10.99.0.1:8080/crm/",
+    }
+    credentials = {"type": "credentials_token", "credentials": "ya29.offline"}
+    provider_vm["provider"]["api_endpoints"] = endpoints
+    provider_vm["provider"]["gcp_credentials"] = credentials
+    monkeypatch.delenv("RAY_UP_enable_autoscaler_v2", raising=False)
+    runner = CapturingRunner()
+    ray_up(provider_vm, runner)
+    on_head = yaml.safe_load(runner.uploads["~/ray_bootstrap_config.yaml"])
+    assert on_head["provider"]["api_endpoints"] == endpoints
+    assert on_head["provider"]["gcp_credentials"] == credentials
+
+
+# ---- the head's autoscaler does not warn about legacy fields every round ----------------------
+
+LEGACY_WARNING = "Dropping the empty legacy field"
+
+
+def _heads_config(provider_vm, monkeypatch, tmp_path) -> Path:
+    monkeypatch.delenv("RAY_UP_enable_autoscaler_v2", raising=False)
+    runner = CapturingRunner()
+    ray_up(provider_vm, runner)
+    path = tmp_path / "ray_bootstrap_config.yaml"
+    path.write_text(runner.uploads["~/ray_bootstrap_config.yaml"])
+    return path
+
+
+def test_the_heads_config_makes_the_autoscaler_log_no_legacy_field_line(
+    fake_gcp, provider_vm, monkeypatch, tmp_path, caplog, ssh_control_dirs
+):
+    """v2 re-reads (prepare_config) the head's config every round: no legacy-field line."""
+    import logging
+
+    from ray.autoscaler._private import util as ray_util
+    from ray.autoscaler.v2.instance_manager.config import FileConfigReader
+
+    path = _heads_config(provider_vm, monkeypatch, tmp_path)
+    assert "head_node" not in yaml.safe_load(path.read_text())
+    caplog.set_level(logging.WARNING)
+    reader = FileConfigReader(str(path), skip_content_hash=True)
+    for _ in range(3):  # three autoscaler rounds
+        reader.refresh_cached_autoscaling_config()
+    assert [r for r in caplog.records if LEGACY_WARNING in r.getMessage()] == []
+
+    # The premise: without our filter, Ray itself warns on every read, because its
+    # defaults for `type: external` add both fields (MINIMAL_EXTERNAL_CONFIG).
+    monkeypatch.setattr(logging.getLogger(ray_util.__name__), "filters", [])
+    caplog.clear()
+    reader.refresh_cached_autoscaling_config()
+    dropped = sorted(r.getMessage().split()[5] for r in caplog.records if LEGACY_WARNING in r.getMessage())
+    assert dropped == ["head_node.", "worker_nodes."]
+
+
+def test_on_the_head_only_the_read_before_the_provider_loads_logs_it(
+    fake_gcp, provider_vm, monkeypatch, tmp_path, ssh_control_dirs
+):
+    """A fresh process in the v2 monitor's order: read the config, load the provider
+    through Ray's external loader, then autoscaler rounds."""
+    import subprocess
+    import sys
+
+    path = _heads_config(provider_vm, monkeypatch, tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    # Offline clients: a bearer token (no metadata-server probe) and a loopback endpoint
+    # that is never called (building the provider makes no request).
+    cfg["provider"]["gcp_credentials"] = {"type": "credentials_token", "credentials": "t"}
+    cfg["provider"]["api_endpoints"] = {"compute": "http://127.0.0.1:9/compute/v1/"}
+    path.write_text(yaml.safe_dump(cfg))
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.WARNING, stream=sys.stderr)\n"
+        "from ray.autoscaler.v2.instance_manager.config import FileConfigReader\n"
+        "from ray.autoscaler._private.providers import _get_node_provider\n"
+        f"reader = FileConfigReader({str(path)!r}, skip_content_hash=True)\n"
+        "print('--- provider', file=sys.stderr, flush=True)\n"
+        "config = reader.get_cached_autoscaling_config()\n"
+        "provider = _get_node_provider(config.get_config('provider'), config.get_config('cluster_name'))\n"
+        "print(type(provider).__name__, file=sys.stderr)\n"
+        "print('--- rounds', file=sys.stderr, flush=True)\n"
+        "for _ in range(3):\n"
+        "    reader.refresh_cached_autoscaling_config()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False,
+        cwd=ROOT, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    before, after = out.stderr.split("--- provider", 1)
+    assert "ReadOnlyGCPNodeProvider" in after
+    assert before.count(LEGACY_WARNING) == 2  # Ray's first read, before our module is loaded
+    assert after.split("--- rounds", 1)[1].count(LEGACY_WARNING) == 0

@@ -62,6 +62,7 @@ def test_cluster_config_is_cluster_render_of_the_deployed_facts(each_scenario):
     facts = {
         "project": harness.TEST_PROJECT, "region": settings.region, "zone": settings.zone,
         "fallback_zones": settings.node_fallback_zones,
+        "api_endpoints": settings.node_api_endpoints,
         "subnetwork": f"{harness.GCE}/projects/{harness.TEST_PROJECT}/regions/{subnet['region']}"
                       f"/subnetworks/{subnet['name']}",
         "head_service_account": out["serviceAccounts"]["head"],

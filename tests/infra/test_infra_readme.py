@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 
 from test_infra_program import STACK_OUTPUTS
 
 from infra import offline as harness
+from infra import preview
 from infra.components.identity import CUSTOM, GKE_GRANTS, grants
 from infra.components.ray_on_gke import BUCKET_ROLE
 from infra.iam import readme_section
@@ -37,7 +39,8 @@ def test_settings_table_matches_pulumi_yaml():
     assert [r[0].strip("`") for r in rows] == list(declared)
     for key, typ, default, _ in rows:
         decl = declared[key.strip("`")]
-        assert typ == decl["type"], key
+        # An object setting is declared untyped (Pulumi project config has no object type).
+        assert typ == decl.get("type", "object"), key
         if "default" not in decl:  # computed from other settings (e.g. fallbackZones)
             assert default.startswith("unset:"), key
             continue
@@ -99,30 +102,23 @@ def _gke_outputs() -> set[str]:
 
 
 def test_example_commands_are_valid_settings():
+    """The example's `pulumi config set [--path]` lines, stored as Pulumi stores them (the
+    preview's own reading of `--path`), make valid settings."""
     block = README.split("## Example", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
-    raw: dict = {}
-    project = None
+    items = []
     for line in block.splitlines():
         line = line.split("  #", 1)[0].strip()
         if line.startswith("pulumi config set"):
-            args = shlex.split(line)[3:]
-            path = args[0] == "--path"
-            key, value = args[1:] if path else args
-            if key == "gcp:project":
-                project = value
-                continue
-            name = key.removeprefix("ray-gcp:")
-            if path:
-                name, index = re.fullmatch(r"(\w+)\[(\d+)\]", name).groups()
-                raw.setdefault(name, []).insert(int(index), value)
-            else:
-                raw[name] = value
+            args = [a for a in shlex.split(line)[3:] if a != "--path"]
+            items.append((args[0], args[1]))
         elif "pulumi stack output" in line:
             assert re.search(r"stack output (\w+)", line).group(1) in STACK_OUTPUTS
-    settings = parse_settings(
-        {k: (str(v).replace("'", '"') if isinstance(v, list) else v) for k, v in raw.items()},
-        project,
-    )
+    stored, problems = preview.parse_set_items(items)
+    assert problems == [] and preview.check_overrides(stored) == []
+    project = stored.pop("gcp:project")
+    raw = {k.removeprefix("ray-gcp:"): json.dumps(v) if isinstance(v, list) else v
+           for k, v in stored.items()}
+    settings = parse_settings(raw, project)
     assert settings.cluster_name == "research" and settings.max_workers == 10
     assert settings.ssh_source_ranges == ("203.0.113.0/24",)
 
@@ -139,7 +135,7 @@ def test_the_offline_example_prints_what_the_readme_shows():
 
     section = README.split("Before any of that, offline", 1)[1]
     command, after = section.split("```bash", 1)[1].split("```", 1)
-    command = command.strip()
+    command = command.replace("\\\n", " ").strip()  # continuation lines
     shown = after.split("```\n", 1)[1].split("```", 1)[0]
     argv = shlex.split(command)
     assert argv[:3] == [".venv/bin/python", "-m", "infra.offline"]
@@ -150,3 +146,17 @@ def test_the_offline_example_prints_what_the_readme_shows():
     for line in shown.strip("\n").splitlines():
         if line != "...":
             assert line in out.splitlines(), (line, out)
+
+
+def _documented_outputs(heading: str) -> set[str]:
+    names: set[str] = set()
+    for row in _table_after(heading):
+        names |= set(re.findall(r"`(\w+)`", row[0]))
+    return names
+
+
+def test_stack_output_tables_list_exactly_the_programs_outputs():
+    """Both tables name every `pulumi stack output` the program exports, and nothing else
+    (the sets are checked against the program's own exports in test_infra_program/test_gke)."""
+    assert _documented_outputs("### Stack outputs") == STACK_OUTPUTS
+    assert _documented_outputs("### GKE stack outputs") == _gke_outputs()

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from cluster.api_endpoints import ApiEndpoints
 from cluster.regions import REGION_ZONES, zones_of
 from infra import offline as harness
 from infra.settings import NAMESPACE, Settings, SettingsError, parse_settings
@@ -34,6 +35,12 @@ def test_pulumi_yaml_declares_exactly_the_settings_with_the_same_defaults():
         else:
             assert decl["default"] == (list(default) if isinstance(default, tuple) else default), key
         assert decl["description"] == info.description, key
+        if info.annotation == ApiEndpoints | None:
+            # Pulumi project config has no object type: declared untyped, so that
+            # `pulumi config set --path ray-gcp:apiEndpoints.compute URL` passes Pulumi's
+            # own check (a declared `type: string` would refuse the object).
+            assert "type" not in decl, key
+            continue
         expected_type = PULUMI_TYPES.get(info.annotation, "string")  # Literal[...] -> string
         assert decl["type"] == expected_type, key
 
@@ -87,10 +94,38 @@ def test_values_arrive_as_engine_strings():
     assert s.ssh_needs_public_ip
 
 
-def test_ssh_ranges_also_accept_a_comma_list_and_private_ranges_need_no_public_ip():
-    s = parse_settings({"sshSourceRanges": "10.1.0.0/16, 192.168.5.0/24"}, PROJECT)
+def test_private_ssh_ranges_need_no_public_ip():
+    s = parse_settings({"sshSourceRanges": '["10.1.0.0/16", "192.168.5.0/24"]'}, PROJECT)
     assert s.ssh_source_ranges == ("10.1.0.0/16", "192.168.5.0/24")
     assert not s.ssh_needs_public_ip
+
+
+# A list setting given as a plain string (`pulumi config set ray-gcp:fallbackZones
+# asia-northeast3-b`, without --path) is refused, naming the setting, the value, what is
+# allowed and the command that stores a list; Pulumi's own typed-config check refuses it
+# at `pulumi up` too ("must be of type 'array<string>'"), with less to go on.
+@pytest.mark.parametrize(
+    ("key", "value", "allowed", "command"),
+    [
+        ("fallbackZones", "asia-northeast3-b", "a list of zones of `region` other than `zone`",
+         "pulumi config set --path 'ray-gcp:fallbackZones[0]' asia-northeast3-b"),
+        ("fallbackZones", "asia-northeast3-b,asia-northeast3-c", "[] for no fallback",
+         "pulumi config set --path 'ray-gcp:fallbackZones[0]' asia-northeast3-b"),
+        ("sshSourceRanges", "203.0.113.0/24", "a list of IPv4 CIDRs",
+         "pulumi config set --path 'ray-gcp:sshSourceRanges[0]' 203.0.113.0/24"),
+        ("operators", "user:alice@example.com", "a list of user:EMAIL or group:EMAIL",
+         "pulumi config set --path 'ray-gcp:operators[0]' user:alice@example.com"),
+        ("operators", "", "a list of user:EMAIL or group:EMAIL",
+         "pulumi config set --path 'ray-gcp:operators[0]' <item>"),
+    ],
+    ids=["zone", "comma-list", "cidr", "operator", "empty"],
+)
+def test_a_plain_string_for_a_list_setting_is_refused(key, value, allowed, command):
+    with pytest.raises(SettingsError) as info:
+        parse_settings({key: value}, PROJECT)
+    message = str(info.value)
+    assert f"{NAMESPACE}:{key} = {value!r}: not a list" in message
+    assert allowed in message and command in message
 
 
 def test_every_region_has_zones_and_every_zone_is_accepted():
@@ -125,7 +160,7 @@ BAD_SETTINGS = [
     ({"maxWorkers": "many"}, "ray-gcp:maxWorkers", "integer"),
     ({"spotWorkers": "sometimes"}, "ray-gcp:spotWorkers", "true or false"),
     ({"sshSourceRanges": '["0.0.0.0/0"]'}, "ray-gcp:sshSourceRanges", "never 0.0.0.0/0"),
-    ({"sshSourceRanges": "0.0.0.0/1"}, "ray-gcp:sshSourceRanges", "/8 or longer"),
+    ({"sshSourceRanges": '["0.0.0.0/1"]'}, "ray-gcp:sshSourceRanges", "/8 or longer"),
     ({"sshSourceRanges": '["203.0.113.7"]'}, "ray-gcp:sshSourceRanges", "203.0.113.7/32"),
     ({"sshSourceRanges": '["203.0.113.300/32"]'}, "ray-gcp:sshSourceRanges", "IPv4 CIDRs"),
     ({"sshSourceRanges": '["203.0.113.7/24"]'}, "ray-gcp:sshSourceRanges", "203.0.113.0/24"),
@@ -143,6 +178,11 @@ BAD_SETTINGS = [
     ({"headMachineType": "N2-STANDARD-4"}, "ray-gcp:headMachineType", "machine type"),
     ({"workerMachineType": "n2-standard"}, "ray-gcp:workerMachineType", "vCPU"),
     ({"maxWorker": "3"}, "ray-gcp:maxWorker", "ray-gcp:maxWorkers"),
+    # a list setting stored as a plain string (`pulumi config set` without --path)
+    ({"fallbackZones": "asia-northeast3-b"}, "ray-gcp:fallbackZones",
+     "pulumi config set --path 'ray-gcp:fallbackZones[0]' asia-northeast3-b"),
+    ({"operators": "user:alice@example.com"}, "ray-gcp:operators",
+     "pulumi config set --path 'ray-gcp:operators[0]' user:alice@example.com"),
     # platform and the GKE settings
     ({"platform": "k8s"}, "ray-gcp:platform", "vm or gke"),
     ({"platform": "gke", "gkePodsCidr": "34.0.0.0/14"}, "ray-gcp:gkePodsCidr", "RFC 1918"),
@@ -295,10 +335,11 @@ def test_bad_project_id_names_gcp_project():
         ({"zone": "asia-northeast3-b"}, ("asia-northeast3-c", "asia-northeast3-a")),
         ({"region": "us-central1", "zone": "us-central1-c"}, ("us-central1-f", "us-central1-a", "us-central1-b")),
         ({"fallbackZones": '["asia-northeast3-c"]'}, ("asia-northeast3-c",)),
-        ({"fallbackZones": "asia-northeast3-c,asia-northeast3-b"}, ("asia-northeast3-c", "asia-northeast3-b")),
+        ({"fallbackZones": '["asia-northeast3-c", "asia-northeast3-b"]'},
+         ("asia-northeast3-c", "asia-northeast3-b")),
         ({"fallbackZones": "[]"}, ()),
     ],
-    ids=["default", "after-zone-wraps", "us-central1", "json", "comma", "empty-turns-it-off"],
+    ids=["default", "after-zone-wraps", "us-central1", "json", "order-kept", "empty-turns-it-off"],
 )
 def test_fallback_zones(raw, expected):
     assert parse_settings(raw, PROJECT).node_fallback_zones == expected
@@ -318,3 +359,60 @@ def test_bad_fallback_zones_name_the_key_the_zone_and_the_region(value, needle):
         parse_settings({"fallbackZones": value}, PROJECT)
     assert f"{NAMESPACE}:fallbackZones = " in str(err.value)
     assert needle in str(err.value)
+
+
+# ---- apiEndpoints -------------------------------------------------------------------------
+
+PSC = {
+    "compute": "https://compute-ray.p.googleapis.com/compute/v1/",
+    "iam": "https://iam-ray.p.googleapis.com/",
+    "cloudresourcemanager": "https://cloudresourcemanager-ray.p.googleapis.com/",
+}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({}, {}),
+        ({"apiEndpoints": json.dumps(PSC)}, PSC),  # what the engine hands over for an object
+        ({"apiEndpoints": '{"compute": "http://10.99.0.1:8080/compute/v1/"}'},
+         {"compute": "http://10.99.0.1:8080/compute/v1/"}),
+        ({"apiEndpoints": "{}"}, {}),
+    ],
+    ids=["unset", "all-three", "compute-only", "empty-object"],
+)
+def test_api_endpoints(raw, expected):
+    s = parse_settings(raw, PROJECT)
+    assert s.node_api_endpoints == expected
+    assert (s.api_endpoints is None) == (not expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "needle"),
+    [
+        ('{"compute": "compute.googleapis.com/compute/v1/"}', "apiEndpoints.compute",
+         "not an absolute http(s) URL; allowed: an absolute http(s) URL ending in '/'"),
+        ('{"compute": "ftp://h/compute/v1/"}', "apiEndpoints.compute", "not an absolute http(s) URL"),
+        ('{"iam": "https://iam-ray.p.googleapis.com"}', "apiEndpoints.iam", "must end with '/'"),
+        ('{"iam": "https://h/?alt=json"}', "apiEndpoints.iam", "no query"),
+        ('{"storage": "https://h/"}', "apiEndpoints.storage",
+         "unknown key (allowed: an object whose keys are compute, iam, cloudresourcemanager"),
+        ('{"compute": 8080}', "apiEndpoints.compute", "Input should be a valid string"),
+        ('["https://h/"]', "apiEndpoints", "not an object"),
+        ('{"compute": ', "apiEndpoints", "not a JSON object"),
+    ],
+)
+def test_bad_api_endpoints_name_the_member_and_the_allowed_form(value, key, needle):
+    with pytest.raises(SettingsError) as err:
+        parse_settings({"apiEndpoints": value}, PROJECT)
+    assert f"{NAMESPACE}:{key} = " in str(err.value)
+    assert needle in str(err.value)
+
+
+def test_api_endpoints_are_refused_on_gke():
+    with pytest.raises(SettingsError) as err:
+        parse_settings({"platform": "gke", "apiEndpoints": json.dumps(PSC)}, PROJECT)
+    assert (
+        f"{NAMESPACE}:apiEndpoints = {json.dumps(PSC)}: applies only to {NAMESPACE}:platform vm"
+        in str(err.value)
+    )

@@ -1,6 +1,9 @@
 """`python -m infra.offline`: the resource listing `make demo` prints."""
 
+import json
+
 import pytest
+import yaml
 
 from infra import offline
 from infra import offline as harness
@@ -97,3 +100,109 @@ def test_default_summary_shows_standard_workers(capsys):
     assert offline.main([]) == 0
     out = capsys.readouterr().out
     assert "  cpu-worker: workers 0-6, n2-standard-4, STANDARD, resources {'CPU': 4}" in out
+
+
+# ---- what the preview shows and refuses (issue 24) ---------------------------------------
+
+
+def test_a_plain_string_for_a_list_setting_is_refused_before_anything_runs(capsys):
+    assert offline.main(["--set", "ray-gcp:fallbackZones=asia-northeast3-b"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("invalid --set (nothing was run):")
+    assert "--set ray-gcp:fallbackZones=asia-northeast3-b: not a list" in out
+    # The two forms that work, with the user's own value.
+    assert """--set 'ray-gcp:fallbackZones=["asia-northeast3-b"]'""" in out
+    assert "--set 'ray-gcp:fallbackZones[0]=asia-northeast3-b'" in out
+
+
+def test_the_zone_order_is_printed_and_follows_fallback_zones(capsys):
+    # Read back from the rendered cluster config, so it shows what the nodes will do.
+    assert offline.main([]) == 0
+    out = capsys.readouterr().out
+    assert "   ray-gcp:fallbackZones = (unset: the region's other zones, after zone)" in out
+    assert ("zones: asia-northeast3-a, then asia-northeast3-b, asia-northeast3-c when it has "
+            "no capacity") in out
+    assert offline.main(["--set", "ray-gcp:fallbackZones=[]"]) == 0
+    out = capsys.readouterr().out
+    assert " * ray-gcp:fallbackZones = []" in out
+    assert "zones: asia-northeast3-a only (zone fallback off)" in out
+    assert offline.main(["--set", "ray-gcp:fallbackZones[0]=asia-northeast3-c"]) == 0
+    out = capsys.readouterr().out
+    assert "zones: asia-northeast3-a, then asia-northeast3-c when it has no capacity" in out
+
+
+def test_gcp_project_given_with_set_is_the_project_of_the_whole_preview(capsys):
+    assert offline.main(["--set", "gcp:project=my-proj-42"]) == 0
+    out = capsys.readouterr().out
+    assert " * gcp:project = my-proj-42" in out
+    assert "bucket my-proj-42-ray-gcp-io" in out
+    assert offline.TEST_PROJECT not in out
+    # Every resource input, invoke and output names the given project, never the mock one.
+    for overrides in ({}, {"ray-gcp:platform": "gke"}):
+        result = harness.run_isolated(
+            offline.default_config({**overrides, "gcp:project": "my-proj-42"}))
+        assert result["error"] is None, result["error"]
+        seen = json.dumps([result["resources"], result["invokes"], result["outputs"]])
+        assert offline.TEST_PROJECT not in seen and "my-proj-42" in seen
+        if "clusterConfig" in result["outputs"]:  # the rendered `ray up` config too
+            cluster = yaml.safe_load(result["outputs"]["clusterConfig"]["value"])
+            assert cluster["provider"]["project_id"] == "my-proj-42"
+
+
+def test_a_bad_gcp_project_is_refused_by_the_program(capsys):
+    assert offline.main(["--set", "gcp:project=My_Project"]) == 1
+    assert "gcp:project = 'My_Project': not a GCP project ID" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("items", "listed", "resource"),
+    [
+        (["ray-gcp:operators[0]=user:alice@example.com",
+          "ray-gcp:operators[1]=group:ml-team@example.com"],
+         '["user:alice@example.com", "group:ml-team@example.com"]', "user-alice-example-com"),
+        (['ray-gcp:operators=["user:alice@example.com"]'], '["user:alice@example.com"]',
+         "user-alice-example-com"),
+    ],
+    ids=["path", "json"],
+)
+def test_set_takes_the_paths_pulumi_config_set_path_takes(capsys, items, listed, resource):
+    argv = [arg for item in items for arg in ("--set", item)]
+    assert offline.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f" * ray-gcp:operators = {listed}" in out
+    assert resource in out  # the operator's IAM members exist
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("ray-gcp:operators[1]=user:alice@example.com",
+         "index 1 is past the end of the list (0 items): set [0] first"),
+        ("ray-gcp:operators.first=user:alice@example.com",
+         "ray-gcp:operators is a list: give an index, e.g. --set 'ray-gcp:operators[0]=...'"),
+        ("ray-gcp:maxWorkers[0]=3", "ray-gcp:maxWorkers is not a list"),
+    ],
+)
+def test_a_path_that_pulumi_would_refuse_is_refused(capsys, item, message):
+    assert offline.main(["--set", item]) == 1
+    out = capsys.readouterr().out
+    assert f"--set {item}: {message}" in out
+
+
+@pytest.mark.parametrize("key", ["gcp:region", "gcp:zone", "aws:region"])
+def test_a_key_the_program_never_reads_is_refused_not_ignored(capsys, key):
+    assert offline.main(["--set", f"{key}=us-central1"]) == 1
+    out = capsys.readouterr().out
+    assert f"--set {key}=us-central1: not read by this program" in out
+    assert "ray-gcp:region" in out  # where regions and zones come from
+
+
+def test_gke_summary_shows_the_same_resources_as_the_vm_summary(capsys):
+    assert offline.main(["--set", "ray-gcp:platform=gke"]) == 0
+    gke = capsys.readouterr().out
+    assert offline.main([]) == 0
+    vm = capsys.readouterr().out
+    for line in ("  cpu-worker: workers 0-6, n2-standard-4, STANDARD, resources {'CPU': 4}",
+                 "  head: head 1, n2-standard-4, STANDARD, resources {'CPU': 0}"):
+        assert line in gke.splitlines() and line in vm.splitlines()
+    assert "zone: asia-northeast3-a (GKE: one zonal cluster, no zone fallback)" in gke

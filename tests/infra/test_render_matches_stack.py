@@ -20,6 +20,8 @@ import yaml
 from cluster.render import EXAMPLE_IMAGE, EXAMPLE_SSH_PUBLIC_KEY
 from infra import offline as harness
 
+PSC_COMPUTE = "https://compute-ray.p.googleapis.com/compute/v1/"
+PSC_IAM = "https://iam-ray.p.googleapis.com/"
 _EMAIL = re.compile(r"[a-z][a-z0-9-]*@[a-z][a-z0-9-]*\.iam\.gserviceaccount\.com")
 
 
@@ -45,8 +47,11 @@ def render_cli(*args: str) -> str:
         # stack's zone is set to that (the stack refuses a zone outside its region).
         ({"ray-gcp:region": "europe-west1", "ray-gcp:zone": "europe-west1-b"},
          ["--region", "europe-west1"]),
+        # Private Service Connect endpoints: the setting and the CLI flags render alike.
+        ({"ray-gcp:apiEndpoints": {"compute": PSC_COMPUTE, "iam": PSC_IAM}},
+         ["--api-endpoint", f"compute={PSC_COMPUTE}", "--api-endpoint", f"iam={PSC_IAM}"]),
     ],
-    ids=["default", "europe-west1"],
+    ids=["default", "europe-west1", "api-endpoints"],
 )
 def test_render_gcp_is_the_stacks_cluster_config(stack_settings, render_args):
     stack = harness.run_isolated(harness.engine_config(stack_settings))
@@ -57,6 +62,8 @@ def test_render_gcp_is_the_stacks_cluster_config(stack_settings, render_args):
     a = _without_deploy_facts(preview, EXAMPLE_IMAGE, EXAMPLE_SSH_PUBLIC_KEY)
     b = _without_deploy_facts(deployed, harness.MOCK_IMAGE, harness.MOCK_SSH_PUBLIC_KEY)
     assert a == b
+    endpoints = yaml.safe_load(deployed)["provider"].get("api_endpoints")
+    assert endpoints == stack_settings.get("ray-gcp:apiEndpoints")
     # The markers really replaced something on both sides (else the test proves little).
     for marker in ("<IMAGE>", "<SSH-PUBLIC-KEY>", "<EMAIL>"):
         assert marker in a and marker in b

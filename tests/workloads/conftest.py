@@ -22,6 +22,14 @@ WORKLOADS = os.path.join(REPO, "workloads")
 EMULATOR_BUCKET = "ray-gcp-test"
 
 
+def readme_local_block() -> str:
+    """The bash block of workloads/README.md's "### Local" section (its commands as written)."""
+    with open(os.path.join(WORKLOADS, "README.md")) as f:
+        text = f.read()
+    section = text.split("### Local\n", 1)[1]
+    return section.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

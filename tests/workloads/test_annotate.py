@@ -1,4 +1,4 @@
-"""Pure parts of workloads/annotate.py: geometry, LabelMe parsing, items, results, sample."""
+"""workloads/annotate.py: items, the Ray task, results.jsonl, the command line."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -13,210 +14,11 @@ import cv2
 import numpy as np
 import pytest
 
-from workloads import annotate, common
-from workloads.annotate import ItemError, scale_shape, target_size
+from workloads import annotate, common, labelme_sample
+from workloads.labelme_resize import encode_image
 
 from .conftest import REPO
-
-
-def png_b64(bitmap: np.ndarray) -> str:
-    ok, buf = cv2.imencode(".png", bitmap)
-    assert ok
-    return base64.b64encode(buf.tobytes()).decode()
-
-
-def b64_bitmap(text: str) -> np.ndarray:
-    return cv2.imdecode(np.frombuffer(base64.b64decode(text), np.uint8), cv2.IMREAD_UNCHANGED)
-
-
-# ---------------------------------------------------------------- resize -----
-
-
-@pytest.mark.parametrize(
-    ("w", "h", "max_side", "expected"),
-    [
-        (4000, 3000, 1000, (1000, 750)),
-        (3000, 4000, 1000, (750, 1000)),
-        (500, 300, 1000, (500, 300)),  # never upscaled
-        (1000, 1000, 1000, (1000, 1000)),
-        (333, 1000, 100, (33, 100)),  # 33.3 rounds to 33
-        (1001, 1, 1000, (1000, 1)),  # a side never collapses to 0
-        (640, 479, 64, (64, 48)),  # 47.9 -> 48
-    ],
-)
-def test_target_size_keeps_aspect_and_never_upscales(w, h, max_side, expected):
-    assert target_size(w, h, max_side) == expected
-
-
-def test_target_size_rejects_empty_images():
-    with pytest.raises(ValueError, match="positive"):
-        target_size(0, 10, 100)
-
-
-# --------------------------------------------------------------- shapes ------
-
-SX, SY = 0.5, 0.25
-
-
-@pytest.mark.parametrize(
-    ("shape_type", "points"),
-    [
-        ("polygon", [[10, 20], [30, 40], [50, 8]]),
-        ("rectangle", [[10, 20], [30, 40]]),
-        ("oriented_rectangle", [[0, 0], [20, 0], [20, 8], [0, 8]]),
-        ("line", [[1.5, 2.5], [3, 4]]),
-        ("linestrip", [[0, 0], [2, 4], [6, 8], [10, 12]]),
-        ("point", [[7, 9]]),
-        ("points", [[1, 1], [2, 2], [3, 3]]),
-    ],
-)
-def test_point_shapes_scale_per_axis(shape_type, points):
-    shape = {"label": "x", "shape_type": shape_type, "points": points, "flags": {"a": 1},
-             "group_id": 3, "description": "d"}
-    out = scale_shape(shape, SX, SY)
-    assert out["points"] == [[x * SX, y * SY] for x, y in points]
-    # everything else is kept
-    assert {k: v for k, v in out.items() if k != "points"} == {
-        k: v for k, v in shape.items() if k != "points"
-    }
-    assert shape["points"] == points  # the input is not modified
-
-
-def test_shape_type_defaults_to_polygon_like_labelme():
-    out = scale_shape({"label": "x", "points": [[2, 4], [6, 8], [10, 12]]}, 0.5, 0.5)
-    assert out["points"] == [[1, 2], [3, 4], [5, 6]]
-
-
-def test_circle_centre_scales_per_axis_and_radius_by_mean_factor():
-    out = scale_shape({"shape_type": "circle", "points": [[100, 80], [130, 120]]}, 0.5, 0.4)
-    (cx, cy), (px, py) = out["points"]
-    assert (cx, cy) == (50, 32)
-    s = (0.5 + 0.4) / 2
-    assert (px, py) == pytest.approx((50 + 30 * s, 32 + 40 * s))
-    assert np.hypot(px - cx, py - cy) == pytest.approx(50 * s)  # radius 50 -> 50*s
-
-
-def test_mask_bitmap_is_resized_with_the_bbox():
-    bitmap = np.zeros((20, 40), np.uint8)
-    bitmap[:, :20] = 1  # left half set
-    shape = {"shape_type": "mask", "points": [[10, 10], [49, 29]], "mask": png_b64(bitmap)}
-    out = scale_shape(shape, 0.5, 0.5)
-    assert out["points"] == [[5, 5], [24.5, 14.5]]
-    small = b64_bitmap(out["mask"])
-    assert small.shape == (10, 20)
-    assert (small[:, :10] == 1).all() and (small[:, 10:] == 0).all()
-
-
-@pytest.mark.parametrize(
-    ("shape", "message"),
-    [
-        ({"shape_type": "triangle", "points": [[0, 0]]},
-         r"shapes\[0\]\.shape_type: 'triangle' is not a LabelMe shape type \(allowed: circle,"),
-        ({"shape_type": "rectangle", "points": [[0, 0]]},
-         r"a rectangle has exactly 2 points, got 1"),
-        ({"shape_type": "circle", "points": [[0, 0], [1, 1], [2, 2]]},
-         r"a circle has exactly 2 points, got 3"),
-        ({"shape_type": "polygon", "points": [[0, 0]]}, r"a polygon has at least 2 points"),
-        ({"shape_type": "point", "points": [[float("nan"), 0]]}, r"points\[0\]: expected \[x, y\]"),
-        ({"shape_type": "point", "points": [[True, 0]]}, r"points\[0\]: expected \[x, y\]"),
-        ({"shape_type": "point", "points": [["1", 0]]}, r"points\[0\]"),
-        ({"shape_type": "line", "points": "0,0 1,1"}, r"points: expected a list"),
-        ({"shape_type": "mask", "points": [[0, 0], [3, 3]]}, r"mask: a mask shape needs a base64"),
-        ({"shape_type": "mask", "points": [[0, 0], [3, 3]], "mask": "@@@"}, r"not valid base64"),
-        ({"shape_type": "mask", "points": [[0, 0], [3, 3]],
-          "mask": base64.b64encode(b"not a png").decode()}, r"not a decodable PNG"),
-        ("just a string", r"shapes\[0\]: expected an object"),
-    ],
-)
-def test_bad_shapes_say_what_is_wrong(shape, message):
-    with pytest.raises(ItemError, match=message):
-        scale_shape(shape, 1, 1, "a.json: shapes[0]")
-
-
-# ------------------------------------------------------------- LabelMe -------
-
-
-def test_parse_labelme_reports_position_of_broken_json():
-    with pytest.raises(ItemError, match=r"a\.json: invalid JSON \(.* at line 2 column \d+\)"):
-        annotate.parse_labelme(b'{"shapes": [\n  {"label": ', "a.json")
-
-
-def test_an_unterminated_string_is_reported_without_a_doubled_at():
-    with pytest.raises(ItemError) as e:
-        annotate.parse_labelme(b'{"label": "cat', "a.json")
-    assert str(e.value) == (
-        "a.json: invalid JSON (Unterminated string starting at line 1 column 11)"
-    )
-
-
-@pytest.mark.parametrize(
-    ("raw", "message"),
-    [
-        (b"[1, 2]", "a LabelMe file is a JSON object, got list"),
-        (b'{"shapes": {}}', "'shapes' must be a list, got dict"),
-        (b'{"imageWidth": -3}', "'imageWidth' must be a positive integer, got -3"),
-        (b'{"imageHeight": "480"}', "'imageHeight' must be a positive integer"),
-        (b"\xff\xfe{}", "not UTF-8 text"),
-    ],
-)
-def test_parse_labelme_rejects_non_labelme(raw, message):
-    with pytest.raises(ItemError, match=message):
-        annotate.parse_labelme(raw, "a.json")
-
-
-def labelme_doc(w=200, h=100, image_data="abc"):
-    return {
-        "version": "5.5.0", "flags": {"reviewed": True}, "imagePath": "a.jpg",
-        "imageData": image_data, "imageWidth": w, "imageHeight": h, "extra": [1],
-        "shapes": [{"label": "r", "shape_type": "rectangle", "points": [[20, 10], [180, 90]]}],
-    }
-
-
-def test_rescale_annotation_updates_size_points_and_image_data():
-    out = annotate.rescale_annotation(labelme_doc(), 200, 100, 50, 25, b"NEWIMAGE", "a.json")
-    assert (out["imageWidth"], out["imageHeight"]) == (50, 25)
-    assert out["shapes"][0]["points"] == [[5, 2.5], [45, 22.5]]
-    assert base64.b64decode(out["imageData"]) == b"NEWIMAGE"
-    assert out["flags"] == {"reviewed": True} and out["extra"] == [1] and out["imagePath"] == "a.jpg"
-
-
-def test_rescale_annotation_keeps_absent_image_data_absent():
-    out = annotate.rescale_annotation(labelme_doc(image_data=None), 200, 100, 50, 25, b"X", "a.json")
-    assert out["imageData"] is None
-
-
-def test_rescale_annotation_refuses_an_annotation_of_another_size():
-    with pytest.raises(ItemError, match=r"imageWidth x imageHeight is 200x100 but the image is 300x100"):
-        annotate.rescale_annotation(labelme_doc(), 300, 100, 150, 50, b"", "a.json")
-
-
-def test_errors_inside_shapes_name_file_and_index():
-    doc = labelme_doc()
-    doc["shapes"].append({"shape_type": "circle", "points": [[1, 1]]})
-    with pytest.raises(ItemError, match=r"a\.json: shapes\[1\]\.points: a circle has exactly 2"):
-        annotate.rescale_annotation(doc, 200, 100, 50, 25, b"", "a.json")
-
-
-# -------------------------------------------------------------- metrics ------
-
-
-def test_quality_metrics_of_flat_and_detailed_images():
-    flat = annotate.quality_metrics(np.full((40, 60, 3), 100, np.uint8))
-    assert flat == {"sharpness": 0.0, "brightness": 100.0, "contrast": 0.0,
-                    "dark_fraction": 0.0, "bright_fraction": 0.0}
-    board = ((np.indices((40, 60)).sum(axis=0) % 2) * 255).astype(np.uint8)
-    m = annotate.quality_metrics(board)
-    assert m["sharpness"] > 10_000 and m["contrast"] == pytest.approx(127.5)
-    assert m["dark_fraction"] == 0.5 and m["bright_fraction"] == 0.5
-
-
-def test_quality_metrics_handle_alpha_and_16_bit():
-    bgra = np.zeros((8, 8, 4), np.uint8)
-    bgra[..., :3] = 255
-    assert annotate.quality_metrics(bgra)["brightness"] == 255.0
-    deep = np.full((8, 8), 65535, np.uint16)
-    assert annotate.quality_metrics(deep)["brightness"] == 255.0
-
+from .test_labelme_resize import labelme_doc
 
 # ---------------------------------------------------------------- items ------
 
@@ -238,7 +40,7 @@ def test_discover_pairs_same_stem_json_and_reports_collisions():
 def write_image(storage, key, w, h, seed=0):
     rng = np.random.default_rng(seed)
     img = rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8)
-    storage.write_bytes(key, annotate.encode_image(img, key))
+    storage.write_bytes(key, encode_image(img, key))
 
 
 class RecordingStorage(common.LocalStorage):
@@ -343,43 +145,6 @@ def test_results_file_dedupes_and_survives_a_torn_line(tmp_path):
     lines = (tmp_path / annotate.RESULTS_KEY).read_text().splitlines()
     assert [json.loads(line)["key"] for line in lines] == ["a", "b", "c"]
 
-
-# --------------------------------------------------------------- sample ------
-
-
-def tree_bytes(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-
-def test_sample_is_deterministic_and_stable_under_growth(tmp_path):
-    m1 = annotate.make_sample(str(tmp_path / "a"), 12, seed=7, corrupt=1, broken_json=2)
-    annotate.make_sample(str(tmp_path / "b"), 12, seed=7, corrupt=1, broken_json=2)
-    annotate.make_sample(str(tmp_path / "c"), 12, seed=8, corrupt=1, broken_json=2)
-    annotate.make_sample(str(tmp_path / "d"), 20, seed=7)
-    a, b, c, d = (tree_bytes(tmp_path / x) for x in "abcd")
-    assert a == b
-    assert a.keys() == c.keys() and a != c
-    assert all(d[k] == a[k] for k in ("img_00000.jpg", "img_00000.json", "img_00003.png"))
-    assert len(m1.images) == 12 and len(m1.corrupt_images) == 1 and len(m1.broken_json) == 2
-    assert "cam1/img_00004.jpg" in m1.images and "img_00006.json" not in a  # layout + no-JSON case
-    for key in m1.annotated:  # valid LabelMe whose sizes match the image
-        doc = json.loads(a[annotate.annotation_key(key)])
-        img = annotate.decode_image(a[key], key)
-        assert (doc["imageWidth"], doc["imageHeight"]) == (img.shape[1], img.shape[0])
-        assert {s["shape_type"] for s in doc["shapes"]} == set(annotate.SHAPE_POINTS)
-    for key in m1.broken_json:
-        with pytest.raises(ItemError):
-            annotate.parse_labelme(a[annotate.annotation_key(key)], key)
-    for key in m1.corrupt_images:
-        with pytest.raises(ItemError):
-            annotate.decode_image(a[key], key)
-
-
-def test_sample_refuses_more_bad_items_than_annotated_images(tmp_path):
-    with pytest.raises(common.UsageError, match="exceed"):
-        annotate.make_sample(str(tmp_path), 3, corrupt=2, broken_json=2)
-
-
 # ------------------------------------------------------------------ CLI ------
 
 
@@ -453,3 +218,37 @@ def test_a_second_driver_on_the_same_local_output_is_refused(tmp_path):
     finally:
         first.close()
     annotate.ResultsFile(common.LocalStorage(tmp_path)).close()  # free again
+
+
+def test_relative_paths_are_resolved_on_the_driver_before_tasks_get_them(tmp_path, monkeypatch):
+    """A task runs in another directory (a worker's), so `--input in` must reach it as the
+    driver's absolute path: the storages run() opens are pickled (as Ray ships them to the
+    task) and used from another working directory."""
+    monkeypatch.chdir(tmp_path)
+    labelme_sample.make_sample("in", 3)
+    src, dst = common.open_storage("in"), common.open_storage("out")  # as run() opens them
+    items, _ = annotate.discover(src.list())
+    shipped = pickle.dumps((src, dst))
+    worker_dir = tmp_path / "worker"
+    worker_dir.mkdir()
+    monkeypatch.chdir(worker_dir)
+    outcomes = annotate.process_batch(items, *pickle.loads(shipped), 64)
+    assert [o["ok"] for o in outcomes] == [True] * len(items), outcomes
+    assert (tmp_path / "out" / annotate.done_key(items[0].image)).is_file()
+    assert not (worker_dir / "out").exists()
+
+
+def test_annotate_copied_alone_runs_from_the_bundle(tmp_path):
+    """`ray submit cluster.yaml .../annotate.py` copies only this file to the head's home and
+    runs it there; the modules it imports (labelme_resize, labelme_sample, common) come from
+    the bundle on the node venv's sys.path (cluster/render.py's .pth), here PYTHONPATH."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(os.path.join(REPO, "workloads", "annotate.py"), home / "annotate.py")
+    env = {**os.environ, "PYTHONPATH": REPO}
+    out = subprocess.run(
+        [sys.executable, "annotate.py", "--make-sample", "sample", "--count", "3"],
+        cwd=home, env=env, capture_output=True, text=True, check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "wrote 3 images" in out.stdout and (home / "sample" / "img_00000.jpg").is_file()

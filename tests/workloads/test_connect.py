@@ -54,10 +54,13 @@ def _args(script: str, tmp_path) -> list[str]:
         return ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
     if script == "tree_reduce.py":
         return ["--size", "1000", "--chunks", "2"]
+    if script == "serve.py":
+        return ["--port", "0"]
     return []
 
 
-@pytest.mark.parametrize("script", ["cluster_info.py", "annotate.py", "tree_reduce.py"])
+@pytest.mark.parametrize("script", ["cluster_info.py", "annotate.py", "tree_reduce.py",
+                                    "serve.py"])
 def test_a_silent_address_ends_in_one_line_and_exit_3(script, silent_listener, tmp_path):
     r, _ = run_driver(
         script, _args(script, tmp_path),

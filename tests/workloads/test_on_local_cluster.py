@@ -12,10 +12,8 @@ import base64
 import collections
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -26,9 +24,9 @@ import cv2
 import numpy as np
 import pytest
 
-from workloads import annotate, common, serve
+from workloads import annotate, common, labelme_resize, labelme_sample
 
-from .conftest import REPO, WORKLOADS, free_port, stop_process_group
+from .conftest import REPO, WORKLOADS, readme_local_block
 
 pytestmark = pytest.mark.cluster
 
@@ -94,13 +92,13 @@ def expected_points(shape, sx, sy):
 def check_outputs(src, dst, keys):
     """Every key's output image and JSON are complete and exactly rescaled."""
     for key in keys:
-        orig = annotate.decode_image(src.read_bytes(key), key)
-        out = annotate.decode_image(dst.read_bytes(key), key)
+        orig = labelme_resize.decode_image(src.read_bytes(key), key)
+        out = labelme_resize.decode_image(dst.read_bytes(key), key)
         h, w = orig.shape[:2]
         nh, nw = out.shape[:2]
         s = min(1.0, MAX_SIDE / max(w, h))  # longest side -> MAX_SIDE, never upscaled
         assert (nw, nh) == (round(w * s), round(h * s)), key
-        jkey = annotate.annotation_key(key)
+        jkey = labelme_resize.annotation_key(key)
         if not src.exists(jkey):
             assert not dst.exists(jkey), key
             continue
@@ -126,7 +124,7 @@ MAX_SIDE = 96
 
 def test_annotate_exact_outputs_failures_and_resume(tmp_path, driver_env):
     src, dst = common.LocalStorage(tmp_path / "in"), common.LocalStorage(tmp_path / "out")
-    m = annotate.make_sample(src, 16, seed=3, corrupt=1, broken_json=1)
+    m = labelme_sample.make_sample(src, 16, seed=3, corrupt=1, broken_json=1)
     good = sorted(set(m.images) - set(m.corrupt_images) - set(m.broken_json))
     args = ["--input", src.url, "--output", dst.url, "--max-side", MAX_SIDE, "--batch-size", 3]
 
@@ -173,7 +171,7 @@ def test_annotate_exact_outputs_failures_and_resume(tmp_path, driver_env):
 
 def test_annotate_survives_a_lost_worker_node(tmp_path, local_cluster, driver_env):
     src, dst = common.LocalStorage(tmp_path / "in"), common.LocalStorage(tmp_path / "out")
-    m = annotate.make_sample(src, 60, seed=11, max_side=240)
+    m = labelme_sample.make_sample(src, 60, seed=11, max_side=240)
     proc = subprocess.Popen(
         [sys.executable, os.path.join(WORKLOADS, "annotate.py"), "--input", src.url,
          "--output", dst.url, "--max-side", str(MAX_SIDE), "--batch-size", "2",
@@ -229,7 +227,7 @@ def test_annotate_survives_a_lost_worker_node(tmp_path, local_cluster, driver_en
 def test_annotate_resumes_after_the_driver_is_killed(tmp_path, driver_env):
     """A real crash: SIGKILL the driver mid-run, rerun, every item done exactly once."""
     src, dst = common.LocalStorage(tmp_path / "in"), common.LocalStorage(tmp_path / "out")
-    m = annotate.make_sample(src, 30, seed=21, max_side=200)
+    m = labelme_sample.make_sample(src, 30, seed=21, max_side=200)
     args = [sys.executable, os.path.join(WORKLOADS, "annotate.py"), "--input", src.url,
             "--output", dst.url, "--max-side", str(MAX_SIDE), "--batch-size", "2", "--no-progress"]
     proc = subprocess.Popen([*args, "--item-delay", "0.4"], env=driver_env, cwd=REPO,
@@ -258,7 +256,7 @@ def test_annotate_resumes_after_the_driver_is_killed(tmp_path, driver_env):
 def test_annotate_reads_and_writes_gcs(emulated_gcs, gcs_emulator, driver_env):
     src = common.open_storage(f"gs://{emulated_gcs}/cluster/raw")
     dst = common.open_storage(f"gs://{emulated_gcs}/cluster/small")
-    m = annotate.make_sample(src, 8, seed=5, corrupt=1)
+    m = labelme_sample.make_sample(src, 8, seed=5, corrupt=1)
     env = driver_env | {"STORAGE_EMULATOR_HOST": gcs_emulator}
     r = run_driver("annotate.py", "--input", src.url, "--output", dst.url, "--max-side", MAX_SIDE,
                    "--batch-size", 3, "--no-progress", env=env)
@@ -278,7 +276,7 @@ def test_annotate_reads_and_writes_gcs(emulated_gcs, gcs_emulator, driver_env):
 def test_annotate_via_ray_job_submit_with_working_dir(tmp_path, local_cluster, driver_env):
     """The GCP route: `ray job submit --working-dir workloads -- python annotate.py ...`."""
     src, dst = common.LocalStorage(tmp_path / "in"), common.LocalStorage(tmp_path / "out")
-    m = annotate.make_sample(src, 5, seed=2)
+    m = labelme_sample.make_sample(src, 5, seed=2)
     # The entrypoint runs in the head's environment; name this venv's python
     # explicitly (on GCP `python` is the node venv's).
     r = subprocess.run(
@@ -291,192 +289,6 @@ def test_annotate_via_ray_job_submit_with_working_dir(tmp_path, local_cluster, d
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "processed 5, skipped 0, failed 0" in r.stdout
     check_outputs(src, dst, m.images)
-
-
-class HttpServer:
-    """A server script started as a user starts it; stopped with its process group."""
-
-    def __init__(self, script, *args, env):
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(WORKLOADS, script), "--port", str(self.port),
-             *map(str, args)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-            start_new_session=True,
-        )
-        self.log: list[str] = []
-        threading.Thread(target=lambda: self.log.extend(iter(self.proc.stdout.readline, "")),
-                         daemon=True).start()
-        self.base = f"http://127.0.0.1:{self.port}"
-
-    def call(self, path, body=None, timeout=120, method=None):
-        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-
-    def wait_healthy(self, timeout=240) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc.poll() is None, "".join(self.log)[-3000:]
-            assert time.monotonic() < deadline, "".join(self.log)[-3000:]
-            try:
-                status, health = self.call("/healthz", timeout=10)
-                if status == 200:
-                    return health
-            # Not up yet; or Serve's proxy is, before the app's routes (a text 404).
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.5)
-
-    def stop(self):
-        stop_process_group(self.proc, timeout=60)
-
-
-def expect_same_predictions(got, rows, model):
-    expected = serve.predict_with(model, rows)
-    assert [p["anomaly"] for p in got] == [p["anomaly"] for p in expected]
-    assert np.allclose([p["score"] for p in got], [p["score"] for p in expected],
-                       rtol=1e-12, atol=1e-12)
-
-
-def test_serve_answers_every_request_while_an_actor_dies(driver_env):
-    server = HttpServer("serve.py", "--actors", 2, env=driver_env)
-    try:
-        health = server.wait_healthy()
-        assert health["status"] == "ok", health
-        victim = health["actors"][0]["pid"]
-
-        model = serve.fit_model(serve.DEFAULT_SEED, serve.DEFAULT_FEATURES)
-        rng = np.random.default_rng(42)
-        batches = [rng.normal(0, 2.5, size=(int(rng.integers(1, 30)), 8)).tolist()
-                   for _ in range(64)]
-        # (batch index, sent at, answered at, status, body); clients keep sending until stop
-        done: list[tuple] = []
-        lock, stop = threading.Lock(), threading.Event()
-
-        def client(k):
-            i = k
-            while not stop.is_set():
-                t0 = time.monotonic()
-                status, body = server.call("/predict", {"instances": batches[i % 64]})
-                with lock:
-                    done.append((i % 64, t0, time.monotonic(), status, body))
-                i += 8
-
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 120
-        while len(done) < 40:  # the pool is busy: answers are streaming
-            assert time.monotonic() < deadline, len(done)
-            time.sleep(0.05)
-        killed_at = time.monotonic()
-        os.kill(victim, signal.SIGKILL)
-        while len([d for d in done if d[1] > killed_at]) < 80:  # keep going well past the kill
-            assert time.monotonic() < deadline + 120, len(done)
-            time.sleep(0.05)
-        stop.set()
-        for t in threads:
-            t.join(timeout=120)
-
-        # Requests in flight at the kill: sent before it, answered after it.
-        in_flight = [d for d in done if d[1] < killed_at < d[2]]
-        assert len(in_flight) >= 1, "the kill hit no request in flight"
-        for i, _, _, status, body in done:
-            assert status == 200, (i, body)
-            expect_same_predictions(body["predictions"], batches[i], model)
-        # ... and the server answered some through its resend path (the dead actor's batches).
-        stats = server.call("/healthz", timeout=30)[1]["batching"]
-        assert stats["resent_batches"] >= 1 and stats["resent_requests"] >= 1, stats
-        assert stats["failed_batches"] == 0 and stats["requests"] >= len(done), stats
-        print(f"in flight at the kill: {len(in_flight)}; answered through a resent batch: "
-              f"{stats['resent_requests']} requests ({stats['resent_batches']} batches); "
-              f"{len(done)} requests, all 200")
-
-        # The actor came back (a new process) and serves again.
-        deadline = time.monotonic() + 120
-        while True:
-            status, health = server.call("/healthz", timeout=30)
-            pids = [a.get("pid") for a in health["actors"]]
-            if status == 200 and health["status"] == "ok" and victim not in pids:
-                break
-            assert time.monotonic() < deadline, health
-            time.sleep(0.5)
-        assert server.call("/predict", {"instances": [[9] * 8]})[1]["predictions"][0]["anomaly"]
-        status, body = server.call("/predict", {"instances": [[1, 2]]})
-        assert status == 400 and "expects 8" in body["error"]
-    finally:
-        server.stop()
-
-
-SAME_ERRORS = [b"{not json", b'{"instances": [[1,2,3]]}', b'{"instances": [[1,2,3,4,5,6,7,true]]}',
-               b"[1]", b'{"instances": []}', b'{"instances": [[1,2,3,4,5,6,7,NaN]]}']
-
-
-def test_ray_serve_app_answers_like_serve_py(driver_env):
-    """serve_app.py on the local cluster: same predictions, same 400s and 404/405 as serve.py."""
-    server = HttpServer("serve_app.py", "--replicas", 2, "--max-batch-rows", 256, env=driver_env)
-    try:
-        server.wait_healthy()
-        model = serve.fit_model(serve.DEFAULT_SEED, serve.DEFAULT_FEATURES)
-        rng = np.random.default_rng(11)
-        # concurrent callers (batched together), one larger than a batch (split into 3 items)
-        batches = [rng.normal(0, 2.5, size=(n, 8)).tolist() for n in (1, 7, 30, 100, 255, 600)]
-        answers: dict[int, tuple] = {}
-        threads = [threading.Thread(target=lambda i=i: answers.__setitem__(
-            i, server.call("/predict", {"instances": batches[i]}))) for i in range(len(batches))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        for i, rows in enumerate(batches):
-            status, body = answers[i]
-            assert status == 200, body
-            expect_same_predictions(body["predictions"], rows, model)
-
-        flask = serve.create_app(serve.Batcher(FlaskPool(model), 8)).test_client()
-        for body in SAME_ERRORS:
-            want = flask.post("/predict", data=body, content_type="application/json")
-            assert want.status_code == 400
-            assert server.call("/predict", body) == (400, want.get_json()), body
-        for method, path in (("GET", "/"), ("GET", "/predict"), ("POST", "/healthz")):
-            want = flask.open(path, method=method)
-            got = server.call(path, b"{}" if method == "POST" else None, method=method)
-            assert got == (want.status_code, want.get_json()), (method, path)
-    finally:
-        server.stop()
-    # serve_app.py shut Serve down on SIGTERM: no Serve actor is left on the shared cluster
-    probe = subprocess.run([sys.executable, "-c", (
-        "import ray, json; ray.init(log_to_driver=False)\n"
-        "from ray.util.state import list_actors\n"
-        "print(json.dumps([a.class_name for a in list_actors("
-        "filters=[('state', '=', 'ALIVE')], limit=1000)]))")],
-        env=driver_env, capture_output=True, text=True, timeout=120, check=False)
-    assert probe.returncode == 0, probe.stderr[-2000:]
-    alive = json.loads(probe.stdout.strip().splitlines()[-1])
-    assert not [c for c in alive if "Serve" in c or c == "ProxyActor"], alive
-
-
-class FlaskPool:
-    """serve.py's app over the model in this process (the reference for the Serve app)."""
-
-    size = 1
-
-    def __init__(self, model):
-        self.model = model
-
-    def scores_on(self, i, x):
-        from workloads import anomaly_model
-
-        return anomaly_model.scores(self.model, x)
-
-    def health(self):
-        return []
 
 
 def test_tree_reduce_agrees_with_numpy(driver_env):
@@ -531,13 +343,6 @@ def test_a_driver_without_the_token_is_refused(driver_env):
 # ---- workloads/README.md's local commands, as written -----------------------------------
 
 
-def _readme_local_block() -> str:
-    with open(os.path.join(WORKLOADS, "README.md")) as f:
-        text = f.read()
-    section = text.split("### Local\n", 1)[1]
-    return section.split("```bash\n", 1)[1].split("```", 1)[0]
-
-
 def _readme_line(block: str, starts: str) -> str:
     joined = block.replace("\\\n", " ")
     return next(line.strip() for line in joined.splitlines() if line.strip().startswith(starts))
@@ -549,13 +354,13 @@ def test_readme_job_submit_works_as_documented_and_says_what_a_missing_token_loo
     """The README's `eval "$(... local up ...)"` line and its `ray job submit` line, run
     by bash as written, against the session cluster (its state dir added to `local up`,
     the venv's bin dir for `.venv/bin/`, temp dirs for /tmp/sample*)."""
-    block = _readme_local_block()
+    block = readme_local_block()
     eval_line = _readme_line(block, "eval ")
     submit = _readme_line(block, ".venv/bin/ray job submit")
     assert "--address" not in submit  # the environment names the dashboard
     bindir = os.path.dirname(sys.executable)
     src, dst = tmp_path / "sample", tmp_path / "sample-small2"
-    annotate.make_sample(common.LocalStorage(src), 5, seed=3)
+    labelme_sample.make_sample(common.LocalStorage(src), 5, seed=3)
     eval_line = eval_line.replace(
         "cluster local up", f"cluster local up --state-dir {local_cluster.state_dir}"
     )
@@ -594,7 +399,7 @@ def test_readme_job_submit_works_as_documented_and_says_what_a_missing_token_loo
 
 
 def test_readme_planted_failures_sample_reports_what_the_readme_says(tmp_path, driver_env):
-    block = _readme_local_block()
+    block = readme_local_block()
     readme = Path(WORKLOADS, "README.md").read_text()
     planted = readme.split("**Planted failures.**", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     promised = readme.split("**Planted failures.**", 1)[1].split("This run ends with `", 1)[1]

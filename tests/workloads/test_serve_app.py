@@ -1,6 +1,6 @@
 """workloads/serve_app.py without a cluster: import paths, the builder's args, the config file.
 
-The app itself is run on the local cluster in test_on_local_cluster.py.
+The app itself is run on the local cluster in test_serve_on_local_cluster.py.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def test_config_file_is_a_valid_serve_deploy_config_whose_import_path_builds():
                                                        app_cfg.args)
     deployment = app._bound_deployment
     assert deployment.num_replicas == app_cfg.args["replicas"] == 2
-    assert deployment.init_kwargs["max_batch_rows"] == 1024
+    assert deployment.init_kwargs["max_batch_rows"] == 8192 == serve_app.DEFAULT_MAX_BATCH_ROWS
     assert config.http_options.host == "127.0.0.1"  # nothing listens beyond the head itself
 
 
@@ -54,6 +54,23 @@ def test_builder_defaults_and_args():
     assert d.ray_actor_options["num_cpus"] == 1
     d = serve_app.build_app({"replicas": "3", "max_wait_ms": "5", "seed": 4})._bound_deployment
     assert (d.num_replicas, d.init_kwargs["max_wait_ms"], d.init_kwargs["seed"]) == (3, 5.0, 4)
+
+
+def test_throughput_optimized_sets_rays_documented_flags_on_the_replicas_too(tmp_path):
+    env = serve_app.throughput_env(str(tmp_path), 45678)
+    assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    # this run's own HAProxy files and metrics port, not Serve's machine-wide defaults
+    assert env["RAY_SERVE_HAPROXY_SOCKET_PATH"] == str(tmp_path / "admin.sock")
+    assert env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] == str(tmp_path)
+    assert env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "45678"
+    from ray.serve.config import ControllerOptions
+
+    ControllerOptions.model_validate({"runtime_env": {"env_vars": env}})  # what serve.start takes
+    d = serve_app._application({"replicas": 2}, env)._bound_deployment
+    assert d.ray_actor_options == {"num_cpus": 1, "runtime_env": {"env_vars": env}}
+    assert "runtime_env" not in serve_app.build_app()._bound_deployment.ray_actor_options
+    args = serve_app.build_parser().parse_args(["--throughput-optimized"])
+    assert args.throughput_optimized
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -148,7 +148,7 @@ def patched_gcp(fake: FakeGcp) -> Iterator[None]:
         raise AssertionError("Ray's own GCP client factory (bootstrap_gcp path) was used")
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.object(gcp_provider, "construct_clients_from_provider_config", fake.clients))
+        stack.enter_context(mock.patch.object(gcp_provider, "construct_clients", fake.clients))
         stack.enter_context(mock.patch.object(ray_gcp_config, "construct_clients_from_provider_config", rays_own))
         stack.enter_context(mock.patch.object(ray_gcp_node_provider, "construct_clients_from_provider_config", rays_own))
         stack.enter_context(mock.patch("tempfile.tempdir", tmp))

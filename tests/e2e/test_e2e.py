@@ -1,0 +1,309 @@
+"""`ray up` to `ray down` on this machine, with only the Google APIs faked.
+
+From a provider machine (its own namespaces), with the config that
+``python -m cluster render --target gcp`` produces for this run (plus only
+``gcp_credentials``): real ``ray up`` (the head created through the fake
+Compute API, real SSH and rsync, our setup commands unchanged and offline,
+Ray with token auth), the head's ports refusing requests without the token,
+``ray submit`` of cluster_info.py and of annotate.py over two Spot workers
+that the head's autoscaler creates in zone -b because zone -a is exhausted,
+one worker preempted mid-job (the autoscaler survives it, a replacement
+joins, every item is done exactly once), ``ray up`` again on the live
+cluster, ``ray down``, and nothing of the run left on the host.
+
+Runs with ``make e2e`` (``pytest --e2e -m e2e``); needs root and network
+namespaces. Each phase prints its time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from ray.autoscaler.tags import TAG_RAY_CLUSTER_NAME, TAG_RAY_NODE_KIND
+
+from tests.e2e.fake_gce import SERVED
+from tests.e2e.fake_gce_http import in_netns
+from tests.e2e.harness import BUCKET, E2E_SPEC, PROVIDER, ROOT, Harness, e2e_unavailable
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
+
+SAMPLE = 200  # images: with --item-delay 1 the job outlasts a worker's replacement
+GENEROUS = 900  # s: any single wait, on a loaded 2-core machine
+CLUSTER = E2E_SPEC.cluster_name
+BOOTSTRAP_READS = ["cloudresourcemanager.projects.get", "iam.projects.serviceAccounts.get",
+                   "iam.projects.serviceAccounts.get", "compute.subnetworks.get"]
+
+
+@pytest.fixture
+def harness():
+    why = e2e_unavailable()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"end-to-end test cannot run: {why}; CI is set, so it must")
+        pytest.skip(f"end-to-end test skipped: {why}")
+    h = Harness(Path(tempfile.mkdtemp(prefix="ray-gcp-e2e-")))
+    try:
+        yield h.start()
+    finally:
+        left = h.stop(keep=True)  # the test stops it itself when it gets that far
+        if h.dir.exists():
+            print(f"\n[e2e] logs of this run kept in {h.dir}")
+        assert not left, "the run left traces on the host:\n" + "\n".join(left)
+
+
+class Phases:
+    def __init__(self):
+        self.times: dict[str, float] = {}
+        self.t0 = time.monotonic()
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.monotonic()
+        print(f"\n[e2e] {name} ...", flush=True)
+        try:
+            yield
+        finally:
+            self.times[name] = time.monotonic() - start
+            print(f"[e2e] {name}: {self.times[name]:.1f} s (total {time.monotonic() - self.t0:.0f} s)",
+                  flush=True)
+
+
+def wait_for(what: str, check, timeout: float = GENEROUS, every: float = 2.0, on_fail=None):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}"
+                                 + (f"\n{on_fail()}" if on_fail else ""))
+        time.sleep(every)
+
+
+def instances(h: Harness, kind: str | None = None) -> dict[str, dict]:
+    """The cluster's instances (name -> instance) of a Ray node kind, as the fake holds them."""
+    with h.cloud.lock:
+        return {n: dict(i) for n, i in h.cloud.instances.items()
+                if i.get("labels", {}).get(TAG_RAY_CLUSTER_NAME) == CLUSTER
+                and (kind is None or i["labels"].get(TAG_RAY_NODE_KIND) == kind)}
+
+
+def zone(instance: dict) -> str:
+    return instance["zone"].rsplit("/", 1)[1]
+
+
+def ip(instance: dict) -> str:
+    return instance["networkInterfaces"][0]["networkIP"]
+
+
+def submit(h: Harness, script: str, *args: str, name: str) -> str:
+    rc, out = h.ray("submit", h.cluster_yaml, str(ROOT / "workloads" / script), "--", *args,
+                    name=name, timeout=GENEROUS)
+    assert rc == 0, f"ray submit {script} failed ({rc}):\n{out[-5000:]}"
+    return out
+
+
+def cluster_info(h: Harness, name: str) -> dict:
+    out = submit(h, "cluster_info.py", "--json", name=name)
+    m = re.search(r"^\{\n.*?^\}$", out, re.DOTALL | re.MULTILINE)
+    assert m, f"no JSON report in cluster_info.py's output:\n{out[-3000:]}"
+    return json.loads(m.group(0))
+
+
+def result_rows(h: Harness) -> list[dict]:
+    text = h.gcs_text("out/results.jsonl") or ""
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
+def autoscaler_logs(h: Harness, head: str, lines: int = 80) -> str:
+    """The tails of the head autoscaler's logs (for failure messages)."""
+    root = h.machine_root(head)
+    try:
+        logs = root / os.readlink(root / "tmp/ray/session_latest").lstrip("/") / "logs"
+        out = []
+        for name in ("monitor.log", "monitor.out", "monitor.err"):
+            text = (logs / name).read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {name} (last {len(text)} lines)\n" + "\n".join(text))
+        return "\n".join(out)
+    except OSError as e:
+        return f"(autoscaler logs unreadable: {e})"
+
+
+def no_worker_deleted_since(h: Harness, since: float, head: str, spare: str | None = None) -> bool:
+    """Fails at once if the autoscaler deleted a worker (other than ``spare``) since ``since``:
+    a worker whose setup or `ray start` failed is terminated, and no healthy one may be."""
+    deleted = [c.params["instance"] for c in h.cloud.calls
+               if c.method == "compute.instances.delete" and c.at >= since
+               and c.params["instance"] != spare]
+    if deleted:
+        raise AssertionError(f"the autoscaler deleted workers {deleted}: their setup or `ray "
+                             f"start` failed, or a healthy one was lost\n{autoscaler_logs(h, head)}")
+    return True
+
+
+def monitor_process(h: Harness, head: str) -> tuple[int, str]:
+    procs = {p: c for p, c in h.processes_of(head).items()
+             if re.search(r"/ray/autoscaler/(v2/)?monitor\.py ", c)}
+    assert len(procs) == 1, f"expected one autoscaler (monitor.py) on the head: {procs}"
+    return next(iter(procs.items()))
+
+
+def test_ray_up_jobs_preemption_and_ray_down_end_to_end(harness: Harness):
+    h, cloud, phase = harness, harness.cloud, Phases()
+    a, b = h.zones[0], h.zones[1]
+
+    # The job's input, written to the bucket while `ray up` runs (the provider's CPU is idle).
+    sample = h.popen([sys.executable, "workloads/annotate.py", "--make-sample",
+                      f"gs://{BUCKET}/sample", "--count", str(SAMPLE)], name="make-sample")
+    with phase("ray up (head created, set up over SSH, Ray started)"):
+        rc, out = h.ray("up", "-y", h.cluster_yaml, name="ray-up-1", timeout=GENEROUS)
+        assert rc == 0, f"ray up failed ({rc}):\n{out[-6000:]}"
+    [head] = instances(h, "head")
+    assert zone(instances(h)[head]) == a and instances(h)[head]["status"] == "RUNNING"
+    assert cloud.methods()[:4] == BOOTSTRAP_READS, cloud.methods()[:6]
+    assert head in h.fleet.machines, h.fleet.boot_errors
+    head_procs = " ".join(h.processes_of(head).values())
+    for proc in ("gcs_server", "raylet", "autoscaler/v2/monitor.py"):
+        assert proc in head_procs, f"{proc} is not running on the head"
+    head_ip = ip(instances(h)[head])
+    # The head's autoscaler holds the bootstrapped config with our endpoints and token.
+    bootstrap = (h.machine_root(head) / "home/ray/ray_bootstrap_config.yaml").read_text()
+    assert h.server.endpoints["compute"] in bootstrap and h.api_token in bootstrap
+    assert "cannot modify limit" not in out  # the open-files limit is raised within the hard limit
+
+    with phase("Ray's ports refuse requests without the token"):
+        rc, out = h.run([sys.executable, str(Path(__file__).with_name("probe_ports.py")),
+                         head_ip, h.ray_token], name="probe-ports", timeout=GENEROUS)
+        assert rc == 0, out
+        probe = json.loads(out.strip().splitlines()[-1])
+        assert probe["gcs_no_token"] == "UNAUTHENTICATED", probe
+        assert probe["client_no_token"] == "UNAUTHENTICATED", probe
+        assert probe["gcs_token"] == "OK", probe  # the same call with the token gets through
+        assert probe["dashboard_tcp"] == "ConnectionRefusedError", probe  # loopback only
+        with in_netns(h.fleet.machines[head].netns):  # on the head itself: 401 without it
+            url = "http://127.0.0.1:8265/api/jobs/"
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url, timeout=30)
+            assert refused.value.code == 401
+            request = urllib.request.Request(url, headers={"Authorization": f"Bearer {h.ray_token}"})
+            with urllib.request.urlopen(request, timeout=30) as ok:
+                assert ok.status == 200
+
+    with phase("ray submit cluster_info.py"):
+        report = cluster_info(h, "cluster-info-1")
+        assert report["totals"]["nodes"] == 1
+        assert report["nodes"][0]["head"] and report["nodes"][0]["address"] == head_ip
+
+    with phase("sample in the bucket"):
+        assert sample.wait(GENEROUS) == 0, h.output("make-sample")
+
+    cloud.exhausted[a] = "operation"  # zone -a has no capacity from now on
+    monitor_before = monitor_process(h, head)
+    job_started = time.monotonic()
+    job = h.popen(["ray", "submit", h.cluster_yaml, str(ROOT / "workloads/annotate.py"), "--",
+                   "--input", f"gs://{BUCKET}/sample", "--output", f"gs://{BUCKET}/out",
+                   "--max-side", "128", "--batch-size", "2", "--item-delay", "1",
+                   "--no-progress"], name="annotate")
+    try:
+        with phase("both workers created in zone -b and joined, work under way"):
+            workers = wait_for(
+                "two RUNNING workers with Ray up and results from both",
+                lambda: (no_worker_deleted_since(h, job_started, head)
+                         and len(ws := instances(h, "worker")) == 2
+                         and all(w["status"] == "RUNNING" for w in ws.values())
+                         and len({r["node"] for r in result_rows(h)}) == 2 and ws),
+                on_fail=lambda: (h.output("annotate")[-3000:] + "\n" + "\n".join(h.fleet.boot_errors)
+                                 + "\n" + autoscaler_logs(h, head)))
+        assert {zone(w) for w in workers.values()} == {b}, workers.keys()
+        failed_in_a = [c for c in cloud.calls if c.method == "compute.instances.insert"
+                       and c.params.get("zone") == a and c.body["labels"].get(TAG_RAY_NODE_KIND) == "worker"]
+        assert failed_in_a, "the autoscaler never tried the exhausted zone -a"
+
+        victim = min(workers, key=lambda n: workers[n]["creationTimestamp"])
+        done_before = len(result_rows(h))
+        assert done_before < SAMPLE, "the job finished before a worker could be lost"
+        with phase("a Spot worker preempted mid-job; a replacement joins"):
+            preempted_at = time.monotonic()
+            cloud.preempt(victim)
+            replacement = wait_for(
+                "a replacement worker that runs Ray",
+                lambda: no_worker_deleted_since(h, job_started, head, spare=victim) and [
+                    n for n, w in instances(h, "worker").items() if n not in workers and w["status"] == "RUNNING" and n in h.fleet.machines
+                         and "raylet" in " ".join(h.processes_of(n).values())],
+                on_fail=lambda: h.output("annotate")[-3000:])
+        with phase("annotate.py finishes"):
+            rc = job.wait(GENEROUS)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    out = h.output("annotate")
+    assert rc == 0, out[-5000:]
+    assert f"processed {SAMPLE}, skipped 0, failed 0" in out, out[-3000:]
+    rows = result_rows(h)
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys)) == SAMPLE, "an item was done twice or not at all"
+    assert len(h.gcs_text("out/_summary.json") or "") > 0
+    # No healthy worker was deleted while the job ran (autoscaler v2 did, with a stale
+    # node_tags cache: the issue's first finding).
+    deleted = [c.params["instance"] for c in cloud.calls
+               if c.method == "compute.instances.delete" and c.at >= job_started]
+    assert set(deleted) <= {victim}, f"the autoscaler deleted healthy workers mid-job: {deleted}"
+    # The autoscaler lived through the lost node and its 404s.
+    assert monitor_process(h, head) == monitor_before, "the head's autoscaler restarted"
+    after = [c for c in cloud.calls if c.at > preempted_at and c.params.get("instance") == victim]
+    print(f"[e2e] calls about the preempted {victim} afterwards: "
+          f"{[(c.method, c.status) for c in after]}; replacement {replacement}")
+    assert zone(instances(h)[replacement[0]]) == b
+
+    # No warning repeated every autoscaler round (Ray's first config read, before our
+    # provider module is imported, may still log it once).
+    logs = h.machine_root(head) / "tmp/ray/session_latest"
+    logs = h.machine_root(head) / os.readlink(logs).lstrip("/") / "logs"
+    monitor_log = (logs / "monitor.log").read_text()
+    rounds = monitor_log.count("Dropping the empty legacy field head_node")
+    assert rounds <= 1, f"the legacy-field warning was logged {rounds} times"
+
+    with phase("ray submit cluster_info.py (after the job)"):
+        report = cluster_info(h, "cluster-info-2")
+        addresses = {n["address"] for n in report["nodes"]}
+        assert ip(workers[victim]) not in addresses
+        assert head_ip in addresses
+
+    with phase("ray up again on the live cluster"):
+        calls_before = len(cloud.calls)
+        rc, out = h.ray("up", "-y", h.cluster_yaml, name="ray-up-2", timeout=GENEROUS)
+        assert rc == 0, f"the second ray up failed ({rc}):\n{out[-6000:]}"
+        assert list(instances(h, "head")) == [head], "the head was replaced"
+        head_inserts = [c for c in cloud.calls[calls_before:] if c.method == "compute.instances.insert"
+                        and c.body["labels"].get(TAG_RAY_NODE_KIND) == "head"]
+        assert not head_inserts
+        report = cluster_info(h, "cluster-info-3")
+        assert any(n["head"] and n["address"] == head_ip for n in report["nodes"])
+
+    with phase("ray down"):
+        rc, out = h.ray("down", "-y", h.cluster_yaml, name="ray-down", timeout=GENEROUS)
+        assert rc == 0, f"ray down failed ({rc}):\n{out[-6000:]}"
+        wait_for("every instance of the cluster deleted and its machine gone",
+                 lambda: not instances(h) and set(h.fleet.machines) == {PROVIDER}, timeout=300)
+    assert PROVIDER in cloud.instances  # ray down leaves what is not the cluster's
+
+    # Nothing but reads and the instance calls: no IAM, project metadata or subnet writes.
+    assert set(cloud.methods()) <= SERVED, set(cloud.methods()) - SERVED
+    assert not [c for c in cloud.calls if c.status in (401, 500)]
+    print(f"[e2e] API calls: {h.summary()}")
+
+    with phase("teardown, nothing left on the host"):
+        left = h.stop()
+        assert not left, "\n".join(left)
+    print("[e2e] phase times: " + json.dumps({k: round(v, 1) for k, v in phase.times.items()}))
