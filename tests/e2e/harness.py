@@ -197,23 +197,26 @@ class Harness:
             "STORAGE_EMULATOR_HOST": self.emulator_url,
         }
 
-    def _argv(self, argv: list[str]) -> list[str]:
+    def _argv(self, argv: list[str], env: dict[str, str] | None = None) -> list[str]:
         return [*self.provider.nsenter(), "env", "-i",
-                *(f"{k}={v}" for k, v in self.env().items()), *argv]
+                *(f"{k}={v}" for k, v in {**self.env(), **(env or {})}.items()), *argv]
 
-    def popen(self, argv: list[str], name: str) -> subprocess.Popen:
-        """Start a command inside the provider machine; output to logs/<name>.log."""
+    def popen(self, argv: list[str], name: str, env: dict[str, str] | None = None
+              ) -> subprocess.Popen:
+        """Start a command inside the provider machine; output to logs/<name>.log.
+        ``env`` adds to (or replaces in) the operator's environment."""
         logs = self.dir / "logs"
         logs.mkdir(exist_ok=True)
         with open(logs / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(self._argv(argv), stdin=subprocess.DEVNULL, stdout=log,
+            proc = subprocess.Popen(self._argv(argv, env), stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         self._popens.append(proc)
         return proc
 
-    def run(self, argv: list[str], name: str, timeout: float = 1200) -> tuple[int, str]:
+    def run(self, argv: list[str], name: str, timeout: float = 1200,
+            env: dict[str, str] | None = None) -> tuple[int, str]:
         """Run a command inside the provider machine to its end: (exit status, output)."""
-        proc = self.popen(argv, name)
+        proc = self.popen(argv, name, env)
         try:
             rc = proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -276,7 +279,9 @@ class Harness:
                 proc.wait(30)
         if self.server is not None:
             self.server.stop()
-        net, pid = set(), set()
+        # inode -> when its machine was stopped (see leaks._processes: inodes are reused)
+        net: dict[int | None, int | None] = {}
+        pid: dict[int | None, int | None] = {}
         if keep and self.fleet is not None:
             self._save_ray_logs()
         if self.fleet is not None:
@@ -285,10 +290,10 @@ class Harness:
             self.cloud.wait_hooks(60)
             self.fleet.stop_all()  # a boot that was still under way
             for m in self.fleet.history:
-                net.add(m.net_inode)
-                pid.add(m.pid_inode)
-        net.discard(None)
-        pid.discard(None)
+                net[m.net_inode] = m.stopped_tick
+                pid[m.pid_inode] = m.stopped_tick
+        net.pop(None, None)
+        pid.pop(None, None)
         accounts = set()
         if self.fleet is not None:
             accounts = {"google-sudoers", *self.fleet.account_names}
