@@ -43,6 +43,12 @@ which passes each URL as ``client_options.api_endpoint``; the key stays in the
 head's copy of the config, so the head's autoscaler uses the same endpoints.
 Ray's own ``gcp_credentials`` (``credentials_token``) works with it unchanged.
 
+Vanished nodes (``cluster.gcp_gone.GoneNodeAware``): a 404 from GCE for an
+instance (a Spot VM preempted between the autoscaler's list and its next
+call) means the node is gone: deleting it succeeds, labelling it is skipped
+with a warning, and reads see it terminated, instead of Ray's
+``UnboundLocalError`` in ``terminate_node`` and raw ``HttpError`` elsewhere.
+
 ``bootstrap_config`` checks, top-down, one function per step, and calls only
 GET APIs (``projects.get``, ``serviceAccounts.get`` per account,
 ``subnetworks.get`` per subnet). Every failure names the thing and the fix.
@@ -66,9 +72,12 @@ from ray.autoscaler._private.util import check_legacy_fields
 
 from cluster import api_endpoints
 from cluster.gcp_clients import construct_clients
+from cluster.gcp_gone import GoneNodeAware, is_not_found
 from cluster.gcp_zonal import ZonalGCPCompute, http_status, provider_zones
 from cluster.render import apt_install_command
 from cluster.zones import DEFAULT_COOLDOWN_S, ZonePlacement
+
+logger = logging.getLogger(__name__)
 
 FIX = "run `pulumi up` (it creates and grants these) and regenerate cluster.yaml"
 
@@ -358,9 +367,9 @@ class _RsyncEnsuringSSHCommandRunner(SSHCommandRunner):
         return super().run_rsync_down(source, target, options)
 
 
-class ReadOnlyGCPNodeProvider(GCPNodeProvider):
-    """GCPNodeProvider whose bootstrap only reads and whose nodes fall back across zones
-    (see module docstring)."""
+class ReadOnlyGCPNodeProvider(GoneNodeAware, GCPNodeProvider):
+    """GCPNodeProvider whose bootstrap only reads, whose nodes fall back across zones
+    and for which a 404 means the node is gone (see module docstring)."""
 
     @staticmethod
     def bootstrap_config(cluster_config: dict[str, Any]) -> dict[str, Any]:
@@ -404,11 +413,24 @@ class ReadOnlyGCPNodeProvider(GCPNodeProvider):
         ``labelFingerprint``: the cached copy drops the old one, and the next
         write reads a fresh one (Ray's ``_get_node`` lists first;
         ``ZonalGCPCompute.set_labels`` fetches the node if it has none).
+        A node GCE answers 404 for is gone (``cluster.gcp_gone``): nothing is
+        written, a warning says so, and the caller goes on (Ray's
+        ``NodeUpdater`` then sees it terminated).
         """
         with self.lock:
             node = self._get_node(node_id)
+            if self.is_gone(node_id):
+                logger.warning("NodeProvider: %s: gone, its tags %s are not set", node_id, tags)
+                return None
             resource = self._get_resource_depending_on_node_name(node_id)
-            result = resource.set_labels(node=node, labels=tags)
+            try:
+                result = resource.set_labels(node=node, labels=tags)
+            except errors.HttpError as e:  # gone between the list and this write
+                if not is_not_found(e, node_id):
+                    raise
+                self._mark_gone(node_id, "instances.setLabels")
+                logger.warning("NodeProvider: %s: gone, its tags %s are not set", node_id, tags)
+                return None
             written = copy.copy(node)  # a GCPNode: a dict plus its resource
             written["labels"] = dict(node.get("labels") or {}, **tags)
             written.pop("labelFingerprint", None)

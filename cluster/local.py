@@ -17,10 +17,12 @@ Everything ``up()`` starts is tracked so that ``down()`` stops exactly that:
 
 State under ``state_dir``: ``state.json`` (ports, pgid, temp dir),
 ``auth_token`` (mode 0600), ``local-cluster.yaml`` (the rendered autoscaler
-config), ``ray-start.log``; for users' own jobs (``cluster/userjob.py``), as a
+config), ``ray-start.log``, ``launches.json`` (the provider's launch ledger,
+see ``status()``); for users' own jobs (``cluster/userjob.py``), as a
 fresh node has them: ``bin/uv`` (a link to the pinned uv, on the cluster's
 PATH), ``job-envs/`` (``$RAY_GCP_JOB_ENVS``, one environment per lock) and
-``uv-cache/`` (the cluster's own ``UV_CACHE_DIR``, empty at first). Ray's session files go to a short temp dir
+``uv-cache/`` (the cluster's own ``UV_CACHE_DIR``, empty at first). Ray's
+session files go to a short temp dir
 ``/tmp/rg-XXXX`` (unix socket paths must stay under 107 bytes), removed by
 ``down()``.
 """
@@ -55,6 +57,7 @@ STATE_FILE = "state.json"
 TOKEN_FILE = "auth_token"
 CONFIG_FILE = "local-cluster.yaml"
 LOG_FILE = "ray-start.log"
+LEDGER_FILE = "launches.json"
 HOST = "127.0.0.1"
 # A driver's ray.init replaces 127.0.0.1 in RAY_ADDRESS with the machine's own
 # interface IP (services.resolve_ip_for_localhost) unless clusters are
@@ -77,19 +80,14 @@ _PORT_NAMES = (
 )
 
 
-# Autoscaler v2's view of launches (ray.autoscaler.v2.sdk), as one JSON line.
+# Autoscaler v2's failed launches (ray.autoscaler.v2.sdk), as one JSON line.
 _V2_STATUS_PROBE = """
 import json, sys
 from ray.autoscaler.v2.sdk import get_cluster_status
 st = get_cluster_status(sys.argv[1])
-pending = {}
-for r in st.pending_launches:  # requested from the cloud, no instance yet
-    pending[r.ray_node_type_name] = pending.get(r.ray_node_type_name, 0) + r.count
-for n in st.pending_nodes:  # an instance exists, Ray not up on it yet
-    pending[n.ray_node_type_name] = pending.get(n.ray_node_type_name, 0) + 1
 failed = [f"{r.ray_node_type_name} x{r.count}: {r.details}" for r in st.failed_launches]
 failed += [f"{n.ray_node_type_name} {n.instance_id}: {n.details}" for n in st.failed_nodes]
-print(json.dumps({"pending": pending, "failed": failed}))
+print(json.dumps({"failed": failed}))
 """
 
 
@@ -110,8 +108,7 @@ class ClusterStatus:
     """Alive nodes from GCS plus what the autoscaler is still launching."""
 
     nodes: tuple[NodeInfo, ...]
-    # Node type -> count the autoscaler has asked for but which has not joined:
-    # v1's report on the dashboard; v2's own state API (ray.autoscaler.v2.sdk).
+    # Node type -> nodes launched that GCS does not know yet (see LocalCluster.status).
     pending: dict[str, int]
     failed: tuple[str, ...]
 
@@ -218,6 +215,16 @@ def _descendants(roots: set[int], among: set[int]) -> set[int]:
                 out.add(pid)
                 changed = True
     return out
+
+
+def read_launch_ledger(path: Path) -> dict[str, int]:
+    """Node type -> nodes asked of the local provider whose processes it has not
+    started yet (written by cluster/local_provider.py; none if absent)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(t): int(n) for t, n in (data.get("not_started") or {}).items() if int(n) > 0}
 
 
 def _all_pids() -> list[int]:
@@ -344,8 +351,11 @@ class LocalCluster:
         self._link_uv()
         ports = dict(zip(_PORT_NAMES, _free_ports(len(_PORT_NAMES)), strict=True))
         temp_dir = tempfile.mkdtemp(prefix="rg-", dir="/tmp")
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / LEDGER_FILE).unlink()  # a crashed run's
         config = render_local(
-            self.spec, gcs_port=ports["gcs"], host=HOST, full_zones=self.full_zones
+            self.spec, gcs_port=ports["gcs"], host=HOST, full_zones=self.full_zones,
+            launch_ledger=str(self.state_dir / LEDGER_FILE),
         )
         self.config_path.write_text(to_yaml(config))
         # Record before starting anything, so a crash in between is cleanable.
@@ -439,8 +449,9 @@ class LocalCluster:
             time.sleep(0.1)
         if self._state.get("temp_dir"):
             shutil.rmtree(self._state["temp_dir"], ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            (self.state_dir / STATE_FILE).unlink()
+        for name in (LEDGER_FILE, STATE_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                (self.state_dir / name).unlink()
         self._state = {}
         return sorted(set(pids) | set(leftovers))
 
@@ -449,44 +460,51 @@ class LocalCluster:
         return sorted(self._owned_pids())
 
     def status(self) -> ClusterStatus:
-        """Alive nodes (from GCS via the dashboard) and pending launches (autoscaler)."""
+        """Alive nodes (GCS, through the dashboard) and the nodes still launching.
+
+        A worker is *launching* from the autoscaler's create call until GCS
+        knows its node: while the provider has not started its processes (the
+        provider's launch ledger, cluster/local_provider.py), then while its
+        raylet runs and GCS has not registered it. Ray's own reports cannot
+        say this: v1's ``pendingLaunches`` counts a batch until the create call
+        returns, after nodes of the batch are up, and both v1's pending nodes
+        and v2's instance states lag GCS by an autoscaler round; summed with the
+        alive nodes they counted nodes twice ("3 alive, 3 launching" with at
+        most 3). Read in the order a node moves (GCS, then the processes, then
+        the ledger), a node that moves meanwhile is counted once or not at
+        all, never twice: alive + launching never exceeds what was launched.
+        Failed launches: v1's report, or v2's own state API."""
         nodes_raw = self._api("/api/v0/nodes?detail=1&limit=1000")["data"]["result"]["result"]
-        nodes = []
-        for n in nodes_raw:
-            if n.get("state") != "ALIVE":
-                continue
-            nodes.append(
-                NodeInfo(
-                    node_id=n["node_id"],
-                    is_head=bool(n.get("is_head_node")),
-                    node_type=None,
-                    resources=dict(n.get("resources_total") or {}),
-                )
+        known_to_gcs = {n["node_id"] for n in nodes_raw}  # alive or dead
+        nodes = [
+            NodeInfo(
+                node_id=n["node_id"],
+                is_head=bool(n.get("is_head_node")),
+                node_type=None,
+                resources=dict(n.get("resources_total") or {}),
             )
+            for n in nodes_raw
+            if n.get("state") == "ALIVE"
+        ]
+        raylet_types = self._raylet_node_types()
         pending: dict[str, int] = {}
+        for node_id, node_type in raylet_types.items():
+            if node_id != FAKE_HEAD_NODE_ID and node_id not in known_to_gcs:
+                pending[node_type] = pending.get(node_type, 0) + 1
+        for node_type, count in read_launch_ledger(self.state_dir / LEDGER_FILE).items():
+            pending[node_type] = pending.get(node_type, 0) + count
         failed: list[str] = []
-        cs = (self._api("/api/cluster_status").get("data") or {}).get("clusterStatus") or {}
-        # v1 publishes its report (types, pending launches); v2 does not, so the
-        # fake raylets' own RAY_NODE_TYPE_NAME fills in the types there.
-        report = cs.get("autoscalerReport") or {}
-        type_of = {**self._raylet_node_types(), **(report.get("nodeTypeMapping") or {})}
-        nodes = [dataclasses.replace(n, node_type=type_of.get(n.node_id)) for n in nodes]
-        for node_type, count in (report.get("pendingLaunches") or {}).items():
-            pending[node_type] = pending.get(node_type, 0) + int(count)
-        alive_ids = {n.node_id for n in nodes}
-        for entry in report.get("pendingNodes") or []:
-            # (ip, node_type, status); the fake provider's "ip" is the node id. The
-            # report is the autoscaler's last snapshot: a node that has joined since
-            # is alive, not pending (else "1 alive, 3 launching" with at most 3).
-            if entry and entry[0] in alive_ids:
-                continue
-            node_type = entry[1] if len(entry) > 1 else "?"
-            pending[node_type] = pending.get(node_type, 0) + 1
-        for entry in report.get("failedNodes") or []:
-            failed.append(" ".join(str(x) for x in entry))
-        # The running cluster's own choice (`local status` may not repeat the flag).
         if self._state.get("autoscaler_v2", self.autoscaler_v2):
-            pending, failed = self._v2_launches()
+            # The running cluster's own choice (`local status` may not repeat the flag).
+            failed = self._v2_failed()
+            report: dict[str, Any] = {}
+        else:
+            cs = (self._api("/api/cluster_status").get("data") or {}).get("clusterStatus") or {}
+            report = cs.get("autoscalerReport") or {}
+            failed = [" ".join(str(x) for x in entry) for entry in report.get("failedNodes") or []]
+        # v1's report maps node ids to types; under v2 the raylets' environment does.
+        type_of = {**raylet_types, **(report.get("nodeTypeMapping") or {})}
+        nodes = [dataclasses.replace(n, node_type=type_of.get(n.node_id)) for n in nodes]
         return ClusterStatus(
             nodes=tuple(sorted(nodes, key=lambda n: (not n.is_head, n.node_id))),
             pending=pending,
@@ -541,8 +559,8 @@ class LocalCluster:
 
     # ---- internals ---------------------------------------------------------
 
-    def _v2_launches(self) -> tuple[dict[str, int], list[str]]:
-        """Pending and failed launches from autoscaler v2's own state API.
+    def _v2_failed(self) -> list[str]:
+        """Failed launches from autoscaler v2's own state API.
 
         v2 publishes no report to the dashboard; ``ray.autoscaler.v2.sdk``
         reads its state from GCS. That needs this cluster's token, so it runs
@@ -564,8 +582,7 @@ class LocalCluster:
                 f"autoscaler v2 state query failed (exit {proc.returncode}): "
                 f"{proc.stderr.strip()[-500:]}"
             )
-        out = json.loads(proc.stdout.strip().splitlines()[-1])
-        return out["pending"], out["failed"]
+        return json.loads(proc.stdout.strip().splitlines()[-1])["failed"]
 
     def _raylet_node_types(self) -> dict[str, str]:
         """node id -> node type of the fake workers, from their raylets' environment."""

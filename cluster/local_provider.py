@@ -1,7 +1,7 @@
 """The node provider of the local fake cluster: Ray's FakeMultiNodeProvider with zones.
 
 ``LocalZonalNodeProvider`` is what ``render_local`` names (through Ray's
-``external`` provider hook). It changes three things of Ray's fake provider:
+``external`` provider hook). It changes four things of Ray's fake provider:
 
 * **Zones.** Nodes are placed by the same ``cluster.zones.ZonePlacement`` the
   GCP provider uses: ``availability_zone`` first, then ``fallback_zones``. A
@@ -21,6 +21,16 @@
   batch was done has finished, so a finished launch is always either pending
   or listed. (That costs the launcher one autoscaler round; autoscaler v2,
   which counts launches as instances, is not affected either way.)
+* **A launch ledger** (``launch_ledger`` in the provider config, a JSON file
+  that ``LocalCluster.status()`` reads). Ray's reports cannot say which nodes
+  are still launching: v1 counts a whole batch in ``pendingLaunches`` until
+  its create call returns, which here is after the batch's last node and one
+  more node list (see above), so nodes of the batch that are already up were
+  counted as alive *and* launching ("3 alive, 3 launching" with at most 3).
+  The provider knows: the ledger holds, per node type, the nodes asked of
+  it whose processes it has not started yet, and drops each one just before
+  starting it. A node is then launching while it is in the ledger or while
+  its raylet runs and GCS does not know it yet, and alive once GCS does.
 * **One log monitor** (``LocalNodeProvider``). Every fake node is a raylet on
   this machine sharing the head's session directory, so every node's log
   monitor tails the same files (monitor.log, events/event_AUTOSCALER.log,
@@ -46,7 +56,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -62,6 +74,7 @@ from ray.autoscaler.tags import (
     TAG_RAY_USER_NODE_TYPE,
 )
 
+from cluster.render import LAUNCH_LEDGER_KEY
 from cluster.zones import DEFAULT_COOLDOWN_S, ZonePlacement, zone_error
 
 logger = logging.getLogger(__name__)
@@ -155,6 +168,26 @@ class LocalZonalNodeProvider(LocalNodeProvider):
         self._lists = threading.Condition()
         self._lists_started = 0
         self._latest_list_done = 0
+        self._ledger_path = provider_config.get(LAUNCH_LEDGER_KEY)
+        self._ledger_lock = threading.Lock()
+        self._not_started: dict[str, int] = {}
+        with self._ledger_lock:  # a new provider (a restarted monitor): nothing in flight
+            self._write_ledger()
+
+    def _ledger_add(self, node_type: str, n: int) -> None:
+        with self._ledger_lock:
+            left = self._not_started.get(node_type, 0) + n
+            if left > 0:
+                self._not_started[node_type] = left
+            else:
+                self._not_started.pop(node_type, None)
+            self._write_ledger()
+
+    def _write_ledger(self) -> None:
+        if self._ledger_path:  # atomically: status() may read it at any time
+            tmp = Path(f"{self._ledger_path}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"not_started": self._not_started}, sort_keys=True))
+            tmp.replace(self._ledger_path)
 
     def non_terminated_nodes(self, tag_filters):
         with self._lists:
@@ -176,25 +209,39 @@ class LocalZonalNodeProvider(LocalNodeProvider):
                 logger.warning("no node list within %.0fs after a launch", SETTLE_TIMEOUT_S)
 
     def create_node_with_resources_and_labels(self, node_config, tags, count, resources, labels):
-        with self.lock:  # the whole batch (see the module docstring)
-            if self._creation_error:
-                raise self._creation_error
+        worker = tags.get(TAG_RAY_NODE_KIND) == NODE_KIND_WORKER
+        node_type = tags.get(TAG_RAY_USER_NODE_TYPE, "?")
+        # In the ledger from the call on (the batch may wait for the lock), each
+        # node out of it just before its processes start, the rest when the call ends.
+        not_started = count if worker else 0
+        self._ledger_add(node_type, not_started)
+        try:
+            with self.lock:  # the whole batch (see the module docstring)
+                if self._creation_error:
+                    raise self._creation_error
 
-            def launch(zone: str, n: int) -> tuple[list[str], str | None]:
-                if zone in self.full_zones:
-                    return [], zone_error(ZoneExhausted(zone))
-                made = []
-                for _ in range(n):
-                    before = set(self._nodes)
-                    self._create_node_with_resources_and_labels(
-                        node_config, tags, 1, resources, {**(labels or {}), ZONE_LABEL: zone}
-                    )
-                    (node_id,) = set(self._nodes) - before
-                    self._nodes[node_id]["tags"][ZONE_LABEL] = zone
-                    made.append(node_id)
-                return made, None
+                def launch(zone: str, n: int) -> tuple[list[str], str | None]:
+                    nonlocal not_started
+                    if zone in self.full_zones:
+                        return [], zone_error(ZoneExhausted(zone))
+                    made = []
+                    for _ in range(n):
+                        if not_started:
+                            not_started -= 1
+                            self._ledger_add(node_type, -1)
+                        before = set(self._nodes)
+                        self._create_node_with_resources_and_labels(
+                            node_config, tags, 1, resources, {**(labels or {}), ZONE_LABEL: zone}
+                        )
+                        (node_id,) = set(self._nodes) - before
+                        self._nodes[node_id]["tags"][ZONE_LABEL] = zone
+                        made.append(node_id)
+                    return made, None
 
-            created = self.placement.place(count, launch)
-            logger.info("created %d node(s): %s", len(created), ", ".join(created))
-        if tags.get(TAG_RAY_NODE_KIND) == NODE_KIND_WORKER:
+                created = self.placement.place(count, launch)
+                logger.info("created %d node(s): %s", len(created), ", ".join(created))
+        finally:
+            if not_started:  # a failed or partial batch
+                self._ledger_add(node_type, -not_started)
+        if worker:
             self._wait_for_a_later_list()  # outside the lock: the list needs it

@@ -69,6 +69,8 @@ LOCAL_HEAD_TYPE = "ray.head.default"
 # Ray's fake provider with zones, a per-batch lock and no log monitor per fake
 # node (cluster/local_provider.py).
 LOCAL_PROVIDER_MODULE = "cluster.local_provider.LocalZonalNodeProvider"
+# Its config key for the launch ledger (see render_local).
+LAUNCH_LEDGER_KEY = "launch_ledger"
 # Two pretend zones, so zone fallback runs locally exactly as on GCP.
 LOCAL_ZONES = ("local-a", "local-b")
 # Fake workers otherwise reserve 30% of RAM each for their object store.
@@ -92,11 +94,14 @@ def render_local(
     object_store_bytes: int = LOCAL_WORKER_OBJECT_STORE_BYTES,
     zones: tuple[str, ...] = LOCAL_ZONES,
     full_zones: tuple[str, ...] = (),
+    launch_ledger: str | None = None,
 ) -> dict[str, Any]:
     """The spec's node types as fake nodes on this machine (fake_multinode provider).
 
     ``zones``: the preferred zone, then the fallback zones; ``full_zones``
     answer every create with ZONE_RESOURCE_POOL_EXHAUSTED (to watch fallback).
+    ``launch_ledger``: the file where the provider keeps the nodes it has not
+    started yet (cluster/local_provider.py; ``LocalCluster.status()`` reads it).
 
     The head type is renamed to ``ray.head.default`` (the fake provider's fixed
     name); worker types keep their names, resources and min/max. No command
@@ -137,6 +142,7 @@ def render_local(
             "availability_zone": zones[0],
             "fallback_zones": list(zones[1:]),
             "full_zones": list(full_zones),
+            **({LAUNCH_LEDGER_KEY: launch_ledger} if launch_ledger else {}),
         },
         "auth": {"ssh_user": layout.NODE_SSH_USER},
         "available_node_types": types,

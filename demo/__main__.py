@@ -76,31 +76,37 @@ class ScalingWatcher(threading.Thread):
 
     def run(self) -> None:
         while not self.stop_event.is_set():
-            try:
-                st = self.cluster.status()
-            except Exception:  # noqa: BLE001 - the dashboard can blink under load; try again
-                st = None
-            if st is not None:
-                now = (st.worker_count, st.pending_count)
-                self.peak_workers = max(self.peak_workers, st.worker_count)
-                if now != self._last:
-                    self._last = now
-                    cpus = sum(n.resources.get("CPU", 0) for n in st.nodes)
-                    print(
-                        f"\r[cluster +{time.monotonic() - self._t0:5.1f}s] "
-                        f"{st.worker_count} worker node(s) alive, {now[1]} launching, "
-                        f"{cpus:g} CPUs in total",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+            self.poll()
             self.stop_event.wait(self.interval)
 
+    def poll(self) -> None:
+        try:
+            st = self.cluster.status()
+        except Exception:  # noqa: BLE001 - the dashboard can blink under load; try again
+            return
+        now = (st.worker_count, st.pending_count)
+        self.peak_workers = max(self.peak_workers, st.worker_count)
+        if now != self._last:
+            self._last = now
+            cpus = sum(n.resources.get("CPU", 0) for n in st.nodes)
+            print(
+                f"\r[cluster +{time.monotonic() - self._t0:5.1f}s] "
+                f"{st.worker_count} worker node(s) alive, {now[1]} launching, "
+                f"{cpus:g} CPUs in total",
+                file=sys.stderr,
+                flush=True,
+            )
+
     def stop(self) -> None:
-        self.stop_event.set()
-        self.join(timeout=5)
+        """Stop watching; the last line printed is the state at this moment."""
+        if self.is_alive():
+            self.stop_event.set()
+            self.join(timeout=5)
+            self.poll()
 
 
-def run_annotate(cluster: LocalCluster, sample: Path, output: Path, max_side: int) -> int:
+def run_annotate(cluster: LocalCluster, sample: Path, output: Path, max_side: int,
+                 batch_size: int | None = None) -> int:
     env = {**os.environ, **cluster.driver_env()}
     cmd = [
         sys.executable,
@@ -108,6 +114,7 @@ def run_annotate(cluster: LocalCluster, sample: Path, output: Path, max_side: in
         "--input", str(sample),
         "--output", str(output),
         "--max-side", str(max_side),
+        *(["--batch-size", str(batch_size)] if batch_size else []),
     ]
     print("   $ " + " ".join(cmd[1:]), flush=True)
     return subprocess.run(cmd, env=env, cwd=ROOT, check=False).returncode
@@ -120,12 +127,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="where the demo writes everything (default: demo-out/)")
     p.add_argument("--count", type=int, default=300, help="images in the sample (default 300)")
     p.add_argument("--max-side", type=int, default=256, help="resize target (default 256)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per Ray task (default: annotate.py's); smaller batches "
+                        "make more tasks, so a small sample still scales the cluster out")
     p.add_argument("--skip-preview", action="store_true", help="skip the offline `pulumi up`")
     p.add_argument("--no-scale-down-wait", action="store_true",
                    help="stop the cluster without waiting for idle workers to go away")
     args = p.parse_args(argv)
     if args.count < 1:
         p.error(f"--count must be at least 1, got {args.count}")
+    if args.batch_size is not None and args.batch_size < 1:
+        p.error(f"--batch-size must be at least 1, got {args.batch_size}")
 
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -169,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             (sample / ".complete").write_text("")
         watcher.start()
-        rc = run_annotate(cluster, sample, output, args.max_side)
+        rc = run_annotate(cluster, sample, output, args.max_side, args.batch_size)
         time.sleep(1.5)  # let the watcher print the last change
 
         banner("5. Result")

@@ -7,7 +7,7 @@
 * repeated scale-up/scale-down cycles never show more live workers in GCS
   than max_workers (the v1 over-launch race, cluster/local_provider.py);
 * ``LocalCluster.status()`` and ``python -m cluster local status`` show
-  pending launches under autoscaler v2 (from ``ray.autoscaler.v2.sdk``).
+  pending launches under autoscaler v1 and v2 (the provider's launch ledger).
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def test_a_full_first_zone_still_reaches_max_workers(tmp_path, v2):
         assert "zone local-a: ZONE_RESOURCE_POOL_EXHAUSTED; skipping it for 300s" in log
         if v2:
             assert "autoscaler v2" in log
-        # The launches in flight were visible (v1: its report; v2: its state API).
+        # The launches in flight were visible (the provider's launch ledger, v1 and v2).
         assert seen_pending >= 1
         if v2:
             assert "pending/launching: cpu-worker:" in cli_pending, cli_pending

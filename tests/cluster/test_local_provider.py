@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from ray.autoscaler.tags import (
@@ -18,6 +19,7 @@ from ray.autoscaler.tags import (
 )
 
 from cluster import local_provider
+from cluster.local import read_launch_ledger
 from cluster.local_provider import ZONE_LABEL, LocalZonalNodeProvider
 from cluster.render import render_local
 from cluster.spec import local_default_spec
@@ -35,7 +37,8 @@ def started(monkeypatch) -> list[dict]:
     def record(self, node_config, tags, count, resources, labels):
         node_id = self._next_hex_node_id()
         self._nodes[node_id] = {"tags": {**tags, "ray-node-name": node_id}, "node": None}
-        out.append({"id": node_id, "labels": dict(labels)})
+        ledger = self._ledger_path and read_launch_ledger(Path(self._ledger_path))
+        out.append({"id": node_id, "labels": dict(labels), "ledger": ledger})
 
     # Our override (no log monitor per fake node) is the one the provider calls.
     monkeypatch.setattr(
@@ -44,8 +47,9 @@ def started(monkeypatch) -> list[dict]:
     return out
 
 
-def provider(full_zones=()) -> LocalZonalNodeProvider:
-    cfg = render_local(local_default_spec(), gcs_port=6379, full_zones=full_zones)
+def provider(full_zones=(), ledger: Path | None = None) -> LocalZonalNodeProvider:
+    cfg = render_local(local_default_spec(), gcs_port=6379, full_zones=full_zones,
+                       launch_ledger=str(ledger) if ledger else None)
     return LocalZonalNodeProvider(cfg["provider"], cfg["cluster_name"])
 
 
@@ -100,3 +104,40 @@ def test_without_any_list_the_create_still_returns(started, monkeypatch):
     p = provider()
     p.create_node_with_resources_and_labels({}, TAGS, 1, {"CPU": 2}, {})
     assert len(started) == 1
+
+
+def _wait_for(cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_the_ledger_holds_each_node_until_just_before_its_processes_start(started, tmp_path):
+    """What LocalCluster.status() counts as launching before a node's raylet runs."""
+    ledger = tmp_path / "launches.json"
+    p = provider(ledger=ledger)
+    assert read_launch_ledger(ledger) == {}
+    with p.lock:  # another batch holds the provider: this one waits, all 3 not started
+        t = create_in_thread(p, 3)
+        _wait_for(lambda: read_launch_ledger(ledger) == {"cpu-worker": 3})
+        assert started == []
+    _wait_for(lambda: len(started) == 3)
+    # Each node left the ledger before it was started (never in both).
+    assert [n["ledger"] for n in started] == [{"cpu-worker": 2}, {"cpu-worker": 1}, {}]
+    assert t.is_alive()  # still counted by v1 as pending until a later list ...
+    assert read_launch_ledger(ledger) == {}  # ... but no longer in the ledger
+    p.non_terminated_nodes({})
+    t.join(5)
+    # A restarted monitor's provider starts from an empty ledger.
+    ledger.write_text('{"not_started": {"cpu-worker": 2}}')
+    provider(ledger=ledger)
+    assert read_launch_ledger(ledger) == {}
+
+
+def test_a_failed_batch_leaves_the_ledger(started, tmp_path):
+    ledger = tmp_path / "launches.json"
+    p = provider(full_zones=("local-a", "local-b"), ledger=ledger)
+    with pytest.raises(ZonesExhaustedError):
+        p.create_node_with_resources_and_labels({}, TAGS, 2, {"CPU": 2}, {})
+    assert read_launch_ledger(ledger) == {}

@@ -26,6 +26,10 @@ on it:
 - every call is recorded (``calls``), including calls to methods the fake
   does not serve (answered 403, as for an account without the permission).
 
+``intercept``/``preempt_on_call`` run something once just before the first
+call that matches (a preemption racing the autoscaler's next call about an
+instance, or an error answer).
+
 Hooks ``on_running(instance)`` and ``on_gone(instance)`` (run on a thread of
 their own) let the harness boot and kill a machine for each instance.
 """
@@ -149,6 +153,8 @@ class FakeCloud:
         hosts = list(self.cidr.hosts())
         self._free_ips = hosts[1:-1]  # .1 is the gateway; GCE reserves the last two
         self._hook_threads: list[threading.Thread] = []
+        # One-shot interceptions: (matches(method, params, body), action(params)).
+        self._interceptions: list[tuple[Callable[[str, dict, Any], bool], Callable[[dict], None]]] = []
 
     # ---- the harness's side --------------------------------------------------------
 
@@ -198,6 +204,19 @@ class FakeCloud:
                 self._remove(name)
             else:
                 inst["status"] = "TERMINATED"
+
+    def intercept(self, matches: Callable[[str, dict, Any], bool],
+                  action: Callable[[dict], None]) -> None:
+        """Once: the first call for which ``matches(method, params, body)`` is true runs
+        ``action(params)`` just before it is served (an ``ApiError`` it raises is the answer)."""
+        with self.lock:
+            self._interceptions.append((matches, action))
+
+    def preempt_on_call(self, matches: Callable[[str, dict, Any], bool]) -> None:
+        """Once: GCE preempts the Spot instance that the first matching call addresses just
+        before that call arrives, as between the autoscaler's list and its next call; the
+        call then meets what is left (with action DELETE: Google's 404)."""
+        self.intercept(matches, lambda params: self.preempt(params["instance"]))
 
     def wait_hooks(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -261,6 +280,11 @@ class FakeCloud:
         if zone is not None and zone not in self.zones:
             raise ApiError(400, f"Invalid value for field 'zone': '{zone}'. Unknown zone.")
         with self.lock:
+            for i, (matches, action) in enumerate(self._interceptions):
+                if matches(method, params, body):
+                    del self._interceptions[i]
+                    action(params)
+                    break
             return handler(self, params, body)
 
     def _operation(self, zone: str, kind: str, target: str, error: dict | None = None) -> Operation:

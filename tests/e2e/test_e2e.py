@@ -15,6 +15,13 @@ from the bundle), twice (the second reuses each node's environment), ``ray
 up`` again on the live cluster, ``ray down``, and nothing of the run left on
 the host.
 
+Two preemptions land just before a call about the instance, so that the call
+meets Google's 404 (``FakeCloud.preempt_on_call``): the autoscaler's first
+label write about the mid-job replacement (it must take that worker as
+gone, without an ``HttpError``, and replace it too) and ``ray down``'s delete of a worker (it must
+still delete the rest; Ray 2.60's own ``terminate_node`` raises
+``UnboundLocalError`` there).
+
 Runs with ``make e2e`` (``pytest --e2e -m e2e``); needs root and network
 namespaces. Each phase prints its time.
 """
@@ -161,6 +168,19 @@ def no_worker_deleted_since(h: Harness, since: float, head: str, spare: str | No
     return True
 
 
+def autoscaler_log_text(h: Harness, head: str) -> str:
+    """All of the head autoscaler's logs (monitor.log, .out, .err)."""
+    root = h.machine_root(head)
+    logs = root / os.readlink(root / "tmp/ray/session_latest").lstrip("/") / "logs"
+    return "\n".join((logs / name).read_text(errors="replace")
+                     for name in ("monitor.log", "monitor.out", "monitor.err") if (logs / name).exists())
+
+
+def is_first_label_write_of_a_worker(method: str, params: dict, body) -> bool:
+    return (method == "compute.instances.setLabels"
+            and ((body or {}).get("labels") or {}).get(TAG_RAY_NODE_KIND) == "worker")
+
+
 def monitor_process(h: Harness, head: str) -> tuple[int, str]:
     procs = {p: c for p, c in h.processes_of(head).items()
              if re.search(r"/ray/autoscaler/(v2/)?monitor\.py ", c)}
@@ -277,8 +297,13 @@ def test_ray_up_jobs_preemption_and_ray_down_end_to_end(harness: Harness):
         victim = min(workers, key=lambda n: workers[n]["creationTimestamp"])
         done_before = len(result_rows(h))
         assert done_before < SAMPLE, "the job finished before a worker could be lost"
-        with phase("a Spot worker preempted mid-job; a replacement joins"):
+        with phase("a Spot worker preempted mid-job; its replacement preempted at its first "
+                   "label write; a second replacement joins"):
             preempted_at = time.monotonic()
+            # GCE preempts the replacement between the autoscaler's list and its first label
+            # write about it (the installer's `waiting-for-ssh`): that call meets Google's 404.
+            # (No other worker is being set up: the next worker label write is the replacement's.)
+            cloud.preempt_on_call(is_first_label_write_of_a_worker)
             cloud.preempt(victim)
             replacement = wait_for(
                 "a replacement worker that runs Ray",
@@ -286,6 +311,16 @@ def test_ray_up_jobs_preemption_and_ray_down_end_to_end(harness: Harness):
                     n for n, w in instances(h, "worker").items() if n not in workers and w["status"] == "RUNNING" and n in h.fleet.machines
                          and "raylet" in " ".join(h.processes_of(n).values())],
                 on_fail=lambda: h.output("annotate")[-3000:])
+        # The autoscaler's call about the replacement preempted under it got the 404, and our
+        # provider took it as a gone node: no HttpError reached the autoscaler.
+        [lost] = [c.params["instance"] for c in cloud.calls
+                  if c.method == "compute.instances.setLabels" and c.status == 404]
+        assert lost not in workers and lost not in replacement
+        logs = autoscaler_log_text(h, head)
+        assert f"{lost}: GCE answered instances.setLabels with 404" in logs, autoscaler_logs(h, head)
+        escaped = [line for line in logs.splitlines() if "HttpError" in line and lost in line]
+        assert not escaped, "the 404 reached the autoscaler as an HttpError:\n" + "\n".join(escaped[:5])
+        assert monitor_process(h, head) == monitor_before, "the head's autoscaler restarted"
         with phase("annotate.py finishes"):
             rc = job.wait(GENEROUS)
     finally:
@@ -375,9 +410,19 @@ def test_ray_up_jobs_preemption_and_ray_down_end_to_end(harness: Harness):
         report = cluster_info(h, "cluster-info-3")
         assert any(n["head"] and n["address"] == head_ip for n in report["nodes"])
 
-    with phase("ray down"):
+    with phase("ray down (a worker preempted just before its delete)"):
+        # GCE preempts a worker between `ray down`'s list and its delete of that worker: the
+        # delete meets Google's 404, and the rest of the cluster must still go.
+        live = set(instances(h, "worker"))
+        assert live, "no worker left for ray down to delete"
+        cloud.preempt_on_call(lambda method, params, body: method == "compute.instances.delete"
+                              and params["instance"] in live)
+        calls_before = len(cloud.calls)
         rc, out = h.ray("down", "-y", h.cluster_yaml, name="ray-down", timeout=GENEROUS)
         assert rc == 0, f"ray down failed ({rc}):\n{out[-6000:]}"
+        gone_at_delete = [c.params["instance"] for c in cloud.calls[calls_before:]
+                          if c.method == "compute.instances.delete" and c.status == 404]
+        assert len(gone_at_delete) == 1 and gone_at_delete[0] in live, gone_at_delete
         wait_for("every instance of the cluster deleted and its machine gone",
                  lambda: not instances(h) and set(h.fleet.machines) == {PROVIDER}, timeout=300)
     assert PROVIDER in cloud.instances  # ray down leaves what is not the cluster's

@@ -285,3 +285,19 @@ def test_an_invalid_filter_is_googles_400(cloud):
                                        filter="(status = RUNNING").execute()
     assert refused.value.resp.status == 400
     assert "Invalid value for field 'filter'" in error_of(refused.value)["message"]
+
+
+def test_a_preemption_armed_for_a_call_lands_just_before_it_once(cloud):
+    """The race the e2e test needs: preempted between the autoscaler's list and its call."""
+    gce = compute(cloud)
+    spot = render_gcp(SPEC, FACTS)["available_node_types"]["cpu-worker"]["node_config"]
+    names = [gce.create_instance(spot, LABELS, wait_for_operation=False)[1] for _ in range(2)]
+    cloud.preempt_on_call(lambda method, params, body: method == "compute.instances.setLabels")
+    [listed, other] = sorted(gce.list_instances(WORKERS), key=lambda n: n["name"] != names[0])
+    with pytest.raises(HttpError) as lost:
+        gce.set_labels(listed, {"ray-node-status": "waiting-for-ssh"}, wait_for_operation=False)
+    assert lost.value.resp.status == 404 and names[0] not in cloud.instances
+    gce.set_labels(other, {"ray-node-status": "waiting-for-ssh"}, wait_for_operation=False)
+    assert cloud.instances[names[1]]["labels"]["ray-node-status"] == "waiting-for-ssh"
+    assert [(c.method, c.status) for c in cloud.calls[-2:]] == [
+        ("compute.instances.setLabels", 404), ("compute.instances.setLabels", 200)]

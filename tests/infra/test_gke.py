@@ -28,6 +28,7 @@ from infra.components.gke import AUTH_PLUGIN, SYSTEM_POOL, SYSTEM_POOL_NODES, ku
 from infra.components.kuberay_operator import OPERATOR_NAMESPACE
 from infra.components.ray_on_gke import kube_facts
 from infra.settings import parse_settings
+from tests.infra.access import all_grants
 
 CLUSTER = "gcp:container/cluster:Cluster"
 NODE_POOL = "gcp:container/nodePool:NodePool"
@@ -188,17 +189,16 @@ def test_nodes_run_as_the_dedicated_node_account_never_the_default_one(each_gke_
 
 
 def test_gke_grants_are_exactly_the_justified_ones(each_gke_scenario):
+    """Every grant, whatever its scope (project, bucket, account, folder,
+    organization, ...): every resource whose type is an IAM member, binding or
+    policy, read by tests/infra/access.py, which fails on a type it cannot read."""
     rec = each_gke_scenario
-    node = f"serviceAccount:{rec.outputs['serviceAccounts']['gke-node']}"
-    project_grants = {(r["inputs"]["member"], r["inputs"]["role"])
-                      for r in rec.of_type("gcp:projects/iAMMember:IAMMember")}
-    assert project_grants == {(node, "roles/logging.logWriter"),
-                              (node, "roles/monitoring.metricWriter")}
-    (bucket_grant,) = rec.of_type("gcp:storage/bucketIAMMember:BucketIAMMember")
-    assert bucket_grant["inputs"]["role"] == "roles/storage.objectUser"
-    assert bucket_grant["inputs"]["bucket"] == rec.outputs["bucket"]
-    for typ in ("gcp:serviceaccount/iAMMember:IAMMember", "gcp:serviceaccount/key:Key",
-                "gcp:secretmanager/secret:Secret"):
+    assert all_grants(rec) == {
+        ("gke-node", "roles/logging.logWriter", "project"),
+        ("gke-node", "roles/monitoring.metricWriter", "project"),
+        ("ksa:ray/ray-workloads", "roles/storage.objectUser", "bucket"),
+    }
+    for typ in ("gcp:serviceaccount/key:Key", "gcp:secretmanager/secret:Secret"):
         assert rec.of_type(typ) == [], typ
     assert {r["inputs"]["service"] for r in rec.of_type("gcp:projects/service:Service")} >= {
         "container.googleapis.com"}

@@ -55,12 +55,22 @@ def _args(script: str, tmp_path) -> list[str]:
     if script == "tree_reduce.py":
         return ["--size", "1000", "--chunks", "2"]
     if script == "serve.py":
-        return ["--port", "0"]
+        return ["--port", "0", "--actors", "1"]
     return []
 
 
-@pytest.mark.parametrize("script", ["cluster_info.py", "annotate.py", "tree_reduce.py",
-                                    "serve.py"])
+# Every driver of workloads/README.md, serve.py included (its bounded connect is
+# checked through its command line only: exit status, stderr, stdout).
+DRIVERS = ["cluster_info.py", "annotate.py", "tree_reduce.py", "serve.py"]
+
+
+def _never_served(script: str, r) -> None:
+    if script == "serve.py":
+        assert "serve: ready at" not in r.stdout + r.stderr, r.stdout
+        assert "actors ready" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("script", DRIVERS)
 def test_a_silent_address_ends_in_one_line_and_exit_3(script, silent_listener, tmp_path):
     r, _ = run_driver(
         script, _args(script, tmp_path),
@@ -77,15 +87,19 @@ def test_a_silent_address_ends_in_one_line_and_exit_3(script, silent_listener, t
         )
     ]
     assert "Traceback" not in r.stderr
+    _never_served(script, r)
 
 
-def test_a_closed_port_fails_at_once_without_rays_retry_noise(tmp_path):
+@pytest.mark.parametrize("script", ["cluster_info.py", "serve.py"])
+def test_a_closed_port_fails_at_once_without_rays_retry_noise(script, tmp_path):
     address = f"127.0.0.1:{free_port()}"  # bound and released: nothing listens
-    r, _ = run_driver("cluster_info.py", ["--address", address], {}, tmp_path)
+    r, _ = run_driver(script, [*_args(script, tmp_path), "--address", address], {}, tmp_path)
     assert r.returncode == common.EXIT_NO_CLUSTER, r.stderr
     assert f"error: cannot reach the Ray cluster at {address}: " in r.stderr
     assert "Connection refused" in r.stderr
     assert "Failed to connect to GCS" not in r.stderr  # Ray was never asked
+    assert "Traceback" not in r.stderr
+    _never_served(script, r)
 
 
 def test_the_flag_overrides_the_environment(silent_listener, tmp_path):

@@ -5,15 +5,8 @@ from __future__ import annotations
 import re
 
 from infra.iam import role_permissions
-from tests.infra.conftest import SCENARIOS
-
-PROJECT_MEMBER = "gcp:projects/iAMMember:IAMMember"
-SA_MEMBER = "gcp:serviceaccount/iAMMember:IAMMember"
-BUCKET_MEMBER = "gcp:storage/bucketIAMMember:BucketIAMMember"
-SECRET_MEMBER = "gcp:secretmanager/secretIamMember:SecretIamMember"
-CUSTOM_ROLE = "gcp:projects/iAMCustomRole:IAMCustomRole"
-OPERATOR_TUNNEL = "gcp:iap/tunnelInstanceIAMMember:TunnelInstanceIAMMember"
-OPERATOR_INSTANCE = "gcp:compute/instanceIAMMember:InstanceIAMMember"
+from tests.infra.access import CUSTOM_ROLE, all_grants, ksas
+from tests.infra.conftest import GKE_SCENARIOS, SCENARIOS
 
 # The whole IAM of the stack: (who, role, scope). Reviewed; change with care.
 # Grants that do not depend on customRoles:
@@ -40,6 +33,13 @@ EXPECTED_PREDEFINED_GRANTS = COMMON_GRANTS | {
     ("provider", "roles/compute.networkViewer", "project"),
     ("head", "roles/compute.instanceAdmin.v1", "project"),
 }
+# platform gke: the node account and the Ray Pods' Kubernetes service account
+# (its Workload Identity principal), nothing else (infra/README.md, GKE IAM).
+EXPECTED_GKE_GRANTS = {
+    ("gke-node", "roles/logging.logWriter", "project"),
+    ("gke-node", "roles/monitoring.metricWriter", "project"),
+    ("ksa:ray/ray-workloads", "roles/storage.objectUser", "bucket"),
+}
 SECRET_NAMES = {"ssh-private-key", "ray-auth-token", "service-account-key"}
 
 PRIMITIVE = {"roles/owner", "roles/editor", "roles/viewer"}
@@ -48,85 +48,6 @@ TOO_BROAD = PRIMITIVE | {
     "roles/iam.securityAdmin", "roles/resourcemanager.projectIamAdmin", "roles/storage.admin",
     "roles/secretmanager.admin",
 }
-
-
-def _who(rec, member: str) -> str:
-    emails = rec.outputs["serviceAccounts"]
-    found = [who for who, email in emails.items() if member == f"serviceAccount:{email}"]
-    if not found and member.startswith(("user:", "group:")):
-        return member  # an operator (ray-gcp:operators)
-    assert found, f"grant to a member that is none of our accounts: {member}"
-    return found[0]
-
-
-def _role(rec, role: str) -> str:
-    """custom:<role> for the stack's custom roles, the role name otherwise."""
-    for r in rec.of_type(CUSTOM_ROLE):
-        if role == f"projects/{r['inputs']['project']}/roles/{r['inputs']['roleId']}":
-            return "custom:" + r["name"].removeprefix("identity-").removesuffix("-role")
-    return role
-
-
-# Every resource that grants a role: its type (the part after the last ':') ends
-# in one of these. Matched without case: pulumi-gcp spells both IAMMember and IamMember.
-GRANT_TYPE = re.compile(r"(IAMMember|IAMBinding|IAMPolicy)$", re.IGNORECASE)
-
-
-def grant_resources(rec) -> list[dict]:
-    """Every registered resource whose type is an IAM member, binding or policy."""
-    return [r for r in rec.resources if GRANT_TYPE.search(r["type"].rsplit(":", 1)[-1])]
-
-
-def all_grants(rec) -> set[tuple[str, str, str]]:
-    """Every role binding of the stack as (who, role, scope); fails on an IAM type it cannot read.
-
-    `who` is one of our accounts, or an operator's principal (`user:`/`group:`,
-    ray-gcp:operators; test_operators_component.py checks those in detail).
-    """
-    emails = rec.outputs["serviceAccounts"]
-    account_names = {
-        f"projects/ray-gcp-test-1234/serviceAccounts/{email}": who for who, email in emails.items()
-    }
-    secret_ids = {
-        r["urn"]: r["inputs"]["secretId"] for r in rec.of_type("gcp:secretmanager/secret:Secret")
-    }
-
-    def project_scope(inputs):
-        assert inputs["project"] == "ray-gcp-test-1234"
-        return "project"
-
-    def bucket_scope(inputs):
-        assert inputs["bucket"] == rec.outputs["bucket"]
-        return "bucket"
-
-    def secret_scope(inputs):
-        secret = inputs["secretId"].rsplit("/", 1)[1]
-        assert secret in secret_ids.values()
-        return f"secret:{secret}"
-
-    scope_of = {
-        PROJECT_MEMBER: project_scope,
-        SA_MEMBER: lambda inputs: "account:" + account_names[inputs["serviceAccountId"]],
-        BUCKET_MEMBER: bucket_scope,
-        SECRET_MEMBER: secret_scope,
-        OPERATOR_TUNNEL: lambda inputs: f"instance:{inputs['instance']}",
-        OPERATOR_INSTANCE: lambda inputs: f"instance:{inputs['instanceName']}",
-    }
-    resources = grant_resources(rec)
-    unknown = sorted({r["type"] for r in resources} - set(scope_of))
-    assert not unknown, (
-        f"IAM resources of types this test does not read: {unknown}. Add each type to "
-        "all_grants (and its grants to EXPECTED_GRANTS) after reviewing them.")
-    grants = [
-        (
-            _who(rec, r["inputs"]["member"]),
-            _role(rec, r["inputs"]["role"]),
-            scope_of[r["type"]](r["inputs"]),
-        )
-        for r in resources
-    ]
-    assert len(set(grants)) == len(grants), f"a grant is declared twice: {sorted(grants)}"
-    return set(grants)
 
 
 def test_three_accounts(each_scenario):
@@ -138,7 +59,14 @@ def test_three_accounts(each_scenario):
         assert each_scenario.parent_name(r) == "identity"
 
 
-def test_the_complete_list_of_role_bindings(each_scenario):
+def test_the_complete_list_of_role_bindings(any_scenario):
+    """Every grant of every scenario, VM and GKE, read from every resource whose
+    type is an IAM member, binding or policy (tests/infra/access.py)."""
+    if any_scenario.scenario in GKE_SCENARIOS:
+        assert ksas(any_scenario) == {"ksa:ray/ray-workloads"}
+        assert all_grants(any_scenario) == EXPECTED_GKE_GRANTS
+        return
+    each_scenario = any_scenario
     grants = all_grants(each_scenario)
     non_secret = {g for g in grants if not g[2].startswith("secret:")}
     ours = {g for g in non_secret if not g[0].startswith(("user:", "group:"))}
@@ -164,16 +92,16 @@ def test_the_complete_list_of_role_bindings(each_scenario):
         ("provider", "roles/secretmanager.secretAccessor")}
 
 
-def test_no_primitive_or_broad_roles_and_no_authoritative_iam(each_scenario):
-    roles = {role for _, role, _ in all_grants(each_scenario)}
+def test_no_primitive_or_broad_roles_and_no_authoritative_iam(any_scenario):
+    roles = {role for _, role, _ in all_grants(any_scenario)}
     assert not roles & TOO_BROAD
-    for r in each_scenario.resources:
+    for r in any_scenario.resources:
         # IAMPolicy/IAMBinding replace what others granted: never used here.
         assert not re.search(r"IAM(Policy|Binding)$|IamPolicy|IamBinding", r["type"]), r["type"]
 
 
-def test_service_account_user_only_on_specific_accounts(each_scenario):
-    for who, role, scope in all_grants(each_scenario):
+def test_service_account_user_only_on_specific_accounts(any_scenario):
+    for who, role, scope in all_grants(any_scenario):
         if role.startswith("roles/iam."):
             assert scope.startswith("account:"), (who, role, scope)
         if role.startswith("roles/storage."):
