@@ -22,6 +22,8 @@ examples:
   python -m cluster local up
   python -m cluster render --target gcp --project my-project-id
   python -m cluster render --target kuberay --kind rayjob --spec spec.json --facts kubefacts.json
+  python -m cluster job check examples/my-job
+  python -m cluster job submit examples/my-job -- python driver.py
   python -m cluster requirements --check
   python -m cluster logs runs --bucket my-project-id-ray-gcp-io --cluster ray-gcp
   python -m cluster render --help"""
@@ -41,7 +43,10 @@ for the stack; with --facts it adds to the facts file's api_endpoints.
 Namespace, ServiceAccount, NetworkPolicy and workloads ConfigMap as one stream;
 --kind autostop the watcher that suspends the idle RayCluster
 (--idle-timeout-minutes, default 60; 0 = off, and the NetworkPolicy of --kind
-core then admits no watcher).
+core then admits no watcher). --kind rayjob --job-dir DIR -- COMMAND runs a
+user's own job (DIR's files and uv.lock, cluster/userjob.py) instead of
+annotate.py and comes with the ConfigMap of its files; the job is checked
+first, as by `job check`.
 A bad value is reported as `field = value: problem (allowed: ...)`, exit 2;
 so is a flag the target does not use."""
 RENDER_EXAMPLES = """\
@@ -51,7 +56,9 @@ examples:
   pulumi stack output --json clusterSpec > spec.json
   pulumi stack output --json kubeFacts > kubefacts.json
   python -m cluster render --target kuberay --kind rayjob --spec spec.json --facts kubefacts.json \\
-      | kubectl apply -f -"""
+      | kubectl apply -f -
+  python -m cluster render --target kuberay --kind rayjob --job-dir examples/my-job \\
+      -- python driver.py | kubectl apply -f -"""
 
 
 def _local(args: argparse.Namespace) -> int:
@@ -253,6 +260,11 @@ def _unused_flags(args: argparse.Namespace) -> list[str]:
             f"--api-endpoint: applies to --target gcp only (not --target {args.target}): "
             "the VM path's Google API clients"
         )
+    if args.job_dir is not None and (args.target, args.kind) != ("kuberay", "rayjob"):
+        problems.append("--job-dir: applies to --target kuberay --kind rayjob only")
+    if args.job_dir is None and (args.argv or args.job_name):
+        what = "--job-name" if args.job_name else f"command {' '.join(args.argv)!r}"
+        problems.append(f"{what}: only with --job-dir (a user's job)")
     return problems
 
 
@@ -280,6 +292,10 @@ def _render_kuberay(args: argparse.Namespace, spec, project: str) -> int:
     try:
         if args.kind in (None, "raycluster"):
             objs = [kuberay.render_raycluster(spec, facts)]
+        elif args.kind == "rayjob" and args.job_dir is not None:
+            objs = _render_user_job(args, spec, facts)
+            if objs is None:
+                return 2
         elif args.kind == "rayjob":
             objs = [kuberay.render_rayjob(spec, facts)]
         elif args.kind == "rayservice":
@@ -299,6 +315,28 @@ def _render_kuberay(args: argparse.Namespace, spec, project: str) -> int:
         return 2
     sys.stdout.write(kuberay.to_yaml_documents(objs))
     return 0
+
+
+def _render_user_job(args: argparse.Namespace, spec, facts) -> list[dict] | None:
+    """ConfigMap + RayJob for the job in --job-dir, after the same checks as `job submit`."""
+    from cluster import job_cli, userjob
+    from cluster.errors import report
+
+    command = args.argv
+    job, problems = job_cli.checked_job(args.job_dir)
+    objs = None
+    if job is not None and not problems:
+        try:
+            files = userjob.job_files(args.job_dir)
+            objs = userjob.render_kuberay(
+                job, files, spec, facts, command, name=args.job_name
+            )
+        except userjob.JobError as e:
+            problems.append(str(e))
+    if problems:
+        print(report(problems, "nothing was rendered"), file=sys.stderr)
+        return None
+    return objs
 
 
 def _requirements(args: argparse.Namespace) -> int:
@@ -398,6 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--gcs-port", type=int, default=None,
         help=f"local only: the GCS port (default {DEFAULT_GCS_PORT})",
     )
+    render.add_argument(
+        "--job-dir", type=Path,
+        help="kuberay rayjob only: a user's job folder (pyproject.toml, uv.lock) to run instead "
+        "of annotate.py; its command follows `--`",
+    )
+    render.add_argument("--job-name", help="with --job-dir: the RayJob's name")
+    from cluster import job_cli
+
+    job_cli.add_parser(sub, formatter_class=raw)
     reqs = sub.add_parser(
         "requirements", help="regenerate cluster/requirements-node.txt from uv.lock",
         description="Rewrite cluster/requirements-node.txt (the nodes' exact packages, with\n"
@@ -414,9 +461,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Our flags, and the job's command line: everything after the first `--`
+    (render --job-dir, job submit)."""
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1 :]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    ours, tail = split_command(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(ours)
+    args.argv = tail
     if args.command == "local":
         return _local(args)
     if args.command == "render":
@@ -427,6 +485,10 @@ def main(argv: list[str] | None = None) -> int:
         from cluster import logs
 
         return logs.main(args)
+    if args.command == "job":
+        from cluster import job_cli
+
+        return job_cli.main(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

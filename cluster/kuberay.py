@@ -115,6 +115,19 @@ WORKLOAD_PIP = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class ConfigMapMount:
+    """A ConfigMap mounted read-only in every Ray pod (a user's job files).
+
+    ``items``: (key, relative path) pairs, so keys without '/' become a tree.
+    """
+
+    volume: str
+    configmap: str
+    mount_path: str
+    items: tuple[tuple[str, str], ...] = ()
+
+
 # ---- facts --------------------------------------------------------------------
 
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -330,7 +343,12 @@ def _start_params(params: Mapping[str, ray_start.ParamValue]) -> dict[str, str]:
 
 
 def _pod_template(
-    spec: ClusterSpec, facts: KubeFacts, type_name: str, *, head: bool
+    spec: ClusterSpec,
+    facts: KubeFacts,
+    type_name: str,
+    *,
+    head: bool,
+    mounts: tuple[ConfigMapMount, ...] = (),
 ) -> dict[str, Any]:
     t = spec.node_types[type_name]
     field = f"node_types[{type_name!r}].machine_type"
@@ -348,6 +366,8 @@ def _pod_template(
         "PYTHONPATH": f"{layout.KUBE_WORKLOADS_DIR.rsplit('/', 1)[0]}:{layout.KUBE_WORKLOADS_DIR}",
         "RAY_GCP_BUCKET": facts.bucket,
         "RAY_GCP_CLUSTER": spec.cluster_name,
+        # Users' jobs build their locked environments here (cluster/userjob.py).
+        "RAY_GCP_JOB_ENVS": layout.KUBE_JOB_ENVS,
     }
     image = facts.ray_gpu_image if t.is_gpu else facts.ray_image
     container: dict[str, Any] = {
@@ -357,7 +377,8 @@ def _pod_template(
         "env": _env_list(env),
         "resources": {"requests": dict(resources), "limits": limits},
         "volumeMounts": [
-            {"name": WORKLOADS_VOLUME, "mountPath": layout.KUBE_WORKLOADS_DIR, "readOnly": True}
+            {"name": WORKLOADS_VOLUME, "mountPath": layout.KUBE_WORKLOADS_DIR, "readOnly": True},
+            *({"name": m.volume, "mountPath": m.mount_path, "readOnly": True} for m in mounts),
         ],
     }
     containers = [container]
@@ -365,7 +386,8 @@ def _pod_template(
         {
             "name": WORKLOADS_VOLUME,
             "configMap": {"name": facts.workloads_configmap, "defaultMode": 0o444},
-        }
+        },
+        *(_configmap_volume(m) for m in mounts),
     ]
     if spec.logs.ship:
         # Ray's log files leave the pod through the bucket (cluster/kube_logship.py).
@@ -406,15 +428,25 @@ def _pod_template(
     }
 
 
+def _configmap_volume(m: ConfigMapMount) -> dict[str, Any]:
+    source: dict[str, Any] = {"name": m.configmap, "defaultMode": 0o444}
+    if m.items:
+        source["items"] = [{"key": k, "path": p} for k, p in m.items]
+    return {"name": m.volume, "configMap": source}
+
+
 def _upscaling_mode(spec: ClusterSpec) -> str:
     # Ray's KubeRay autoscaler maps Conservative to upscaling_speed 1 and
     # everything else to 1000 (ray/autoscaler/_private/kuberay/autoscaling_config.py).
     return "Conservative" if spec.upscaling_speed <= 1 else "Aggressive"
 
 
-def raycluster_spec(spec: ClusterSpec, facts: KubeFacts) -> dict[str, Any]:
+def raycluster_spec(
+    spec: ClusterSpec, facts: KubeFacts, *, mounts: tuple[ConfigMapMount, ...] = ()
+) -> dict[str, Any]:
     """The ``spec`` of a RayCluster; also RayJob's rayClusterSpec and RayService's
-    rayClusterConfig (one renderer for all three)."""
+    rayClusterConfig (one renderer for all three). ``mounts``: ConfigMaps every
+    pod mounts besides the workloads (a user's job files)."""
     type_max = sum(t.max_workers for t in spec.worker_types.values())
     if spec.max_workers < type_max:
         # Ray's KubeRay autoscaler caps the cluster at the sum of the groups'
@@ -440,7 +472,7 @@ def raycluster_spec(spec: ClusterSpec, facts: KubeFacts) -> dict[str, Any]:
                 "minReplicas": t.min_workers,
                 "maxReplicas": t.max_workers,
                 "rayStartParams": _start_params(ray_start.worker_params(spec, name)),
-                "template": _pod_template(spec, facts, name, head=False),
+                "template": _pod_template(spec, facts, name, head=False, mounts=mounts),
             }
         )
     return {
@@ -461,7 +493,9 @@ def raycluster_spec(spec: ClusterSpec, facts: KubeFacts) -> dict[str, Any]:
             # Never LoadBalancer/NodePort: the dashboard and Jobs API stay in-cluster.
             "serviceType": "ClusterIP",
             "rayStartParams": _start_params(head_params),
-            "template": _pod_template(spec, facts, spec.head_node_type, head=True),
+            "template": _pod_template(
+                spec, facts, spec.head_node_type, head=True, mounts=mounts
+            ),
         },
         "workerGroupSpecs": workers,
     }
@@ -522,13 +556,17 @@ def render_rayjob(
     ttl_seconds_after_finished: int = 600,
     active_deadline_seconds: int | None = None,
     pip: tuple[str, ...] = WORKLOAD_PIP,
+    runtime_env: Mapping[str, Any] | None = None,
+    mounts: tuple[ConfigMapMount, ...] = (),
 ) -> dict[str, Any]:
     """A RayJob on its own RayCluster (same renderer), shut down after the job.
 
     ``entrypoint``: argv (shell-quoted here) or a command line; default
     annotate.py with gs:// input and output in the bucket. The cluster is
     deleted ``ttl_seconds_after_finished`` after the job ends (logs stay
-    readable until then).
+    readable until then). ``runtime_env`` replaces the default one (``pip``:
+    our workloads' packages); ``mounts`` go on every pod of the job's cluster.
+    A user's own job: ``cluster.userjob.render_kuberay``.
     """
     if entrypoint is None:
         entrypoint = default_annotate_entrypoint(facts)
@@ -544,11 +582,12 @@ def render_rayjob(
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": ttl_seconds_after_finished,
         "submissionMode": "K8sJobMode",
-        "rayClusterSpec": raycluster_spec(spec, facts),
+        "rayClusterSpec": raycluster_spec(spec, facts, mounts=mounts),
     }
-    runtime_env = _runtime_env(pip)
+    if runtime_env is None:
+        runtime_env = _runtime_env(pip)
     if runtime_env:
-        job["runtimeEnvYAML"] = yaml.safe_dump(runtime_env, sort_keys=True)
+        job["runtimeEnvYAML"] = yaml.safe_dump(dict(runtime_env), sort_keys=True)
     if active_deadline_seconds is not None:
         job["activeDeadlineSeconds"] = active_deadline_seconds
     return {
@@ -718,6 +757,7 @@ def to_yaml_documents(objs: list[dict[str, Any]]) -> str:
 
 
 __all__ = [
+    "ConfigMapMount",
     "KubeFacts",
     "example_kube_facts",
     "gke_node_pool",

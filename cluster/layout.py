@@ -23,6 +23,8 @@ PROVIDER_ROOT = "/opt/ray-gcp"
 PROVIDER_VENV = "/opt/ray-gcp/venv"
 # The unpacked bundle: cluster/, workloads/, requirements-node.txt.
 PROVIDER_SRC = "/opt/ray-gcp/src"
+# A venv of its own holding the pinned uv (the boot script installs it).
+PROVIDER_TOOLS = "/opt/ray-gcp/tools"
 PROVIDER_CONFIG_DIR = "/etc/ray-gcp"
 PROVIDER_CLUSTER_YAML = "/etc/ray-gcp/cluster.yaml"
 PROVIDER_SECRETS_DIR = "/etc/ray-gcp/secrets"
@@ -58,6 +60,9 @@ NODE_SSH_USER = "ray"
 NODE_SRC = "~/ray-gcp"  # file_mounts target for the bundle
 NODE_VENV = "~/ray-venv"
 NODE_AUTH_TOKEN = "~/.ray/auth_token"  # Ray's default token path
+# Where a node keeps the environments of users' own jobs, one per lock
+# (cluster/userjob.py); exported to Ray as $RAY_GCP_JOB_ENVS.
+NODE_JOB_ENVS = "~/ray-job-envs"
 
 # ---- GKE / KubeRay (platform=gke) --------------------------------------------
 # The KubeRay release: Helm chart `kuberay-operator` of this version (chart
@@ -81,3 +86,7 @@ GKE_MINOR = "1.35"
 # Where the workloads/ ConfigMap is mounted in every Ray pod (and the
 # working_dir of RayJob/RayService), so `import common` works as on a VM.
 KUBE_WORKLOADS_DIR = "/home/ray/ray-gcp/workloads"
+# A user's job files (a ConfigMap) are mounted under this, one folder per RayJob.
+KUBE_JOBS_DIR = "/home/ray/ray-gcp/jobs"
+# $RAY_GCP_JOB_ENVS in every Ray pod: the job environments (the image's user is ray).
+KUBE_JOB_ENVS = "/home/ray/ray-job-envs"

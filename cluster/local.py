@@ -18,7 +18,11 @@ Everything ``up()`` starts is tracked so that ``down()`` stops exactly that:
 State under ``state_dir``: ``state.json`` (ports, pgid, temp dir),
 ``auth_token`` (mode 0600), ``local-cluster.yaml`` (the rendered autoscaler
 config), ``ray-start.log``, ``launches.json`` (the provider's launch ledger,
-see ``status()``). Ray's session files go to a short temp dir
+see ``status()``); for users' own jobs (``cluster/userjob.py``), as a
+fresh node has them: ``bin/uv`` (a link to the pinned uv, on the cluster's
+PATH), ``job-envs/`` (``$RAY_GCP_JOB_ENVS``, one environment per lock) and
+``uv-cache/`` (the cluster's own ``UV_CACHE_DIR``, empty at first). Ray's
+session files go to a short temp dir
 ``/tmp/rg-XXXX`` (unix socket paths must stay under 107 bytes), removed by
 ``down()``.
 """
@@ -42,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster import ray_start
+from cluster.bundle import find_uv
 from cluster.local_provider import node_temp_dir
 from cluster.procs import (
     all_pids,
@@ -218,6 +223,21 @@ class LocalCluster:
         return self.state_dir / CONFIG_FILE
 
     @property
+    def job_envs_dir(self) -> Path:
+        """$RAY_GCP_JOB_ENVS of every (fake) node: users' job environments, one per lock."""
+        return self.state_dir / "job-envs"
+
+    @property
+    def uv_cache_dir(self) -> Path:
+        """The cluster's own uv cache (its nodes' UV_CACHE_DIR), not the user's."""
+        return self.state_dir / "uv-cache"
+
+    @property
+    def bin_dir(self) -> Path:
+        """On the cluster's PATH: a link to the pinned uv, for `uv run` of users' jobs."""
+        return self.state_dir / "bin"
+
+    @property
     def temp_dir(self) -> Path:
         return Path(self._require_state()["temp_dir"])
 
@@ -304,6 +324,7 @@ class LocalCluster:
 
     def _start_head(self, timeout: float) -> None:
         self._ensure_token()
+        self._link_uv()
         ports = dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES)), strict=True))
         temp_dir = tempfile.mkdtemp(prefix="rg-", dir="/tmp")
         with contextlib.suppress(FileNotFoundError):
@@ -629,14 +650,31 @@ class LocalCluster:
                 "DASHBOARD_METRIC_PORT": str(self._state["ports"]["dashboard_metrics"]),
                 # With log shipping: job drivers record their job id, as on a VM.
                 **self._shipping_env(),
-                # `ray job submit -- python x.py` runs this venv's python, as on a node.
+                # `ray job submit -- python x.py` runs this venv's python, as on a node,
+                # and users' jobs find the pinned uv.
                 # (No LOOPBACK_ENV here: fake nodes are told apart by their
                 # node-id "IPs", which it would collapse into 127.0.0.1.)
-                "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+                "PATH": os.pathsep.join(
+                    [str(Path(sys.executable).parent), str(self.bin_dir), env.get("PATH", "")]
+                ),
+                # Users' jobs (cluster/userjob.py): environments and downloads stay
+                # in the state dir, like a node's own disk.
+                "RAY_GCP_JOB_ENVS": str(self.job_envs_dir),
+                "UV_CACHE_DIR": str(self.uv_cache_dir),
             }
         )
         env.pop("AUTOSCALER_MAX_NUM_FAILURES", None)
         return env
+
+    def _link_uv(self) -> None:
+        uv = find_uv(Path(__file__).resolve().parent.parent)
+        if uv is None:
+            return  # users' jobs then fail with "no `uv` on PATH" (cluster/userjob.py)
+        self.bin_dir.mkdir(exist_ok=True)
+        link = self.bin_dir / "uv"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(Path(uv).resolve())
 
     def _ensure_token(self) -> None:
         from ray._private.authentication.authentication_token_generator import (

@@ -37,7 +37,13 @@
   directory and logs are its own, and it runs its own log monitor on them,
   as on GCP. (Nodes sharing the head's session directory, Ray's default,
   had to run without log monitors: each one tailed every node's files and
-  the driver printed every autoscaler event once per node.)
+  the driver printed every autoscaler event once per node.) Its
+  ``runtime_resources`` is its own too: a node unpacks a job's working_dir
+  there, and the first time a node needs a package it deletes and re-unpacks
+  it (Ray's ``WorkingDirPlugin.create``: ``overwrite=True``); in a shared
+  session dir, a node that joined mid-job wiped the folder that other nodes'
+  workers were running in (seen: a numba task failing in ``os.getcwd()`` with
+  ``FileNotFoundError``).
 * **A log shipper per node**, with ``log_shipping`` set: the same
   ``cluster.logship`` as on a VM, as a child of the node (it carries the
   node's id, so ``LocalCluster.kill_worker_node`` kills it with the node,

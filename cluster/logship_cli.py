@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -29,6 +30,10 @@ from cluster.logship import (
     Shipper,
     run_argv,
 )
+
+# `start` hands the child a pipe and waits (at most this long) for its "ready" byte.
+READY_FD_ENV = "RAY_GCP_LOGSHIP_READY_FD"
+READY_TIMEOUT_S = 60.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,6 +81,10 @@ def _run(cfg: ShipConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: threading.Thread(target=stop.set, daemon=True).start())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # outlives the ssh session that started it
+    ready_fd = os.environ.pop(READY_FD_ENV, "")
+    if ready_fd:  # `start` waits for this: a SIGTERM from now on gets its last pass
+        os.write(int(ready_fd), b"1")
+        os.close(int(ready_fd))
     Shipper(cfg, gcs_http.GcsHttp(cfg.bucket, timeout=20, attempts=3)).run(stop)
     return 0
 
@@ -108,13 +117,21 @@ def _start(args: argparse.Namespace, cfg: ShipConfig) -> int:
     # Its own log stays small: one line per start and stop, one per failed pass.
     if log_file.exists() and log_file.stat().st_size > 1024 * 1024:
         log_file.replace(log_file.with_suffix(log_file.suffix + ".1"))
+    ready_r, ready_w = os.pipe()
     with open(log_file, "ab") as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "cluster.logship", "run", *run_argv(cfg)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": _own_path()},
+            pass_fds=(ready_w,),
+            env={**os.environ, "PYTHONPATH": _own_path(), READY_FD_ENV: str(ready_w)},
         )
+    os.close(ready_w)
     pidfile.write_text(f"{child.pid}\n")
+    # Return once its signal handlers are in place, so that the next `start` (a second
+    # `ray up` right after) stops it with its last pass, not before Python has started.
+    with os.fdopen(ready_r, "rb") as ready:
+        if select.select([ready], [], [], READY_TIMEOUT_S)[0]:
+            ready.read(1)
     print(
         f"logship: shipping {cfg.logs_dir} to gs://{cfg.bucket}/{LOG_PREFIX}/{cfg.cluster}/ "
         f"as node {cfg.node} every {cfg.interval_s:g}s (pid {child.pid}, log {log_file})"

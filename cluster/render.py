@@ -38,6 +38,9 @@ launch_concurrency = ray_start.launch_concurrency
 # Where the pinned uv lives on a node (a tiny venv of its own, like the provider VM).
 NODE_TOOLS = "~/.ray-gcp-tools"
 NODE_UV = f"{NODE_TOOLS}/bin/uv"
+# A folder holding only a link to that uv, on every node's PATH: users' jobs run
+# `uv run` (cluster/userjob.py), and the tools venv's own python/pip stay off PATH.
+NODE_UV_PATH = f"{NODE_TOOLS}/path"
 NODE_PYTHON = f"{layout.NODE_VENV}/bin/python"
 NODE_RAY = f"{layout.NODE_VENV}/bin/ray"
 NODE_ENV_FILE = "~/.ray-gcp-env"
@@ -271,9 +274,14 @@ def _node_config(
 
 def node_env_lines(spec: ClusterSpec, facts: GcpFacts) -> list[str]:
     """~/.ray-gcp-env on every node: sourced by ~/.bashrc, which Ray's SSH commands
-    (`ray submit`, `ray exec`, `ray attach`) run through an interactive bash."""
+    (the start commands, `ray submit`, `ray exec`, `ray attach`) run through an
+    interactive bash; so Ray's daemons, and the jobs and workers they start, have it."""
+    home = "$HOME/"
     return [
-        f"export PATH=$HOME/{layout.NODE_VENV.removeprefix('~/')}/bin:$PATH",
+        (f"export PATH={home}{layout.NODE_VENV.removeprefix('~/')}/bin:"
+        f"{home}{NODE_UV_PATH.removeprefix('~/')}:$PATH"),
+        # Users' jobs: one environment per lock, built by `uv run` (cluster/userjob.py).
+        f"export RAY_GCP_JOB_ENVS={home}{layout.NODE_JOB_ENVS.removeprefix('~/')}",
         # Drivers on the head authenticate with the token at Ray's default path.
         "export RAY_AUTH_MODE=token",
         f"export RAY_GCP_BUCKET={facts.bucket}",
@@ -299,6 +307,8 @@ def node_setup_commands(spec: ClusterSpec, facts: GcpFacts) -> list[str]:
             f"{NODE_TOOLS}/bin/pip install -q --disable-pip-version-check --no-deps "
             f"--require-hashes -r {layout.NODE_SRC}/{layout.UV_REQUIREMENTS}; }}"
         ),
+        # ... on PATH by itself (for `uv run` of users' jobs).
+        f"mkdir -p {NODE_UV_PATH} && ln -sfn ../bin/uv {NODE_UV_PATH}/uv",
         # The venv on the image's python3.X (never a downloaded interpreter).
         (
             f"[ -x {NODE_PYTHON} ] || {uv_env} {NODE_UV} venv --python "

@@ -45,7 +45,7 @@ _INCLUDE = re.compile(r"^@@include ([A-Za-z0-9_.-]+)@@\n", re.MULTILINE)
 
 # Paths the boot script owns that cluster/layout.py does not name; derived
 # from layout's names so they move with them.
-PROVIDER_TOOLS = f"{layout.PROVIDER_ROOT}/tools"  # a venv holding the pinned uv
+PROVIDER_TOOLS = layout.PROVIDER_TOOLS  # a venv holding the pinned uv
 PROVIDER_READY = f"{layout.PROVIDER_CONFIG_DIR}/READY"  # written last by a boot that succeeded
 OPERATOR_HELPER = f"{layout.PROVIDER_ROOT}/sbin/ray-gcp-operator-credentials"
 OPERATOR_SUDOERS = "/etc/sudoers.d/ray-gcp-operators"  # no dot: sudo skips such names

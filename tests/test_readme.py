@@ -14,7 +14,7 @@ README = (ROOT / "README.md").read_text()
 
 def test_relative_links_and_named_paths_exist():
     links = re.findall(r"\]\(([^)#]+)\)", README)
-    named = re.findall(r"`((?:infra|cluster|workloads|tests|bench|demo)/[\w./-]*)`", README)
+    named = re.findall(r"`((?:infra|cluster|workloads|tests|bench|demo|examples)/[\w./-]*)`", README)
     missing = [p for p in links + named if not p.startswith("http") and not (ROOT / p).exists()]
     assert not missing, missing
 

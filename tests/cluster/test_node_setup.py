@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -60,18 +62,20 @@ def bash(cmd: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProces
     )
 
 
-@pytest.fixture
-def node_home(tmp_path):
+def require_system_python() -> None:
     if not SYSTEM_PYTHON.exists():
         why = f"{SYSTEM_PYTHON} missing: this machine is not like the node image (Debian 12)"
         if os.environ.get("CI"):  # CI must run it: .ci/run installs Debian's python3.11
             pytest.fail(f"{why}; CI is set, so this test must run: `apt-get install python3.11`")
         pytest.skip(why)
-    home = tmp_path / "home"
+
+
+def make_node_home(home: Path, bundle: bytes) -> Path:
+    """A node's $HOME as `ray up` leaves it before setup: file_mounts done, uv installed."""
     src = home / layout.NODE_SRC.removeprefix("~/")
     src.mkdir(parents=True)
     # file_mounts: the bundle and the token (copied with a too-open mode on purpose).
-    with tarfile.open(fileobj=io.BytesIO(build_bundle(ROOT)), mode="r:gz") as tar:
+    with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz") as tar:
         tar.extractall(src, filter="data")
     token = home / layout.NODE_AUTH_TOKEN.removeprefix("~/")
     token.parent.mkdir()
@@ -82,31 +86,49 @@ def node_home(tmp_path):
     tools.mkdir(parents=True)
     (tools / "uv").symlink_to(real_uv())
     (home / ".bashrc").write_text("# user's own line\n")
-    yield home
-    shutil.rmtree(home, ignore_errors=True)  # the venv is large; do not keep it around
+    return home
 
 
-def test_rendered_node_setup_builds_the_pinned_venv_and_passes_the_check(
-    node_home, tmp_path, gcs_emulator
-):
-    cfg = render_gcp(ClusterSpec(), example_gcp_facts())
-    env = {
-        "HOME": str(node_home),
+def node_env(home: Path) -> dict[str, str]:
+    return {
+        "HOME": str(home),
         "PATH": "/usr/bin:/bin",
         **{k: os.environ[k] for k in NETWORK_ENV if k in os.environ},
     }
+
+
+def run_setup(cfg: dict, env: dict[str, str], cwd: Path, rounds=((1, {}),)) -> None:
+    for round_, extra in rounds:
+        for cmd in cfg["setup_commands"]:
+            done = bash(cmd, env | extra, cwd)
+            assert done.returncode == 0, f"round {round_}: {cmd}\n{done.stdout}{done.stderr}"
+
+
+@pytest.fixture(scope="module")
+def built_node(tmp_path_factory):
+    """A node built by the rendered setup, twice (from PyPI, then offline); shared by the
+    tests of this module and removed after them (the venv is large)."""
+    require_system_python()
+    tmp = tmp_path_factory.mktemp("node")
+    home = make_node_home(tmp / "home", build_bundle(ROOT))
+    cfg = render_gcp(ClusterSpec(), example_gcp_facts())
+    env = node_env(home)
     # uv's cache is the node's own, under the sandbox home, and starts empty.
-    cache = Path(bash("~/.ray-gcp-tools/bin/uv cache dir", env, tmp_path).stdout.strip())
-    assert cache.is_relative_to(node_home), cache
+    cache = Path(bash("~/.ray-gcp-tools/bin/uv cache dir", env, tmp).stdout.strip())
+    assert cache.is_relative_to(home), cache
     assert not cache.exists()
     # Round 1 as on a fresh node (from PyPI); `ray up` reruns setup, so round 2
     # must be idempotent, and it runs offline: everything is already there.
-    for round_, extra in ((1, {}), (2, {"UV_OFFLINE": "1"})):
-        for cmd in cfg["setup_commands"]:
-            done = bash(cmd, env | extra, tmp_path)
-            assert done.returncode == 0, f"round {round_}: {cmd}\n{done.stdout}{done.stderr}"
-    assert any(cache.glob("wheels-v*/pypi/ray")), f"uv did not use the node's own cache {cache}"
+    run_setup(cfg, env, tmp, rounds=((1, {}), (2, {"UV_OFFLINE": "1"})))
+    yield {"home": home, "cfg": cfg, "env": env, "cache": cache, "tmp": tmp}
+    shutil.rmtree(tmp, ignore_errors=True)
 
+
+def test_rendered_node_setup_builds_the_pinned_venv_and_passes_the_check(
+    built_node, tmp_path, gcs_emulator
+):
+    node_home, cfg, env, cache = (built_node[k] for k in ("home", "cfg", "env", "cache"))
+    assert any(cache.glob("wheels-v*/pypi/ray")), f"uv did not use the node's own cache {cache}"
     python = node_home / "ray-venv/bin/python"
     versions = subprocess.run(
         [
@@ -131,10 +153,17 @@ def test_rendered_node_setup_builds_the_pinned_venv_and_passes_the_check(
     assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
     bashrc = (node_home / ".bashrc").read_text()
     assert bashrc == "# user's own line\n. ~/.ray-gcp-env\n"  # appended once in two rounds
-    shell = bash("bash -i -c 'source ~/.bashrc; which python; env'", env, tmp_path).stdout
+    shell = bash(
+        "bash -i -c 'source ~/.bashrc; which python; which uv; uv --version; env'", env, tmp_path
+    ).stdout
     assert f"{node_home}/ray-venv/bin/python" in shell
     assert "RAY_AUTH_MODE=token" in shell
     assert "RAY_GCP_BUCKET=my-ray-project-ray-gcp-io" in shell
+    # Users' jobs (`uv run`, cluster/userjob.py): the pinned uv on PATH, by itself (the
+    # tools venv's python and pip stay off PATH), and where job environments go.
+    assert f"{node_home}/.ray-gcp-tools/path/uv\nuv {layout.UV_VERSION}" in shell
+    assert sorted(p.name for p in (node_home / ".ray-gcp-tools/path").iterdir()) == ["uv"]
+    assert f"RAY_GCP_JOB_ENVS={node_home}/ray-job-envs\n" in shell
 
     # The first start command on the head: versions and the provider import pass.
     check = bash(cfg["head_start_ray_commands"][0], env, tmp_path)
@@ -202,6 +231,73 @@ def _shipper_starts_detached_in_the_node_venv(cfg, env, tmp_path, emulator):
             time.sleep(0.5)
     finally:
         os.kill(pid, signal.SIGTERM)
+
+
+# A small pure-Python package our lock does not have, standing in for a heavy one (torch).
+ADDED = ("tabulate", "0.9.0")
+
+
+def project_copy(dest: Path) -> Path:
+    """What `python -m cluster requirements` and the bundle read: the lock, its project and
+    the bundled folders; the pinned uv where the Makefile puts it."""
+    dest.mkdir()
+    for name in ("pyproject.toml", "uv.lock", "README.md"):
+        shutil.copy2(ROOT / name, dest / name)
+    for folder in ("cluster", "workloads"):
+        shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / ".tools/bin").mkdir(parents=True)
+    (dest / ".tools/bin/uv").symlink_to(real_uv())
+    return dest
+
+
+def test_a_package_added_to_the_lock_is_importable_on_a_fresh_node(built_node, tmp_path):
+    """cluster/README.md's path for heavy packages, end to end, on a copy of the project:
+    `uv add` (uv.lock), `python -m cluster requirements` (the same export as ours), the
+    bundle `pulumi up` ships, then the rendered setup on a fresh node: the new package is
+    importable in the node venv and the node check still passes. The real uv.lock and
+    requirements-node.txt are not touched."""
+    real = {p: (ROOT / p).read_bytes() for p in ("uv.lock", layout.NODE_REQUIREMENTS)}
+    name, version = ADDED
+    assert f'name = "{name}"' not in real["uv.lock"].decode(), f"{name} is already locked"
+    project = project_copy(tmp_path / "project")
+    env = node_env(tmp_path)  # no cache of the caller's
+    env["UV_CACHE_DIR"] = str(tmp_path / "uv-cache")
+    env["PATH"] = f"{Path(real_uv()).parent}:{env['PATH']}"
+    added = bash(f"uv add --no-sync {name}=={version}", env, project)
+    assert added.returncode == 0, added.stderr
+    exported = subprocess.run(
+        [sys.executable, "-m", "cluster", "requirements"],
+        cwd=project, env={**os.environ, "PYTHONPATH": str(project)},
+        capture_output=True, text=True, check=False,
+    )
+    assert exported.returncode == 0, exported.stderr
+    reqs = (project / layout.NODE_REQUIREMENTS).read_text()
+    assert re.search(rf"^{name}=={re.escape(version)} \\\n    --hash=sha256:[0-9a-f]{{64}}", reqs, re.MULTILINE)
+
+    # A fresh node (new home, no venv) from the new bundle. Its uv cache starts as a copy
+    # of the first node's (hard links: the ~300 MB of unchanged wheels are not fetched
+    # twice); the added package is not in it, so it comes from PyPI as on a new node.
+    home = make_node_home(tmp_path / "home", build_bundle(project))
+    fresh = node_env(home)
+    cache = built_node["cache"]
+    assert not any(cache.glob(f"wheels-v*/pypi/{name}")), f"{name} already in {cache}"
+    (home / ".cache").mkdir()
+    copied = bash(f"cp -al {cache} {home / '.cache' / cache.name}", fresh, tmp_path)
+    assert copied.returncode == 0, copied.stderr
+    cfg = built_node["cfg"]
+    run_setup(cfg, fresh, tmp_path)
+    assert any((home / ".cache" / cache.name).glob(f"wheels-v*/pypi/{name}"))
+
+    python = home / "ray-venv/bin/python"
+    got = bash(f"{python} -c 'import {name}; print({name}.__version__)'", fresh, tmp_path)
+    assert got.returncode == 0 and got.stdout.strip() == version, got.stdout + got.stderr
+    check = bash(cfg["head_start_ray_commands"][0], fresh, tmp_path)
+    assert check.returncode == 0, check.stderr
+    assert f"node check ok: ray {layout.RAY_VERSION}, python {layout.PYTHON_MINOR}" in check.stdout
+    # The node built from the real bundle does not have it; the real files are unchanged.
+    other = bash(f"{built_node['home']}/ray-venv/bin/python -c 'import {name}'", fresh, tmp_path)
+    assert other.returncode == 1
+    assert {p: (ROOT / p).read_bytes() for p in real} == real
 
 
 def test_initialization_installs_only_missing_packages(tmp_path):

@@ -63,4 +63,4 @@ def test_cli_examples_run(tmp_path):
             docs = list(yaml.safe_load_all(out.stdout))
             assert docs and all(isinstance(d, dict) for d in docs)
         ran += 1
-    assert ran == 6 and logs_lines == 5
+    assert ran == 8 and logs_lines == 5

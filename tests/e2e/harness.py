@@ -286,7 +286,9 @@ class Harness:
                 proc.wait(30)
         if self.server is not None:
             self.server.stop()
-        net, pid = set(), set()
+        # inode -> when its machine was stopped (see leaks._processes: inodes are reused)
+        net: dict[int | None, int | None] = {}
+        pid: dict[int | None, int | None] = {}
         if keep and self.fleet is not None:
             self._save_ray_logs()
         if self.fleet is not None:
@@ -295,10 +297,10 @@ class Harness:
             self.cloud.wait_hooks(60)
             self.fleet.stop_all()  # a boot that was still under way
             for m in self.fleet.history:
-                net.add(m.net_inode)
-                pid.add(m.pid_inode)
-        net.discard(None)
-        pid.discard(None)
+                net[m.net_inode] = m.stopped_tick
+                pid[m.pid_inode] = m.stopped_tick
+        net.pop(None, None)
+        pid.pop(None, None)
         accounts = set()
         if self.fleet is not None:
             accounts = {"google-sudoers", *self.fleet.account_names}

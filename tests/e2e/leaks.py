@@ -5,8 +5,11 @@ namespaces)`` after it lists every trace of the run still on the host:
 
 - processes: any live process in one of the run's network or PID namespaces
   (inode numbers recorded when each machine started; read from
-  ``/proc/<pid>/ns/{net,pid}`` of every process), or whose command line names
-  the run's directory;
+  ``/proc/<pid>/ns/{net,pid}`` of every process) that started before that
+  machine was stopped, or whose command line names the run's directory. The
+  kernel reuses a dead namespace's inode number: on a shared machine another
+  run's new machine may get one of ours, and its processes, all started after
+  ours was gone, are not this run's;
 - network namespaces: ``ip netns list`` entries carrying the run id;
 - mounts: ``/proc/mounts`` lines naming the run's directory or its
   ``/run/netns`` entries (the machines' own mounts live in their mount
@@ -23,6 +26,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +44,22 @@ def ns_inode(link: str) -> int | None:
         return os.stat(link).st_ino
     except OSError:
         return None
+
+
+def clock_ticks_now() -> int:
+    """Now, in the unit of a process's start time in ``/proc/PID/stat`` (ticks since boot)."""
+    return int(float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK"))
+
+
+def _started(fields: list[str]) -> int:
+    return int(fields[19])  # field 22 of /proc/PID/stat; fields[0] is field 3
+
+
+def _bounds(namespaces: Iterable[int] | Mapping[int, int | None]) -> dict[int, int | None]:
+    """inode -> the tick its machine was stopped at (None: no bound)."""
+    if isinstance(namespaces, Mapping):
+        return dict(namespaces)
+    return dict.fromkeys(namespaces)
 
 
 def account_entries() -> set[tuple[str, str, str]]:
@@ -67,28 +87,40 @@ class HostSnapshot:
         return cls(frozenset(netns_names()), frozenset(account_entries()))
 
 
-def _processes(net: set[int], pid: set[int], run_dir: str) -> dict[int, str]:
+def _processes(net: Iterable[int] | Mapping[int, int | None],
+               pid: Iterable[int] | Mapping[int, int | None], run_dir: str) -> dict[int, str]:
+    """Live processes of the run: in one of its namespaces (given as inodes, or as inode ->
+    the tick its machine was stopped at: a process started later is another run's, in a
+    namespace that reuses the inode), or naming the run's directory."""
+    net, pid = _bounds(net), _bounds(pid)
     found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if state == "Z":
+        if fields[0] == "Z":
             continue
-        mine = ns_inode(f"/proc/{entry}/ns/net") in net or ns_inode(f"/proc/{entry}/ns/pid") in pid
+        mine = False
+        for bounds, kind in ((net, "net"), (pid, "pid")):
+            inode = ns_inode(f"/proc/{entry}/ns/{kind}")
+            if inode in bounds:
+                stopped = bounds[inode]
+                mine = mine or stopped is None or _started(fields) <= stopped
         if mine or run_dir in cmd:
             found[int(entry)] = cmd.strip()
     return found
 
 
 def leftovers(before: HostSnapshot, run_id: str, run_dir: Path,
-              net_inodes: set[int], pid_inodes: set[int], accounts: set[str] = frozenset(),
-              wait: float = 30) -> list[str]:
-    """Traces of the run still on the host (empty: nothing left)."""
+              net_inodes: Iterable[int] | Mapping[int, int | None],
+              pid_inodes: Iterable[int] | Mapping[int, int | None],
+              accounts: set[str] = frozenset(), wait: float = 30) -> list[str]:
+    """Traces of the run still on the host (empty: nothing left). Namespaces as in
+    ``_processes``: inodes, or inode -> the tick their machine was stopped at."""
     deadline = time.monotonic() + wait
     while True:
         problems = []

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.e2e.leaks import ns_inode
+from tests.e2e.leaks import clock_ticks_now, ns_inode
 
 VM_INIT = Path(__file__).with_name("vm_init.py")
 WHEELS_IN_VM = "/run/ray-gcp-e2e/wheels"
@@ -123,6 +123,9 @@ class Machine:
     pid1_start: int | None = None
     net_inode: int | None = None  # of its network and PID namespaces (leak checks)
     pid_inode: int | None = None
+    # When stop() ended, in /proc/PID/stat start-time ticks: a process started later in a
+    # namespace with one of these inodes is another run's (the kernel reuses them).
+    stopped_tick: int | None = None
     keep: tuple[str, ...] = field(default_factory=lambda: host_paths())
 
     def start(self, switch: Switch, hostname: str, steps: list, daemon: list[str] | None,
@@ -184,6 +187,8 @@ class Machine:
                 os.killpg(self.launcher.pid, signal.SIGKILL)
                 self.launcher.wait(30)
         sh("ip", "netns", "del", self.netns, check=False)
+        if self.stopped_tick is None:  # stop_all runs twice; the first stop is the bound
+            self.stopped_tick = clock_ticks_now()
 
 
 @dataclass

@@ -6,13 +6,14 @@ reachable here, never from the machines).
 - ``uv/``: a uv cache filled by the nodes' own install (``uv venv`` on
   /usr/bin/python3.X, ``uv pip sync --require-hashes`` of
   cluster/requirements-node.txt, with the pinned uv and the setup command's
-  environment), owned by ``uid`` (the machines' login user: the cache is the
+  environment) and by ``uv sync --frozen`` of the job template's lock
+  (examples/my-job: what its ``uv run`` on each node needs), owned by ``uid`` (the machines' login user: the cache is the
   lower layer of an overlay at that user's ``~/.cache/uv``);
 - ``wheels/``: the uv wheel of cluster/requirements-uv.txt (pip's
   ``--find-links`` on the machines).
 
-The directory is keyed by the requirements, the uv version, the Python minor
-and ``uid``, reused while they hold, and built under a file lock (concurrent
+The directory is keyed by the requirements, the job template's lock, the uv
+version, the Python minor and ``uid``, reused while they hold, and built under a file lock (concurrent
 runs wait for one build). The real download of the same packages is covered
 by tests/cluster/test_node_setup.py.
 """
@@ -33,6 +34,7 @@ from cluster.bundle import find_uv
 NETWORK_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
                "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy")
 SYSTEM_PYTHON = Path(f"/usr/bin/python{layout.PYTHON_MINOR}")
+JOB_TEMPLATE = "examples/my-job"  # a user's job, run on the machines from their cache
 
 
 def cache_root() -> Path:
@@ -44,7 +46,7 @@ def cache_root() -> Path:
 
 def _key(root: Path, uid: int) -> str:
     h = hashlib.sha256()
-    for rel in (layout.NODE_REQUIREMENTS, layout.UV_REQUIREMENTS):
+    for rel in (layout.NODE_REQUIREMENTS, layout.UV_REQUIREMENTS, f"{JOB_TEMPLATE}/uv.lock"):
         h.update((root / rel).read_bytes())
     h.update(f"{layout.UV_VERSION} {layout.PYTHON_MINOR} {uid}".encode())
     return h.hexdigest()[:16]
@@ -84,6 +86,10 @@ def prewarm(root: Path, uid: int, progress=print) -> Path:
             _run([uv, "venv", "-q", "--python", str(SYSTEM_PYTHON), str(work / "venv")], env, log)
             _run([uv, "pip", "sync", "-q", "--require-hashes", "--python",
                   str(work / "venv/bin/python"), str(root / layout.NODE_REQUIREMENTS)], env, log)
+            # What `uv run --frozen --no-dev` of the template fetches on a node.
+            _run([uv, "sync", "-q", "--frozen", "--no-dev", "--python", str(SYSTEM_PYTHON),
+                  "--project", str(root / JOB_TEMPLATE)],
+                 {**env, "UV_PROJECT_ENVIRONMENT": str(work / "my-job")}, log)
         shutil.rmtree(work)
         for dirpath, dirnames, filenames in os.walk(out / "uv"):
             os.lchown(dirpath, uid, uid)

@@ -8,17 +8,20 @@ Ray with token auth), the head's ports refusing requests without the token,
 ``ray submit`` of cluster_info.py and of annotate.py over two Spot workers
 that the head's autoscaler creates in zone -b because zone -a is exhausted,
 one worker preempted mid-job (the autoscaler survives it, a replacement
-joins, every item is done exactly once), ``ray up`` again on the live
-cluster, then autostop (issue 21): the provider VM's check as its systemd
-unit runs it (tests/e2e/autostop.py), with a one-minute timeout, keeps
-everything while a ``ray submit`` driver stays connected past the timeout;
-once it has gone, after the timeout the check runs the real ``ray down``
-(every instance deleted), then the power-off (recorded by a stand-in
-``systemctl``, never done). Then, from the provider machine, ``python -m
-cluster logs`` reads back what the nodes shipped to the bucket: the job's
-driver output from the head and the preempted worker's ``raylet.out`` as it
-stood two shipping intervals before the worker vanished; and nothing of the
-run left on the host.
+joins, every item is done exactly once), a user's own job with its own lock
+(examples/my-job, numba) submitted from the provider machine as
+examples/README.md says (``ray dashboard`` + ``python -m cluster job submit``
+from the bundle), twice (the second reuses each node's environment), ``ray
+up`` again on the live cluster, then autostop (issue 21): the provider VM's
+check as its systemd unit runs it (tests/e2e/autostop.py), with a one-minute
+timeout, keeps everything while a ``ray submit`` driver stays connected past
+the timeout; once it has gone, after the timeout the check runs the real
+``ray down`` (every instance deleted), then the power-off (recorded by a
+stand-in ``systemctl``, never done). Then, from the provider machine,
+``python -m cluster logs`` reads back what the nodes shipped to the bucket:
+the job's driver output from the head and the preempted worker's
+``raylet.out`` as it stood two shipping intervals before the worker vanished;
+and nothing of the run left on the host.
 
 Two preemptions land just before a call about the instance, so that the call
 meets Google's 404 (``FakeCloud.preempt_on_call``): the autoscaler's first
@@ -36,6 +39,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -48,12 +53,13 @@ from pathlib import Path
 import pytest
 from ray.autoscaler.tags import TAG_RAY_CLUSTER_NAME, TAG_RAY_NODE_KIND
 
-from cluster import idle
+from cluster import idle, layout, userjob
 from tests.e2e.autostop import ProviderAutostop
 from tests.e2e.fake_gce import SERVED
 from tests.e2e.fake_gce_http import in_netns
 from tests.e2e.harness import BUCKET, E2E_SPEC, PROVIDER, ROOT, Harness, e2e_unavailable
 from tests.e2e.machines import OPERATOR_HOME
+from tests.e2e.prewarm import JOB_TEMPLATE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
@@ -207,6 +213,41 @@ def monitor_process(h: Harness, head: str) -> tuple[int, str]:
     return next(iter(procs.items()))
 
 
+def dashboard_tunnel(h: Harness):
+    """`ray dashboard` on the provider machine (examples/README.md): SSH forwards its
+    127.0.0.1:8265 to the head's; returns the process once the port answers."""
+    proc = h.popen(["ray", "dashboard", h.cluster_yaml], name="ray-dashboard")
+
+    def listening() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"ray dashboard exited ({proc.returncode}):\n"
+                                 + h.output("ray-dashboard")[-3000:])
+        with in_netns(h.provider.netns), socket.socket() as s:
+            s.settimeout(5)
+            return s.connect_ex(("127.0.0.1", 8265)) == 0
+
+    wait_for("the dashboard tunnel on the provider's 127.0.0.1:8265", listening, timeout=120,
+             every=1.0)
+    return proc
+
+
+def provider_user_env(h: Harness) -> dict[str, str]:
+    """The provider VM's operator shell as its boot script leaves it: `python` is the
+    pinned venv's with the bundle on its path (a .pth there; PYTHONPATH here), the token
+    variables exported; and the pinned uv at /opt/ray-gcp/tools/bin (linked below)."""
+    return {**h.env(), "PYTHONPATH": layout.PROVIDER_SRC, "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": f"{OPERATOR_HOME}/.ray-gcp/ray-auth-token"}
+
+
+def submit_user_job(h: Harness, name: str, limit: int, chunks: int) -> str:
+    """examples/README.md's command on the provider VM, from the operator's home."""
+    command = ("cd ~ && python -m cluster job submit --address http://127.0.0.1:8265 ~/my-job "
+               f"-- python driver.py --limit {limit} --chunks {chunks} --output /tmp/{name}.json")
+    rc, out = h.run(["bash", "-c", command], name=name, timeout=GENEROUS, env=provider_user_env(h))
+    assert rc == 0, f"job submit of my-job failed ({rc}):\n{out[-6000:]}"
+    return out
+
+
 def test_ray_up_jobs_preemption_autostop_and_ray_down_end_to_end(harness: Harness):
     h, cloud, phase = harness, harness.cloud, Phases()
     a, b = h.zones[0], h.zones[1]
@@ -345,6 +386,46 @@ def test_ray_up_jobs_preemption_autostop_and_ray_down_end_to_end(harness: Harnes
         addresses = {n["address"] for n in report["nodes"]}
         assert ip(workers[victim]) not in addresses
         assert head_ip in addresses
+
+    with phase("your own job (my-job, numba) from the provider machine, first run"):
+        # The user's copy of the template in the operator's home; the pinned uv where the
+        # boot script installs it (job submit's `uv lock --check` finds it there).
+        home = h.dir / "operator"
+        shutil.copytree(ROOT / JOB_TEMPLATE, home / "my-job",
+                        ignore=shutil.ignore_patterns("__pycache__", ".venv"))
+        tools = Path(f"/proc/{h.provider.pid1}/root") / layout.PROVIDER_TOOLS.lstrip("/") / "bin"
+        tools.mkdir(parents=True)
+        (tools / "uv").symlink_to(ROOT / ".tools" / "bin" / "uv")
+        which = "cd ~ && python -c 'import cluster.job_cli as j; print(j.__file__)'"
+        rc, out = h.run(["bash", "-c", which], name="which-cluster", env=provider_user_env(h))
+        assert rc == 0 and out.strip() == f"{layout.PROVIDER_SRC}/cluster/job_cli.py", out
+        tunnel = dashboard_tunnel(h)
+        out1 = submit_user_job(h, "my-job-1", 2_000_000, 4)
+    job = userjob.load_job(ROOT / JOB_TEMPLATE)
+    numba = job.locked("numba")[0]["version"]
+    assert "primes below 2000000: 148933 (matches NumPy); 4 tasks on" in out1, out1[-3000:]
+    assert re.search(r"^job raysubmit_\w+ succeeded in [\d.]+ s$", out1, re.MULTILINE), out1
+    assert re.search(r"Installed \d+ packages in", out1), out1[-3000:]  # built on the head
+    result = json.loads((h.machine_root(head) / "tmp/my-job-1.json").read_text())
+    env_path = f"/home/{layout.NODE_SSH_USER}/{layout.NODE_JOB_ENVS.removeprefix('~/')}/" \
+        f"{userjob.env_dir(job)}"
+    report = cluster_info(h, "cluster-info-job")
+    head_id = next(n["node_id"] for n in report["nodes"] if n["head"])
+    worker_ids = {n["node_id"] for n in report["nodes"] if not n["head"]}
+    assert result["ok"] and len(result["tasks"]) == 4
+    for task in result["tasks"]:  # on workers (the head has no CPU), in the job's environment
+        assert task["node"] != head_id and task["node"] in worker_ids, (task, report)
+        assert task["numba"] == numba and task["python"] == env_path, task
+    workers_used = {w for w in instances(h, "worker") if h.fleet.machines.get(w)
+                    and (h.machine_root(w) / env_path.lstrip("/")).is_dir()}
+    assert workers_used, "no worker holds the job's environment"
+
+    with phase("your own job again: each node's environment reused"):
+        out2 = submit_user_job(h, "my-job-2", 1_000_000, 4)
+        tunnel.kill()
+        tunnel.wait(30)
+    assert "primes below 1000000: 78498 (matches NumPy)" in out2, out2[-3000:]
+    assert "Installed" not in out2 and "Downloading" not in out2, out2[-3000:]
 
     with phase("ray up again on the live cluster"):
         calls_before = len(cloud.calls)

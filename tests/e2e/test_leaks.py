@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tests.e2e import leaks
@@ -34,3 +35,15 @@ def test_a_process_in_a_recorded_namespace_is_found():
     here = leaks.ns_inode("/proc/self/ns/net")
     found = leaks._processes({here}, set(), "/nonexistent-run-dir")
     assert any(Path(f"/proc/{pid}").exists() for pid in found)
+
+
+def test_a_process_started_after_its_machine_stopped_is_another_runs():
+    """The kernel reuses a dead namespace's inode: another run's new machine may get one of
+    ours. Its processes started after ours stopped; ours, before."""
+    here = leaks.ns_inode("/proc/self/ns/net")
+    me = os.getpid()
+    started = int(Path(f"/proc/{me}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    assert me in leaks._processes({here: started}, {}, "/nonexistent-run-dir")
+    assert me in leaks._processes({here: leaks.clock_ticks_now()}, {}, "/nonexistent-run-dir")
+    assert me not in leaks._processes({here: started - 1}, {}, "/nonexistent-run-dir")
+    assert me in leaks._processes({here: None}, {}, "/nonexistent-run-dir")
