@@ -546,7 +546,8 @@ def test_the_rayjob_carries_the_documented_runtime_env_and_runs_the_files_in_pla
         pod = tpl["spec"]
         (vol,) = [v for v in pod["volumes"] if v["name"] == "job-files"]
         assert vol["configMap"]["name"] == configmap["metadata"]["name"]
-        (c,) = pod["containers"]
+        c = pod["containers"][0]  # KubeRay's Ray container is the first (then the log sidecar)
+        assert c["name"] in ("ray-head", "ray-worker"), c["name"]
         assert {"name": "job-files", "mountPath": mount, "readOnly": True} in c["volumeMounts"]
         assert {"name": "RAY_GCP_JOB_ENVS", "value": layout.KUBE_JOB_ENVS} in c["env"]
     # The ConfigMap holds every file Ray would upload, each at its path.
