@@ -123,14 +123,16 @@ def test_a_runaway_task_leaves_at_most_the_cap_per_file_and_a_bounded_disk(
     assert re.fullmatch(r"[0-9a-f]{56}", node_id), node_id
     time.sleep(SHIP_MARGIN_S)
     # A burst that lands between two passes first fills the file's kept first half at
-    # max_chunk per pass (head_bytes / max_chunk passes) before the cap drops bytes:
-    # wait for that, not for a fixed time.
+    # max_chunk per pass (head_bytes / max_chunk passes) before the cap drops bytes, and
+    # the newest lines follow a pass or more later: wait for both, not for a fixed time.
     node_name = node_log_name("cpu-worker", node_id)
     run = _session_name(local_cluster)
     deadline = time.monotonic() + 180
     while True:
         text = _logs(gcs_emulator, "node", node_name, "--run", run, "--file", "worker-*.out")
-        if "bytes not kept: size cap" in text or time.monotonic() > deadline:
+        shipped = ("bytes not kept: size cap" in text
+                   and text.rstrip().endswith("RUNAWAY-LAST-LINE"))
+        if shipped or time.monotonic() > deadline:
             break
         time.sleep(TEST_SPEC.logs.interval_s)
     # The node's disk: Ray's rotation keeps 1 + backups files of at most rotate_bytes.
