@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cluster import procs
+
 TICKS = os.sysconf("SC_CLK_TCK")
 
 # py-spy frame "function (file:line)" -> stage; first match wins, leaf to root.
@@ -59,22 +61,7 @@ def machine_busy() -> float:
 
 def children(pid: int) -> set[int]:
     """pid and its descendants (from /proc)."""
-    parent = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                parent[int(entry)] = int(
-                    Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-    out, grew = {pid}, True
-    while grew:
-        grew = False
-        for p, pp in parent.items():
-            if pp in out and p not in out:
-                out.add(p)
-                grew = True
-    return out
+    return procs.descendants({pid}, set(procs.all_pids()))
 
 
 def split_cpu(before: dict, after: dict, *, elapsed: float, cores: int, requests: int) -> dict:
